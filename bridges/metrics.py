@@ -1,0 +1,81 @@
+"""The Prometheus endpoint (``/metrics`` on the metrics port), fed from the gateway's stats.
+
+A collector reads the same counters as the v2 statistics endpoint at scrape time, so the two
+always agree. Families follow Triton's names, which dashboards already graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import trio
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bridges.rest.app import hypercorn_config
+from bridges.rest.infer import Receive, Scope, Send, lifespan, send_json
+from gateway.core import Gateway
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["model", "version"]
+        success = CounterMetricFamily("nv_inference_request_success",
+                                      "Successful inference requests", labels=labels)
+        failure = CounterMetricFamily("nv_inference_request_failure",
+                                      "Failed inference requests", labels=[*labels, "reason"])
+        count = CounterMetricFamily("nv_inference_count", "Inferences performed (rows)",
+                                    labels=labels)
+        execs = CounterMetricFamily("nv_inference_exec_count", "Model executions (batches)",
+                                    labels=labels)
+        queue_us = CounterMetricFamily("nv_inference_queue_duration_us",
+                                       "Cumulative queue time", labels=labels)
+        compute_us = CounterMetricFamily("nv_inference_compute_infer_duration_us",
+                                         "Cumulative model time", labels=labels)
+        pending = GaugeMetricFamily("nv_inference_pending_request_count",
+                                    "Requests queued or running", labels=labels)
+        copies = GaugeMetricFamily("inferoxy_copies", "Model copies by state",
+                                   labels=["model", "state"])
+        for name, server in self.gateway.servers.items():
+            s, v = server.stats, server.config.version
+            success.add_metric([name, v], s.success.count)
+            for reason, n in s.failures_by_reason.items():
+                failure.add_metric([name, v, reason], n)
+            count.add_metric([name, v], s.inference_count)
+            execs.add_metric([name, v], s.execution_count)
+            queue_us.add_metric([name, v], s.queue.ns / 1000)
+            compute_us.add_metric([name, v], s.compute_infer.ns / 1000)
+            pending.add_metric([name, v], server.pending)
+            states: dict[str, int] = {}
+            for c in server.copies:
+                states[c.state.value] = states.get(c.state.value, 0) + 1
+            for state, n in states.items():
+                copies.add_metric([name, state], n)
+        yield from (success, failure, count, execs, queue_us, compute_us, pending, copies)
+
+
+async def serve_metrics(gateway: Gateway, host: str, port: int, shutdown: trio.Event, *,
+                        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(gateway))
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["path"] != "/metrics":
+            await send_json(send, 404, b'{"error": "not found; try /metrics"}')
+            return
+        body = generate_latest(registry)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    await serve(app, hypercorn_config(host, port),  # type: ignore[arg-type]
+                shutdown_trigger=shutdown.wait, task_status=task_status)

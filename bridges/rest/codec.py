@@ -1,0 +1,255 @@
+"""Open Inference Protocol v2 over HTTP: the request header and the response. I/O-free.
+
+A request body is either JSON alone, or (binary tensor extension) a JSON header of
+``Inference-Header-Content-Length`` bytes followed by the raw bytes of every input whose
+``parameters.binary_data_size`` is set, in the order of the ``inputs`` array. This module
+validates the header against the model's declared tensors and says how many bytes each
+binary input takes; the HTTP adapter streams those bytes straight into shared-memory slots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.config import ModelConfig
+from gateway.errors import InvalidArgument, PayloadTooLarge
+from shm.datatypes import V2_TO_NUMPY
+
+# Parameters the protocol (not the model) consumes; the rest reach the model.
+RESERVED_PARAMETERS = frozenset({
+    "binary_data_output", "timeout", "priority", "sequence_id", "sequence_start",
+    "sequence_end", "headers",
+})
+_JSON_KINDS = {"b": "b", "i": "i", "u": "i", "f": "if"}  # numpy kind -> JSON kinds accepted
+
+
+@dataclass(frozen=True, slots=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # including the batch dimension
+    dtype: np.dtype
+    nbytes: int
+    binary: bool  # bytes follow the header; else ``data`` holds them
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRequest:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    request_id: str
+    inputs: tuple[InputTensor, ...]
+    outputs: tuple[OutputRequest, ...]
+    rows: int
+    timeout_us: int | None
+    model_parameters: dict[str, Any]
+    binary_bytes: int  # how many bytes follow the header
+
+
+def _loads(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return doc
+
+
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}.parameters must be an object")
+    for key, value in raw.items():
+        if not isinstance(value, str | int | float | bool):
+            raise InvalidArgument(f"{where}.parameters.{key} must be a string, number or bool")
+    return raw
+
+
+def parse_request(
+    body: bytes | bytearray | memoryview, config: ModelConfig, max_tensor_bytes: int
+) -> ParsedRequest:
+    """Validate a v2 infer request header against the model; raises InvalidArgument."""
+    doc = _loads(body)
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    params = _parameters(doc.get("parameters"), "request")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidArgument("'inputs' must be a non-empty array")
+
+    inputs: list[InputTensor] = []
+    seen: set[str] = set()
+    rows: int | None = None
+    total = 0
+    for i, raw in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"{where} must be an object")
+        name = raw.get("name")
+        spec = config.input(name) if isinstance(name, str) else None
+        if spec is None:
+            declared = ", ".join(t.name for t in config.inputs)
+            raise InvalidArgument(
+                f"{where}.name {name!r} is not an input of model {config.name!r} "
+                f"(inputs: {declared})"
+            )
+        if name in seen:
+            raise InvalidArgument(f"input {name!r} is given twice")
+        seen.add(spec.name)
+        datatype = raw.get("datatype")
+        if datatype != spec.datatype:
+            raise InvalidArgument(
+                f"input {name!r} has datatype {datatype!r}, expected {spec.datatype!r}"
+            )
+        shape = raw.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidArgument(f"input {name!r}: shape must be an array of non-negative ints")
+        expected = "[" + ", ".join(["-1", *map(str, spec.shape)]) + "]"
+        if len(shape) != len(spec.shape) + 1 or not spec.accepts(tuple(shape[1:])):
+            raise InvalidArgument(f"input {name!r} has shape {shape}, expected {expected}")
+        if not 1 <= shape[0] <= config.batch_size:
+            raise InvalidArgument(
+                f"input {name!r}: batch dimension {shape[0]} must be in [1, {config.batch_size}]"
+            )
+        if rows is None:
+            rows = shape[0]
+        elif shape[0] != rows:
+            raise InvalidArgument(
+                f"input {name!r} has batch dimension {shape[0]}, other inputs have {rows}"
+            )
+        dtype = V2_TO_NUMPY[spec.datatype]
+        nbytes = math.prod(shape) * dtype.itemsize
+        total += nbytes
+        if total > max_tensor_bytes:
+            raise PayloadTooLarge(
+                f"input tensors take more than the limit of {max_tensor_bytes} bytes"
+            )
+        in_params = _parameters(raw.get("parameters"), where)
+        if "binary_data_size" in in_params:
+            size = in_params["binary_data_size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size != nbytes:
+                raise InvalidArgument(
+                    f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of "
+                    f"{spec.datatype} takes {nbytes} bytes"
+                )
+            if "data" in raw:
+                raise InvalidArgument(f"input {name!r} has both binary_data_size and data")
+            inputs.append(InputTensor(spec.name, spec.datatype, tuple(shape), dtype, nbytes, True))
+        else:
+            if "data" not in raw:
+                raise InvalidArgument(f"input {name!r} has neither data nor binary_data_size")
+            inputs.append(InputTensor(
+                spec.name, spec.datatype, tuple(shape), dtype, nbytes, False, raw["data"]
+            ))
+    missing = [t.name for t in config.inputs if t.name not in seen]
+    if missing:
+        raise InvalidArgument(f"missing input(s) {missing} of model {config.name!r}")
+
+    binary_default = params.get("binary_data_output") is True
+    outputs: list[OutputRequest] = []
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is None:
+        outputs = [OutputRequest(t.name, binary_default) for t in config.outputs]
+    else:
+        if not isinstance(raw_outputs, list):
+            raise InvalidArgument("'outputs' must be an array")
+        for i, raw in enumerate(raw_outputs):
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str) or config.output(name) is None:
+                declared = ", ".join(t.name for t in config.outputs)
+                raise InvalidArgument(
+                    f"outputs[{i}].name {name!r} is not an output of model {config.name!r} "
+                    f"(outputs: {declared})"
+                )
+            o_params = _parameters(raw.get("parameters"), f"outputs[{i}]")
+            if "classification" in o_params:
+                raise InvalidArgument("the classification extension is not supported")
+            binary = o_params.get("binary_data", binary_default)
+            outputs.append(OutputRequest(name, binary is True))
+
+    timeout = params.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                or timeout < 0):
+        raise InvalidArgument("parameters.timeout must be a non-negative integer (microseconds)")
+    model_params = {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
+    assert rows is not None
+    return ParsedRequest(
+        request_id=request_id,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        rows=rows,
+        timeout_us=timeout or None,
+        model_parameters=model_params,
+        binary_bytes=sum(t.nbytes for t in inputs if t.binary),
+    )
+
+
+def write_json_data(tensor: InputTensor, out: np.ndarray) -> None:
+    """Convert an input's JSON ``data`` (flat or nested, row-major) into ``out``."""
+    try:
+        arr = np.asarray(tensor.data)
+    except ValueError:
+        raise InvalidArgument(f"input {tensor.name!r}: data is not a regular array") from None
+    if arr.size != out.size:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: data has {arr.size} elements, shape "
+            f"{list(tensor.shape)} needs {out.size}"
+        )
+    accepted = _JSON_KINDS[tensor.dtype.kind]
+    if arr.size and arr.dtype.kind not in accepted:
+        want = {"b": "booleans", "i": "integers", "if": "numbers"}[accepted]
+        raise InvalidArgument(f"input {tensor.name!r}: {tensor.datatype} data must be {want}")
+    if tensor.dtype.kind in "iu" and arr.size:
+        info = np.iinfo(tensor.dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: a value is out of range for {tensor.datatype}"
+            )
+    out.reshape(-1)[...] = arr.reshape(-1)
+
+
+def encode_response(
+    model: str,
+    version: str,
+    request_id: str,
+    outputs: tuple[OutputRequest, ...],
+    arrays: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    doc_outputs: list[dict[str, Any]] = []
+    blobs: list[np.ndarray] = []
+    for o in outputs:
+        arr = arrays[o.name]
+        entry: dict[str, Any] = {
+            "name": o.name, "datatype": datatypes[o.name], "shape": list(arr.shape),
+        }
+        if o.binary:
+            entry["parameters"] = {"binary_data_size": arr.nbytes}
+            blobs.append(arr)
+        else:
+            entry["data"] = arr.reshape(-1).tolist()
+        doc_outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": doc_outputs}
+    if request_id:
+        doc["id"] = request_id
+    header = orjson.dumps(doc)
+    if not blobs:
+        return header, None
+    # The one copy out of shared memory: into the body the HTTP layer sends.
+    return b"".join([header, *(np.ascontiguousarray(b).data for b in blobs)]), len(header)

@@ -1,0 +1,129 @@
+"""The v2 endpoints that are not inference: health, metadata, model config, statistics.
+
+quart-trio routes; the infer route is raw ASGI (``bridges.rest.infer``) to keep it thin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from gateway.core import Gateway
+from gateway.errors import InferoxyError
+from gateway.model_server import ModelServer
+from shm.datatypes import V2_TO_CONFIG
+
+
+def error_response(status: int, message: str, retry_after_s: int | None = None) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def model_metadata(server: ModelServer) -> dict[str, Any]:
+    c = server.config
+    return {
+        "name": c.name,
+        "versions": [c.version],
+        "platform": "inferoxy",
+        "inputs": [t.to_metadata() for t in c.inputs],
+        "outputs": [t.to_metadata() for t in c.outputs],
+    }
+
+
+def model_config(server: ModelServer) -> dict[str, Any]:
+    """The model's configuration in Triton's ``ModelConfig`` JSON form (perf_analyzer reads it)."""
+    c = server.config
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "data_type": V2_TO_CONFIG[t.datatype], "dims": list(t.shape)}
+            for t in specs
+        ]
+
+    gpus = sorted({p.gpu for p in (copy.placement for copy in server.copies) if p.gpu is not None})
+    return {
+        "name": c.name,
+        "platform": "inferoxy",
+        "backend": "inferoxy",
+        "version_policy": {"specific": {"versions": [int(c.version)]}},
+        "max_batch_size": c.batch_size,
+        "input": tensors(c.inputs),
+        "output": tensors(c.outputs),
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": c.max_queue_delay_us,
+            "default_queue_policy": {"max_queue_size": c.max_queue_size},
+        },
+        "instance_group": [{
+            "name": f"{c.name}_0",
+            "kind": "KIND_GPU" if gpus else "KIND_CPU",
+            "count": len(server.copies),
+            "gpus": gpus,
+        }],
+        "sequence_batching": {} if not c.stateless else None,
+        "parameters": {k: {"string_value": str(v)} for k, v in c.parameters.items()},
+    }
+
+
+def create_control_app(gateway: Gateway) -> QuartTrio:
+    app = QuartTrio("inferoxy")
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20  # control requests are small
+
+    @app.errorhandler(InferoxyError)
+    async def _typed(exc: InferoxyError) -> Response:
+        return error_response(exc.http_status, exc.message, getattr(exc, "retry_after_s", None))
+
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException) -> Response:
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        if gateway.live:
+            return Response("", status=200)
+        return error_response(503, "not live")
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        if gateway.ready:
+            return Response("", status=200)
+        return error_response(503, "not ready")
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return jsonify(gateway.server_metadata())
+
+    @app.get("/v2/models/<name>")
+    @app.get("/v2/models/<name>/versions/<version>")
+    async def metadata(name: str, version: str | None = None) -> Response:
+        return jsonify(model_metadata(gateway.model(name, version)))
+
+    @app.get("/v2/models/<name>/ready")
+    @app.get("/v2/models/<name>/versions/<version>/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        server = gateway.model(name, version)
+        if server.ready and not gateway.draining:
+            return Response("", status=200)
+        return error_response(503, f"model {name!r} is not ready")
+
+    @app.get("/v2/models/<name>/config")
+    @app.get("/v2/models/<name>/versions/<version>/config")
+    async def config(name: str, version: str | None = None) -> Response:
+        doc = model_config(gateway.model(name, version))
+        return jsonify({k: v for k, v in doc.items() if v is not None})
+
+    @app.get("/v2/models/stats")
+    @app.get("/v2/models/<name>/stats")
+    @app.get("/v2/models/<name>/versions/<version>/stats")
+    async def stats(name: str | None = None, version: str | None = None) -> Response:
+        servers = [gateway.model(name, version)] if name else list(gateway.servers.values())
+        return jsonify({
+            "model_stats": [s.stats.to_json(s.config.name, s.config.version) for s in servers]
+        })
+
+    return app

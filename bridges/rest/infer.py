@@ -1,0 +1,253 @@
+"""``POST /v2/models/{model}[/versions/{version}]/infer`` as a raw ASGI handler.
+
+The hot path, kept thin: no framework objects. Body chunks are copied straight into the
+shared-memory slots of the binary inputs (the one copy: socket -> shared memory); JSON
+``data`` is converted straight into its slot. Every slot taken here is either handed to the
+core with the request or freed before the error answer goes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import trio
+
+from bridges.rest import codec
+from gateway.core import Gateway
+from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge, Unavailable
+from gateway.request import InferRequest
+from shm.slab import ShmExhausted, Slot
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+HEADER_LENGTH = b"inference-header-content-length"
+MAX_HEADER_BYTES = 16 << 20  # the JSON part; JSON tensor data counts against max_body_bytes
+
+
+class BodyReader:
+    """Pulls an ASGI request body in order, with a hard limit on its total size."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._chunk = memoryview(b"")
+        self._done = False
+        self.total = 0
+
+    async def _next(self) -> bool:
+        while not self._chunk and not self._done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            body = message.get("body", b"")
+            self.total += len(body)
+            if self.total > self._limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes")
+            self._chunk = memoryview(body)
+            self._done = not message.get("more_body", False)
+        return bool(self._chunk)
+
+    async def read_exactly(self, n: int) -> bytes:
+        parts: list[memoryview] = []
+        need = n
+        while need:
+            if not await self._next():
+                raise InvalidArgument(
+                    f"request body ended early: expected {n} bytes, got {n - need}"
+                )
+            take = self._chunk[:need]
+            self._chunk = self._chunk[len(take):]
+            parts.append(take)
+            need -= len(take)
+        return b"".join(parts)
+
+    async def read_into(self, dest: memoryview, what: str) -> None:
+        pos = 0
+        while pos < len(dest):
+            if not await self._next():
+                raise InvalidArgument(
+                    f"request body ended early: {what} needs {len(dest)} bytes, got {pos}"
+                )
+            take = self._chunk[: len(dest) - pos]
+            dest[pos : pos + len(take)] = take
+            self._chunk = self._chunk[len(take):]
+            pos += len(take)
+
+    async def read_rest(self) -> bytes:
+        parts = [bytes(self._chunk)]
+        self._chunk = memoryview(b"")
+        while not self._done:
+            await self._next()
+            parts.append(bytes(self._chunk))
+            self._chunk = memoryview(b"")
+        return b"".join(parts)
+
+    async def at_end(self) -> bool:
+        return not await self._next()
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _int_header(scope: Scope, name: bytes) -> int | None:
+    raw = _header(scope, name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"header {name.decode()} must be an integer") from None
+    if value < 0:
+        raise InvalidArgument(f"header {name.decode()} must not be negative")
+    return value
+
+
+async def send_json(send: Send, status: int, body: bytes,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """The ASGI lifespan protocol for apps with nothing to set up."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def send_error(send: Send, exc: InferoxyError) -> None:
+    extra = []
+    if isinstance(exc, Unavailable):
+        extra.append((b"retry-after", str(exc.retry_after_s).encode()))
+    await send_json(send, exc.http_status, orjson.dumps({"error": exc.message}), extra)
+
+
+async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: Send,
+                       model: str, version: str | None) -> None:
+    slots: list[Slot] = []
+    submitted = False
+    try:
+        server = gateway.model(model, version)
+        gateway.ensure_accepting(server)
+        limit = gateway.settings.max_body_bytes
+        if _header(scope, b"content-encoding") not in (None, b"identity"):
+            raise InvalidArgument("compressed request bodies are not supported")
+        length = _int_header(scope, b"content-length")
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+        header_len = _int_header(scope, HEADER_LENGTH)
+        body = BodyReader(receive, limit)
+        if header_len is None:
+            raw_header = await body.read_rest()
+        else:
+            if header_len == 0 or header_len > MAX_HEADER_BYTES:
+                raise InvalidArgument(
+                    f"Inference-Header-Content-Length must be in [1, {MAX_HEADER_BYTES}]"
+                )
+            if length is not None and header_len > length:
+                raise InvalidArgument(
+                    f"Inference-Header-Content-Length {header_len} is larger than the body "
+                    f"({length} bytes)"
+                )
+            raw_header = await body.read_exactly(header_len)
+        parsed = codec.parse_request(raw_header, server.config, limit)
+        if header_len is None and parsed.binary_bytes:
+            raise InvalidArgument(
+                "inputs use binary_data_size but the Inference-Header-Content-Length header "
+                "is missing"
+            )
+        if length is not None and header_len is not None and length != header_len + (
+            parsed.binary_bytes
+        ):
+            raise InvalidArgument(
+                f"body is {length} bytes; the header ({header_len}) and binary inputs "
+                f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
+            )
+
+        descriptors = {}
+        for tensor in parsed.inputs:
+            try:
+                slot = gateway.slab.allocate(tensor.nbytes)
+            except ShmExhausted as exc:
+                raise Unavailable(f"out of request memory: {exc}") from None
+            slots.append(slot)
+            dtype = tensor.dtype.name
+            if tensor.binary:
+                await body.read_into(slot.memory(tensor.nbytes), f"input {tensor.name!r}")
+            else:
+                codec.write_json_data(tensor, slot.view(dtype, tensor.shape))
+            descriptors[tensor.name] = slot.descriptor(dtype, tensor.shape)
+        if header_len is not None and not await body.at_end():
+            raise InvalidArgument(
+                f"request body is longer than the header and binary inputs "
+                f"({header_len} + {parsed.binary_bytes} bytes)"
+            )
+
+        timeout_s = gateway.settings.request_timeout_s
+        if parsed.timeout_us:
+            timeout_s = min(timeout_s, parsed.timeout_us / 1e6)
+        key = (
+            tuple((t.name, t.shape[1:]) for t in parsed.inputs),
+            orjson.dumps(parsed.model_parameters, option=orjson.OPT_SORT_KEYS),
+        )
+        request = InferRequest(
+            model=server.config.name,
+            version=server.config.version,
+            inputs=descriptors,
+            slots=slots,
+            rows=parsed.rows,
+            key=key,
+            parameters=parsed.model_parameters,
+            deadline=trio.current_time() + timeout_s,
+            request_id=parsed.request_id,
+        )
+        server.submit(request)
+        submitted = True
+        result = await server.wait(request)
+        try:
+            payload, json_len = codec.encode_response(
+                server.config.name, server.config.version, parsed.request_id, parsed.outputs,
+                result.outputs, {t.name: t.datatype for t in server.config.outputs},
+            )
+        finally:
+            result.release()
+    except InferoxyError as exc:
+        await send_error(send, exc)
+        return
+    except _Disconnected:
+        return
+    finally:
+        if not submitted:  # the core never saw these slots
+            for slot in slots:
+                gateway.slab.free(slot)
+    if json_len is None:
+        await send_json(send, 200, payload)
+    else:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"inference-header-content-length", str(json_len).encode()),
+            ],
+        })
+        await send({"type": "http.response.body", "body": payload})
+

@@ -1,0 +1,158 @@
+"""Model declarations (``models.yaml``, the Inferoxy format) and their validation.
+
+A model's tensors are declared per item: the batch dimension is implied (as Triton's
+``dims`` with ``max_batch_size > 0``) and shown as ``-1`` in metadata. ``-1`` in a declared
+shape is a variable dimension.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shm.datatypes import V2_TO_NUMPY
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ConfigError(ValueError):
+    """A declaration is invalid; the message names the model and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # v2 datatype, e.g. "FP32"
+    shape: tuple[int, ...]  # per item; -1 = variable
+
+    def accepts(self, item_shape: tuple[int, ...]) -> bool:
+        return len(item_shape) == len(self.shape) and all(
+            d == -1 or d == s for d, s in zip(self.shape, item_shape, strict=True)
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    entrypoint: str  # module:Class, for the local runtime
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    address: str = ""  # container image, for the docker runtime
+    version: str = "1"
+    batch_size: int = 1
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 1024
+    run_on_gpu: bool = False
+    stateless: bool = True
+    copies: int = 1
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+_MODEL_FIELDS = {
+    "entrypoint", "address", "version", "batch_size", "max_queue_delay_us", "max_queue_size",
+    "run_on_gpu", "stateless", "copies", "inputs", "outputs", "parameters",
+}
+
+
+def _int(model: str, key: str, raw: Any, default: int, lo: int, hi: int) -> int:
+    value = default if raw is None else raw
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"model {model!r}: {key} must be an integer in [{lo}, {hi}], got {raw!r}")
+    return value
+
+
+def _bool(model: str, key: str, raw: Any, default: bool) -> bool:
+    value = default if raw is None else raw
+    if not isinstance(value, bool):
+        raise ConfigError(f"model {model!r}: {key} must be true or false, got {raw!r}")
+    return value
+
+
+def _tensors(model: str, key: str, raw: Any) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"model {model!r}: {key} must be a non-empty list of tensors")
+    specs: list[TensorSpec] = []
+    for i, t in enumerate(raw):
+        where = f"model {model!r}: {key}[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where} must be a mapping with name, datatype, shape")
+        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if not isinstance(name, str) or not TENSOR_NAME_RE.match(name):
+            raise ConfigError(f"{where}.name must match {TENSOR_NAME_RE.pattern}, got {name!r}")
+        if datatype not in V2_TO_NUMPY:
+            raise ConfigError(
+                f"{where}.datatype must be one of {sorted(V2_TO_NUMPY)}, got {datatype!r}"
+            )
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape
+        ):
+            raise ConfigError(f"{where}.shape must be a list of positive ints or -1, got {shape!r}")
+        if any(s.name == name for s in specs):
+            raise ConfigError(f"{where}.name {name!r} is declared twice")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    return tuple(specs)
+
+
+def parse_model(name: Any, raw: Any) -> ModelConfig:
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+        raise ConfigError(f"model name must match {MODEL_NAME_RE.pattern}, got {name!r}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model {name!r}: declaration must be a mapping")
+    unknown = sorted(set(raw) - _MODEL_FIELDS)
+    if unknown:
+        raise ConfigError(f"model {name!r}: unknown field(s) {unknown}")
+    entrypoint = raw.get("entrypoint")
+    if not isinstance(entrypoint, str) or not ENTRYPOINT_RE.match(entrypoint):
+        raise ConfigError(f"model {name!r}: entrypoint must be 'module:Class', got {entrypoint!r}")
+    address = raw.get("address", "")
+    if not isinstance(address, str):
+        raise ConfigError(f"model {name!r}: address must be a string")
+    version = str(raw.get("version", "1"))
+    if not version.isdigit():
+        raise ConfigError(f"model {name!r}: version must be a positive integer, got {version!r}")
+    parameters = raw.get("parameters") or {}
+    if not isinstance(parameters, dict) or not all(isinstance(k, str) for k in parameters):
+        raise ConfigError(f"model {name!r}: parameters must be a mapping of names to values")
+    return ModelConfig(
+        name=name,
+        entrypoint=entrypoint,
+        address=address,
+        version=version,
+        inputs=_tensors(name, "inputs", raw.get("inputs")),
+        outputs=_tensors(name, "outputs", raw.get("outputs")),
+        batch_size=_int(name, "batch_size", raw.get("batch_size"), 1, 1, 4096),
+        max_queue_delay_us=_int(
+            name, "max_queue_delay_us", raw.get("max_queue_delay_us"), 0, 0, 10_000_000
+        ),
+        max_queue_size=_int(name, "max_queue_size", raw.get("max_queue_size"), 1024, 1, 1 << 20),
+        run_on_gpu=_bool(name, "run_on_gpu", raw.get("run_on_gpu"), False),
+        stateless=_bool(name, "stateless", raw.get("stateless"), True),
+        copies=_int(name, "copies", raw.get("copies"), 1, 0, 64),
+        parameters=dict(parameters),
+    )
+
+
+def load_models(path: str | Path) -> dict[str, ModelConfig]:
+    """Parse and validate a ``models.yaml``; raises ``ConfigError`` naming the bad field."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read models file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'models' mapping at the top")
+    return {name: parse_model(name, raw) for name, raw in doc["models"].items()}

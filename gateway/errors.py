@@ -1,0 +1,53 @@
+"""Typed errors, each carrying the status every protocol answers with.
+
+Bridges translate these; nothing else reaches a client. Messages name the field and what was
+expected, never a shared-memory name or a file path.
+"""
+
+from __future__ import annotations
+
+
+class InferoxyError(Exception):
+    http_status = 500
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(InferoxyError):
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class PayloadTooLarge(InvalidArgument):
+    http_status = 413
+
+
+class NotFound(InferoxyError):
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class Unavailable(InferoxyError):
+    """Overload or not ready: the client may retry after ``retry_after_s``."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(InferoxyError):
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class ModelError(InferoxyError):
+    """The model raised, or its copy died while running the request."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"

@@ -1,0 +1,87 @@
+"""ZeroMQ between the gateway and its workers, driven from Trio.
+
+Every socket is one-way and has one owner, which sidesteps the edge-triggered ``zmq.FD``
+trap (DESIGN.md §8): the inbox (PULL) is read by exactly one task, which drains it until
+``Again`` before it waits on the fd; the per-copy PUSH sockets are only ever sent to, with
+``NOBLOCK``, from the Trio thread. A send that would block means the worker is not reading;
+it is reported to the caller (who fails or retries the batch) instead of waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import zmq
+
+from shm import wire
+
+log = logging.getLogger("inferoxy.link")
+
+Handler = Callable[[bytes, dict[str, Any]], None]
+
+
+class WorkerLink:
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.ctx = zmq.Context()
+        self._inbox = self.ctx.socket(zmq.PULL)
+        self._inbox.setsockopt(zmq.LINGER, 0)
+        self._inbox.setsockopt(zmq.RCVHWM, 100_000)
+        self._inbox.bind(wire.inbox_address(run_dir))
+        self._outs: dict[int, zmq.Socket[bytes]] = {}
+
+    def open_copy(self, copy_id: int) -> None:
+        """A fresh PUSH socket for a copy's new process (nothing stale reaches it)."""
+        self.close_copy(copy_id)
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.bind(wire.copy_address(self.run_dir, copy_id))
+        self._outs[copy_id] = sock
+
+    def close_copy(self, copy_id: int) -> None:
+        sock = self._outs.pop(copy_id, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def send(self, copy_id: int, kind: bytes, body: dict[str, Any]) -> bool:
+        """Queue a message to a copy; False when it cannot take it now."""
+        sock = self._outs.get(copy_id)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(wire.encode(kind, body), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    async def run_inbox(self, handle: Handler) -> None:
+        """The inbox's one reader. ``handle`` is synchronous: it must not block."""
+        sock = self._inbox
+        handled = 0
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue
+                await trio.lowlevel.wait_readable(sock.getsockopt(zmq.FD))
+                continue
+            try:
+                kind, body = wire.decode(frames)
+            except wire.WireError as exc:
+                log.warning("dropped a malformed worker message: %s", exc)
+                continue
+            handle(kind, body)
+            handled += 1
+            if handled % 64 == 0:  # a flood of results must not starve the other tasks
+                await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        for copy_id in list(self._outs):
+            self.close_copy(copy_id)
+        self._inbox.close(linger=0)
+        self.ctx.term()

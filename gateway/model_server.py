@@ -1,0 +1,302 @@
+"""One model's serving loop: its queue, its batcher task, and the batches in flight.
+
+The batcher task is the Trio adapter over ``BatchQueue``: it sleeps until a request arrives,
+a copy frees up or the oldest request's delay runs out, then hands a closed batch to the
+least-loaded ready copy. Results arrive through ``on_result`` / ``on_error`` (called by the
+inbox task), copies come and go through ``on_copy_ready`` / ``on_copy_lost`` (called by the
+supervisor). Every request gets exactly one answer: a result, or a typed error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import trio
+
+from gateway.batching import BatchPolicy, BatchQueue, QueueFull
+from gateway.config import ModelConfig
+from gateway.errors import DeadlineExceeded, InferoxyError, ModelError, Unavailable
+from gateway.request import BatchOutputs, InferRequest, RequestResult
+from gateway.stats import ModelStats
+from shm import wire
+from shm.datatypes import numpy_dtype
+from shm.descriptor import Descriptor
+from shm.segment import SegmentCache
+from shm.slab import SlabAllocator
+from supervisor.copy import Copy
+
+log = logging.getLogger("inferoxy.model")
+
+MAX_ATTEMPTS = 2  # a stateless request is retried once when its copy dies under it
+MAX_INFLIGHT_PER_COPY = 1  # while a copy runs a batch the next one grows in the queue
+
+_batch_ids = itertools.count(1)
+
+
+@dataclass(eq=False, slots=True)
+class InflightBatch:
+    copy: Copy
+    requests: list[InferRequest]
+    sent_ns: int
+
+
+class ModelServer:
+    def __init__(
+        self,
+        config: ModelConfig,
+        send: Callable[[int, bytes, dict[str, Any]], bool],
+        slab: SlabAllocator,
+        cache: SegmentCache,
+    ) -> None:
+        self.config = config
+        self._send = send
+        self._slab = slab
+        self._cache = cache
+        self.copies: list[Copy] = []
+        self.queue: BatchQueue[InferRequest] = BatchQueue(
+            BatchPolicy(config.batch_size, config.max_queue_delay_us, config.max_queue_size)
+        )
+        self.inflight: dict[int, InflightBatch] = {}
+        self.stats = ModelStats()
+        self._wake = trio.Event()
+        self._out_dtypes = {t.name: numpy_dtype(t.datatype) for t in config.outputs}
+
+    # -- state seen by bridges -------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return any(c.ready for c in self.copies)
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + sum(len(b.requests) for b in self.inflight.values())
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def submit(self, req: InferRequest) -> None:
+        """Queue a request; its input slots now belong to the core. Raises when full."""
+        if not self.copies:
+            raise Unavailable(f"model {self.config.name!r} has no copies configured")
+        req.enqueued_ns = time.perf_counter_ns()
+        try:
+            self.queue.push(req, req.rows, req.key, trio.current_time())
+        except QueueFull as exc:
+            raise Unavailable(f"model {self.config.name!r} is overloaded: {exc}") from None
+        self._wake.set()
+
+    async def wait(self, req: InferRequest) -> RequestResult:
+        """Wait for the answer; on deadline or cancellation the request is abandoned safely."""
+        try:
+            with trio.move_on_at(req.deadline):
+                await req.done.wait()
+        finally:
+            if not req.done.is_set():
+                self._abandon(req)
+        if req.result is not None:
+            return req.result
+        if req.error is not None:
+            raise req.error
+        raise DeadlineExceeded(
+            f"model {self.config.name!r} did not answer within the request's timeout"
+        )
+
+    def _abandon(self, req: InferRequest) -> None:
+        req.abandoned = True
+        if self.queue.remove(lambda r: r is req):  # never dispatched: its slots are ours
+            self._free_inputs(req)
+            self.stats.record_failure("timeout", time.perf_counter_ns() - req.enqueued_ns)
+        # in flight: the worker may still read the inputs; on_result/on_error frees them.
+
+    def _free_inputs(self, req: InferRequest) -> None:
+        slots, req.slots = req.slots, []
+        for slot in slots:
+            self._slab.free(slot)
+
+    def _finish(self, req: InferRequest, *, result: RequestResult | None = None,
+                error: InferoxyError | None = None) -> None:
+        now = time.perf_counter_ns()
+        if error is not None:
+            req.error = error
+            self.stats.record_failure(type(error).__name__, now - req.enqueued_ns)
+        else:
+            req.result = result
+            self.stats.success.add(now - req.enqueued_ns)
+        req.done.set()
+
+    # -- the batcher task ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            copy = self._free_copy()
+            batch = self.queue.take(trio.current_time(), copy is not None)
+            if batch is not None and copy is not None:
+                self._dispatch(copy, batch)
+                await trio.lowlevel.checkpoint()
+                continue
+            wake_at = self.queue.next_deadline() if copy is not None else None
+            with trio.move_on_at(wake_at if wake_at is not None else float("inf")):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _free_copy(self) -> Copy | None:
+        best: Copy | None = None
+        for c in self.copies:
+            if c.ready and c.outstanding < MAX_INFLIGHT_PER_COPY and (
+                best is None
+                or (c.outstanding, c.last_dispatch) < (best.outstanding, best.last_dispatch)
+            ):
+                best = c
+        return best
+
+    def _dispatch(self, copy: Copy, batch: list[InferRequest]) -> None:
+        batch_id = next(_batch_ids)
+        now_ns = time.perf_counter_ns()
+        body = {
+            "id": batch_id,
+            "items": [
+                {"rows": r.rows, "inputs": {n: d.to_wire() for n, d in r.inputs.items()}}
+                for r in batch
+            ],
+            "parameters": batch[0].parameters,
+        }
+        if not self._send(copy.id, wire.BATCH, body):
+            # The copy's socket is not taking messages: treat it as gone for now.
+            log.warning("copy %d of %s is not reading; requeueing", copy.id, self.config.name)
+            self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in batch)
+            copy.outstanding = MAX_INFLIGHT_PER_COPY  # until it answers or is restarted
+            return
+        copy.outstanding += 1
+        copy.last_dispatch = trio.current_time()
+        self.inflight[batch_id] = InflightBatch(copy, batch, now_ns)
+        for r in batch:
+            r.attempts += 1
+            r.dispatched_ns = now_ns
+            self.stats.queue.add(now_ns - r.enqueued_ns)
+
+    # -- answers from workers ----------------------------------------------------------------
+
+    def on_result(self, copy: Copy, body: dict[str, Any]) -> None:
+        flight = self.inflight.pop(body.get("id", -1), None)
+        raw_outputs = body.get("outputs") or {}
+        if flight is None or flight.copy is not copy:
+            # A late answer for a batch already retried elsewhere: let the worker reuse its slots.
+            self._release_outputs(copy, raw_outputs)
+            return
+        self._copy_answered(copy)
+        requests = flight.requests
+        rows = sum(r.rows for r in requests)
+        try:
+            arrays = self._output_views(raw_outputs, rows)
+        except ModelError as exc:
+            self._release_outputs(copy, raw_outputs)
+            self._fail_batch(requests, exc)
+            return
+        for r in requests:
+            self._free_inputs(r)
+        self.stats.record_batch(len(requests), rows, body.get("timing") or {})
+        live = [r for r in requests if not r.abandoned]
+        outputs = BatchOutputs(arrays, len(live), lambda: self._release_outputs(copy, raw_outputs))
+        if not live:
+            outputs.arrays = {}
+            self._release_outputs(copy, raw_outputs)
+        row = 0
+        for r in requests:
+            rows_of = slice(row, row + r.rows)
+            row += r.rows
+            if r.abandoned:
+                continue
+            self._finish(
+                r, result=RequestResult({n: a[rows_of] for n, a in arrays.items()}, outputs)
+            )
+
+    def on_error(self, copy: Copy, body: dict[str, Any]) -> None:
+        flight = self.inflight.pop(body.get("id", -1), None)
+        if flight is None or flight.copy is not copy:
+            return
+        self._copy_answered(copy)
+        message = str(body.get("message", "model failed"))[:2000]
+        self._fail_batch(flight.requests, ModelError(f"model {self.config.name!r}: {message}"))
+
+    def _copy_answered(self, copy: Copy) -> None:
+        copy.outstanding = max(0, copy.outstanding - 1)
+        self._wake.set()
+
+    def _fail_batch(self, requests: list[InferRequest], error: InferoxyError) -> None:
+        for r in requests:
+            self._free_inputs(r)
+            if not r.abandoned:
+                self._finish(r, error=error)
+
+    def _output_views(self, raw: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for spec in self.config.outputs:
+            if spec.name not in raw:
+                raise ModelError(f"model {self.config.name!r} did not return output {spec.name!r}")
+            try:
+                desc = Descriptor.from_wire(raw[spec.name])
+                view = self._cache.view(desc)
+            except (ValueError, TypeError, AssertionError, OSError) as exc:
+                raise ModelError(
+                    f"model {self.config.name!r}: output {spec.name!r} is unreadable"
+                ) from exc
+            if view.dtype != self._out_dtypes[spec.name]:
+                raise ModelError(
+                    f"model {self.config.name!r}: output {spec.name!r} is {view.dtype}, "
+                    f"declared {spec.datatype}"
+                )
+            if view.shape[0] != rows or not spec.accepts(tuple(view.shape[1:])):
+                raise ModelError(
+                    f"model {self.config.name!r}: output {spec.name!r} has shape "
+                    f"{list(view.shape)}, declared [{rows}, {', '.join(map(str, spec.shape))}]"
+                )
+            arrays[spec.name] = view
+        return arrays
+
+    def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
+        slots = [[d[0], d[1]] for d in raw.values() if isinstance(d, list) and len(d) == 4]
+        if slots:
+            self._send(copy.id, wire.RELEASE, {"slots": slots})
+
+    # -- copies --------------------------------------------------------------------------------
+
+    def on_copy_ready(self, copy: Copy) -> None:
+        copy.outstanding = 0
+        self._wake.set()
+
+    def on_copy_lost(self, copy: Copy) -> None:
+        """The copy's process is gone: retry what it was running once, fail the rest."""
+        lost = [bid for bid, f in self.inflight.items() if f.copy is copy]
+        retry: list[InferRequest] = []
+        for bid in lost:
+            for r in self.inflight.pop(bid).requests:
+                if r.abandoned:
+                    self._free_inputs(r)
+                elif self.config.stateless and r.attempts < MAX_ATTEMPTS:
+                    retry.append(r)
+                else:
+                    self._free_inputs(r)
+                    self._finish(r, error=ModelError(
+                        f"model {self.config.name!r}: its copy died while running the request"
+                    ))
+        if retry:
+            log.warning("copy %d of %s died; retrying %d request(s)",
+                        copy.id, self.config.name, len(retry))
+            retry.sort(key=lambda r: r.serial)
+            self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in retry)
+        copy.outstanding = 0
+        self._wake.set()
+
+    def fail_all(self, error: InferoxyError) -> None:
+        """Shutdown: answer everything still waiting."""
+        for r in self.queue.remove(lambda _: True):
+            self._free_inputs(r)
+            self._finish(r, error=error)
+        for flight in list(self.inflight.values()):
+            self._fail_batch(flight.requests, error)
+        self.inflight.clear()

@@ -1,0 +1,5 @@
+import sys
+
+from inferoxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""The ``inferoxy`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import fields
+from typing import Any
+
+import trio
+
+from gateway.config import ConfigError, load_models
+from gateway.settings import Settings
+
+EXIT_CONFIG = 2
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(f"INFEROXY_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+HELP = {
+    "models": "models.yaml to serve",
+    "host": "address the HTTP, gRPC and metrics servers listen on",
+    "http_port": "Open Inference Protocol v2 over HTTP",
+    "grpc_port": "Open Inference Protocol v2 over gRPC",
+    "metrics_port": "Prometheus /metrics",
+    "runtime": "what runs model copies: local (processes)",
+    "gpus": "GPU indices to use, e.g. 0,1,3 ('' for none); default: discover",
+    "shm_prefix": "name prefix of this gateway's /dev/shm segments",
+    "shm_limit_bytes": "bytes of shared memory for request inputs",
+    "max_body_bytes": "largest request body accepted (413 beyond)",
+    "request_timeout_s": "deadline of a request that names no timeout",
+    "drain_timeout_s": "how long shutdown waits for in-flight requests",
+    "startup_timeout_s": "how long a copy may take to load its model",
+    "heartbeat_s": "worker heartbeat interval",
+    "heartbeat_timeout_s": "a copy silent this long is killed and restarted",
+    "log_level": "DEBUG, INFO, WARNING, ERROR",
+    "log_format": "text or json",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferoxy", description="Inferoxy model gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve", help="serve the models of a models.yaml",
+        description="Every flag can also be set with INFEROXY_<FLAG> (e.g. INFEROXY_HTTP_PORT).",
+    )
+    for f in fields(Settings):
+        default = _env(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default) if f.default is not None else str
+        serve.add_argument(flag, type=kind, default=default,
+                           help=f"{HELP.get(f.name, '')} (default: {default!r})")
+    return parser
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    os.environ.setdefault("INFEROXY_LOG_LEVEL", level.upper())  # workers inherit it
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    setup_logging(settings.log_level, settings.log_format)
+    log = logging.getLogger("inferoxy")
+    if settings.runtime != "local":
+        log.error("runtime %r is not available; use 'local'", settings.runtime)
+        return EXIT_CONFIG
+    try:
+        models = load_models(settings.models)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    from inferoxy.serve import serve
+
+    trio.run(serve, settings, models)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

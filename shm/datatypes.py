@@ -1,0 +1,40 @@
+"""Open Inference Protocol v2 datatypes and their numpy equivalents.
+
+``BYTES`` (length-prefixed strings) has no fixed-size numpy form and is not served by the
+shared-memory data plane; bridges reject it with a clear error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+V2_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+
+NUMPY_TO_V2: dict[np.dtype, str] = {dt: name for name, dt in V2_TO_NUMPY.items()}
+
+# Triton's model-config spelling (``TYPE_FP32``) of each v2 datatype.
+V2_TO_CONFIG: dict[str, str] = {name: f"TYPE_{name}" for name in V2_TO_NUMPY}
+V2_TO_CONFIG["BYTES"] = "TYPE_STRING"
+
+
+def numpy_dtype(v2: str) -> np.dtype:
+    """The numpy dtype of a v2 datatype; ``KeyError`` when it has none."""
+    return V2_TO_NUMPY[v2]
+
+
+def v2_datatype(dtype: np.dtype) -> str:
+    """The v2 datatype of a numpy dtype; ``KeyError`` when it has none."""
+    return NUMPY_TO_V2[np.dtype(dtype)]

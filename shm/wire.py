@@ -1,0 +1,79 @@
+"""The gateway <-> worker wire format, shared by both sides (the only module they share).
+
+Every message is two ZeroMQ frames: ``[kind, body]`` where ``kind`` is one of the byte
+strings below and ``body`` is a JSON object. Tensor bytes never travel here: tensors are
+``Descriptor.to_wire()`` lists pointing into shared memory. Nothing is ever unpickled.
+
+Sockets (all ``ipc://`` in the gateway's run directory, all bound by the gateway):
+
+* ``inbox.sock`` (gateway PULL, workers PUSH) — worker to gateway:
+  ``HELLO {copy, pid, model}``, ``HEARTBEAT {copy}``,
+  ``RESULT {copy, id, outputs: {name: desc}, timing: {input_ns, infer_ns, output_ns}}``
+  (one descriptor per output for the whole batch, batch dimension first),
+  ``ERROR {copy, id, message}``, ``FATAL {copy, message}`` (the model failed to load).
+* ``copy-<id>.sock`` (gateway PUSH, that worker PULL) — gateway to one worker:
+  ``BATCH {id, items: [{rows, inputs: {name: desc}}], parameters}``,
+  ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the gateway is done with),
+  ``STOP {}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+try:  # orjson is faster, but workers must not need it (model images stay slim)
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - exercised in slim worker images
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    _loads = json.loads
+
+HELLO = b"HELLO"
+HEARTBEAT = b"HEARTBEAT"
+RESULT = b"RESULT"
+ERROR = b"ERROR"
+FATAL = b"FATAL"
+BATCH = b"BATCH"
+RELEASE = b"RELEASE"
+STOP = b"STOP"
+
+KINDS = frozenset({HELLO, HEARTBEAT, RESULT, ERROR, FATAL, BATCH, RELEASE, STOP})
+
+
+class WireError(ValueError):
+    """A message that is not in this format."""
+
+
+def encode(kind: bytes, body: dict[str, Any]) -> list[bytes]:
+    return [kind, _dumps(body)]
+
+
+def decode(frames: list[bytes] | list[Any]) -> tuple[bytes, dict[str, Any]]:
+    if len(frames) != 2:
+        raise WireError(f"expected 2 frames, got {len(frames)}")
+    kind, raw = bytes(frames[0]), bytes(frames[1])
+    if kind not in KINDS:
+        raise WireError(f"unknown message kind {kind[:32]!r}")
+    try:
+        body = _loads(raw)
+    except ValueError as exc:
+        raise WireError(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise WireError("body is not a JSON object")
+    return kind, body
+
+
+def inbox_address(run_dir: str) -> str:
+    return f"ipc://{run_dir}/inbox.sock"
+
+
+def copy_address(run_dir: str, copy_id: int) -> str:
+    return f"ipc://{run_dir}/copy-{copy_id}.sock"

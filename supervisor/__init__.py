@@ -1,0 +1,1 @@
+"""Runtimes that start model copies, placement, health checks and restarts with back-off."""

@@ -1,0 +1,35 @@
+"""One model copy as the gateway sees it: state, placement, load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from supervisor.lifecycle import CopyEvent, CopyState, next_state
+from supervisor.placement import Placement
+
+
+@dataclass(eq=False, slots=True)
+class Copy:
+    id: int
+    model: str
+    placement: Placement
+    state: CopyState = CopyState.STARTING
+    pid: int | None = None
+    outstanding: int = 0  # batches sent and not yet answered
+    last_seen: float = 0.0  # trio time of the last message from the worker
+    last_dispatch: float = 0.0
+    restarts: int = 0
+    last_error: str = ""
+    history: list[CopyState] = field(default_factory=list)
+
+    def apply(self, event: CopyEvent) -> CopyState:
+        new = next_state(self.state, event)
+        if new is not self.state:
+            self.history.append(new)
+            del self.history[:-16]
+            self.state = new
+        return new
+
+    @property
+    def ready(self) -> bool:
+        return self.state is CopyState.READY

@@ -1,0 +1,187 @@
+"""``python -m worker`` / ``inferoxy-worker``: one model copy.
+
+It connects to the gateway's sockets (see ``shm.wire``), loads ``module:Class`` as
+``Class(device, **parameters)``, says HELLO, heartbeats from a side thread, and then runs
+BATCH messages one at a time. A model exception becomes an ERROR reply, never a dead worker.
+A model that fails to load is reported with FATAL and the process exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from shm import wire
+from shm.segment import SegmentCache
+from shm.slab import ShmExhausted, SlabAllocator, Slot
+from worker.batch import BatchError, gather, place_outputs
+
+log = logging.getLogger("inferoxy.worker")
+
+EXIT_MODEL_LOAD_FAILED = 3
+
+
+def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
+    module_name, _, class_name = entrypoint.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(device, **parameters)
+
+
+def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
+               stop: threading.Event) -> None:
+    """Heartbeats on a socket of this thread's own; exits the process if the gateway is gone."""
+    parent = os.getppid()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 4)
+    sock.connect(address)
+    try:
+        while not stop.wait(every_s):
+            if os.getppid() != parent:  # the gateway died: nobody will ever read our results
+                log.warning("gateway process is gone; copy %d exits", copy_id)
+                os._exit(0)
+            try:
+                sock.send_multipart(wire.encode(wire.HEARTBEAT, {"copy": copy_id}), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+    finally:
+        sock.close()
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace, model: Any, ctx: zmq.Context) -> None:
+        self.copy_id: int = args.copy_id
+        self.model = model
+        self.cache = SegmentCache()
+        self.slab = SlabAllocator(
+            f"{args.shm_prefix}-w{os.getpid()}", limit_bytes=args.output_limit_bytes
+        )
+        self.slots: dict[tuple[str, int], Slot] = {}
+        self.out = ctx.socket(zmq.PUSH)
+        self.out.setsockopt(zmq.LINGER, 1000)
+        self.out.connect(wire.inbox_address(args.run_dir))
+        self.inp = ctx.socket(zmq.PULL)
+        self.inp.setsockopt(zmq.LINGER, 0)
+        self.inp.connect(wire.copy_address(args.run_dir, args.copy_id))
+
+    def send(self, kind: bytes, body: dict[str, Any]) -> None:
+        body["copy"] = self.copy_id
+        self.out.send_multipart(wire.encode(kind, body))
+
+    def serve(self) -> None:
+        while True:
+            kind, body = wire.decode(self.inp.recv_multipart())
+            if kind == wire.BATCH:
+                self.run_batch(body)
+            elif kind == wire.RELEASE:
+                for segment, offset in body.get("slots", []):
+                    slot = self.slots.pop((segment, offset), None)
+                    if slot is not None:
+                        self.slab.free(slot)
+            elif kind == wire.STOP:
+                return
+
+    def run_batch(self, body: dict[str, Any]) -> None:
+        batch_id = body["id"]
+        try:
+            t0 = time.perf_counter_ns()
+            inputs, rows = gather(self.cache, body["items"])
+            t1 = time.perf_counter_ns()
+            outputs = self.model.predict(inputs, body.get("parameters") or {})
+            t2 = time.perf_counter_ns()
+            del inputs  # views into request slots the gateway reuses after our reply
+            described = place_outputs(self.slab, outputs, rows, self.slots)
+            t3 = time.perf_counter_ns()
+        except (BatchError, ShmExhausted) as exc:
+            self.send(wire.ERROR, {"id": batch_id, "message": str(exc)})
+            return
+        except Exception as exc:  # the model's own failure: report it, keep serving
+            log.warning("model raised on batch %s: %s", batch_id, traceback.format_exc())
+            self.send(wire.ERROR, {"id": batch_id, "message": f"{type(exc).__name__}: {exc}"})
+            return
+        self.send(
+            wire.RESULT,
+            {
+                "id": batch_id,
+                "outputs": described,
+                "timing": {"input_ns": t1 - t0, "infer_ns": t2 - t1, "output_ns": t3 - t2},
+            },
+        )
+
+    def close(self) -> None:
+        self.slots.clear()
+        self.slab.close()
+        self.cache.close()
+        self.inp.close()
+        self.out.close()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="inferoxy-worker", description=__doc__)
+    p.add_argument("--run-dir", required=True, help="the gateway's socket directory")
+    p.add_argument("--copy-id", type=int, required=True)
+    p.add_argument("--model", required=True, help="model name (for logs)")
+    p.add_argument("--entrypoint", required=True, help="module:Class")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parameters", default="{}", help="JSON object of constructor kwargs")
+    p.add_argument("--shm-prefix", required=True, help="segment name prefix: <prefix>-<gw pid>")
+    p.add_argument("--output-limit-bytes", type=int, default=2 << 30)
+    p.add_argument("--heartbeat-s", type=float, default=1.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("INFEROXY_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s worker[{args.model}#{args.copy_id}] %(levelname)s %(message)s",
+    )
+    # SIGTERM unwinds through finally blocks so the output slab is unlinked.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ctx = zmq.Context()
+    stop = threading.Event()
+    worker: Worker | None = None
+    try:
+        try:
+            model = load_model(args.entrypoint, args.device, json.loads(args.parameters))
+        except Exception as exc:
+            log.error("model %s failed to load: %s", args.entrypoint, traceback.format_exc())
+            fatal = ctx.socket(zmq.PUSH)
+            fatal.setsockopt(zmq.LINGER, 2000)
+            fatal.connect(wire.inbox_address(args.run_dir))
+            fatal.send_multipart(wire.encode(
+                wire.FATAL, {"copy": args.copy_id, "message": f"{type(exc).__name__}: {exc}"}
+            ))
+            fatal.close()
+            return EXIT_MODEL_LOAD_FAILED
+        worker = Worker(args, model, ctx)
+        threading.Thread(
+            target=_heartbeat,
+            args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop),
+            daemon=True,
+        ).start()
+        worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model})
+        worker.serve()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.close()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
