@@ -1,0 +1,110 @@
+"""Fixtures that start a real gateway (``inferoxy serve``) with real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import urllib3
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_MODELS = ROOT / "tests" / "models.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def shm_names(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix + "-"))
+
+
+@dataclass
+class RunningGateway:
+    process: subprocess.Popen[bytes]
+    url: str  # host:port, as tritonclient wants it
+    metrics_url: str
+    shm_prefix: str
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.url}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
+               timeout: float = 60) -> None:
+    http = urllib3.PoolManager()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{log_path.read_text()}")
+        try:
+            if http.request("GET", f"{url}/v2/health/ready", timeout=1, retries=False).status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"gateway not ready in {timeout}s:\n{log_path.read_text()}")
+
+
+def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
+                  shm_prefix: str | None = None) -> RunningGateway:
+    prefix = shm_prefix or f"ifxt{uuid.uuid4().hex[:8]}"
+    http_port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / f"gateway-{http_port}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20", SYNTHETIC_B_MS="0.5")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inferoxy", "serve", "--models", str(models),
+             "--host", "127.0.0.1", "--http-port", str(http_port),
+             "--metrics-port", str(metrics_port), "--shm-prefix", prefix,
+             "--heartbeat-timeout-s", "5", *extra],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    gw = RunningGateway(process, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}",
+                        prefix, log_path)
+    try:
+        wait_ready(gw.http, process, log_path)
+    except BaseException:
+        gw.stop(signal.SIGKILL)
+        raise
+    return gw
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """One gateway shared by the tests that do not break it."""
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"))
+    yield gw
+    status = gw.stop()
+    assert status == 0, gw.log()
+    assert shm_names(gw.shm_prefix) == []
+    assert "Traceback" not in gw.log(), gw.log()
+
+
+@pytest.fixture
+def own_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
+    """A gateway of the test's own, for tests that kill things."""
+    gw = start_gateway(tmp_path)
+    yield gw
+    gw.stop(signal.SIGKILL) if gw.process.poll() is None else None
