@@ -25,6 +25,7 @@ from shm import wire
 from shm.segment import SegmentCache, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
+from supervisor.lifecycle import CopyState
 from supervisor.local import LocalRuntime
 from supervisor.placement import discover_gpus, place
 from supervisor.runtime import CopySpec, Runtime
@@ -72,14 +73,22 @@ class Gateway:
         return server
 
     def ensure_accepting(self, server: ModelServer) -> None:
+        """Admit a request if a copy can serve it now or soon.
+
+        A copy that is starting, or restarting after a crash, will serve the queue when it is
+        ready (the request's deadline bounds the wait); a model whose copies all failed to
+        load is refused with the reason.
+        """
         if self.draining:
             raise Unavailable("the server is shutting down")
-        if not server.ready:
-            reason = next((c.last_error for c in server.copies if c.last_error), "")
-            raise Unavailable(
-                f"model {server.config.name!r} is not ready"
-                + (f" (last error: {reason})" if reason else "")
-            )
+        if any(c.ready or (c.state is not CopyState.STOPPED and not c.last_error)
+               for c in server.copies):
+            return
+        reason = next((c.last_error for c in server.copies if c.last_error), "")
+        raise Unavailable(
+            f"model {server.config.name!r} is not ready"
+            + (f" (last error: {reason})" if reason else "")
+        )
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}

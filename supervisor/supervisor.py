@@ -64,6 +64,7 @@ class Supervisor:
         copy.last_seen = trio.current_time()
         was = copy.state
         if copy.apply(CopyEvent.HELLO) is CopyState.READY and was is CopyState.STARTING:
+            copy.last_error = ""
             log.info("copy %d of model %s ready on %s (pid %s)",
                      copy.id, copy.model, copy.placement.device, pid)
             self._observers[copy_id].on_copy_ready(copy)
