@@ -61,14 +61,15 @@ class WorkerLink:
     async def run_inbox(self, handle: Handler) -> None:
         """The inbox's one reader. ``handle`` is synchronous: it must not block."""
         sock = self._inbox
+        fd = int(sock.getsockopt(zmq.FD))
         handled = 0
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     continue
-                await trio.lowlevel.wait_readable(sock.getsockopt(zmq.FD))
+                await trio.lowlevel.wait_readable(fd)
                 continue
             try:
                 kind, body = wire.decode(frames)

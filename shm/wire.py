@@ -24,17 +24,20 @@ from typing import Any
 
 try:  # orjson is faster, but workers must not need it (model images stay slim)
     import orjson
+except ImportError:  # pragma: no cover - slim worker images
+    orjson = None  # type: ignore[assignment]
 
-    def _dumps(obj: Any) -> bytes:
+
+def _dumps(obj: Any) -> bytes:
+    if orjson is not None:
         return orjson.dumps(obj)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover - exercised in slim worker images
 
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
-
-    _loads = json.loads
+def _loads(raw: bytes) -> Any:
+    if orjson is not None:
+        return orjson.loads(raw)
+    return json.loads(raw)
 
 HELLO = b"HELLO"
 HEARTBEAT = b"HEARTBEAT"

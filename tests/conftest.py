@@ -59,7 +59,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
         if process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{log_path.read_text()}")
         try:
-            if http.request("GET", f"{url}/v2/health/ready", timeout=1, retries=False).status == 200:
+            response = http.request("GET", f"{url}/v2/health/ready", timeout=1, retries=False)
+            if response.status == 200:
                 return
         except urllib3.exceptions.HTTPError:
             pass

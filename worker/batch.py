@@ -5,6 +5,7 @@ I/O-free apart from memory: no sockets here, so it is tested directly.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
             and d.dtype == first.dtype
             and d.shape[1:] == first.shape[1:]
             and d.offset == prev.offset + prev.nbytes
-            for prev, d in zip(descs, descs[1:], strict=False)
+            for prev, d in itertools.pairwise(descs)
         )
         if contiguous:
             rows = sum(d.shape[0] for d in descs)

@@ -1,0 +1,163 @@
+"""The I/O-free cores: batching policy, copy lifecycle, back-off, placement, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.batching import BatchPolicy, BatchQueue, QueueFull
+from gateway.config import ConfigError, load_models, parse_model
+from supervisor.backoff import Backoff
+from supervisor.lifecycle import CopyEvent, CopyState, next_state
+from supervisor.placement import discover_gpus, place
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def queue(batch: int = 4, delay_us: int = 1000, size: int = 8) -> BatchQueue[str]:
+    return BatchQueue(BatchPolicy(batch, delay_us, size))
+
+
+class TestBatchQueue:
+    def test_full_batch_closes_at_once(self) -> None:
+        q = queue()
+        for i in range(4):
+            q.push(f"r{i}", 1, "k", now=0.0)
+        assert q.take(now=0.0, copy_free=True) == ["r0", "r1", "r2", "r3"]
+        assert len(q) == 0
+
+    def test_partial_batch_waits_for_the_delay(self) -> None:
+        q = queue(delay_us=1000)
+        q.push("a", 1, "k", now=10.0)
+        assert q.take(now=10.0005, copy_free=True) is None
+        assert q.next_deadline() == pytest.approx(10.001)
+        assert q.take(now=10.001, copy_free=True) == ["a"]
+
+    def test_zero_delay_never_holds_back(self) -> None:
+        q = queue(delay_us=0)
+        q.push("a", 1, "k", now=0.0)
+        assert q.take(now=0.0, copy_free=True) == ["a"]
+
+    def test_nothing_closes_without_a_free_copy(self) -> None:
+        q = queue()
+        for i in range(6):
+            q.push(f"r{i}", 1, "k", now=0.0)
+        assert q.take(now=99.0, copy_free=False) is None
+        assert q.take(now=99.0, copy_free=True) == ["r0", "r1", "r2", "r3"]
+
+    def test_rows_count_towards_the_batch(self) -> None:
+        q = queue(batch=4)
+        q.push("two", 2, "k", now=0.0)
+        q.push("three", 3, "k", now=0.0)
+        q.push("one", 1, "k", now=0.0)
+        # "three" does not fit after "two"; taking "one" first would reorder the key.
+        assert q.take(now=1.0, copy_free=True) == ["two"]
+        assert q.take(now=1.0, copy_free=True) == ["three", "one"]
+
+    def test_keys_batch_apart_without_reordering(self) -> None:
+        q = queue(batch=4)
+        for name, key in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b")]:
+            q.push(name, 1, key, now=0.0)
+        assert q.take(now=1.0, copy_free=True) == ["a1", "a2"]
+        assert q.take(now=1.0, copy_free=True) == ["b1", "b2"]
+
+    def test_bound_rejects_but_retries_get_in(self) -> None:
+        q = queue(size=2)
+        q.push("a", 1, "k", now=0.0)
+        q.push("b", 1, "k", now=0.0)
+        with pytest.raises(QueueFull):
+            q.push("c", 1, "k", now=0.0)
+        q.push_front([("retry1", 1, "k", 0.0), ("retry2", 1, "k", 0.0)])
+        assert q.take(now=1.0, copy_free=True) == ["retry1", "retry2", "a", "b"]
+
+    def test_rows_out_of_range_rejected(self) -> None:
+        with pytest.raises(ValueError):
+            queue(batch=4).push("x", 5, "k", now=0.0)
+
+    def test_remove(self) -> None:
+        q = queue()
+        for name in "abc":
+            q.push(name, 1, "k", now=0.0)
+        assert q.remove(lambda r: r == "b") == ["b"]
+        assert q.take(now=1.0, copy_free=True) == ["a", "c"]
+
+
+class TestLifecycle:
+    def test_normal_life(self) -> None:
+        s = CopyState.STARTING
+        s = next_state(s, CopyEvent.HELLO)
+        assert s is CopyState.READY
+        s = next_state(s, CopyEvent.EXITED)
+        assert s is CopyState.DEAD
+        assert next_state(s, CopyEvent.RESTART) is CopyState.STARTING
+
+    def test_events_out_of_place_are_ignored(self) -> None:
+        assert next_state(CopyState.READY, CopyEvent.HELLO) is CopyState.READY
+        assert next_state(CopyState.DEAD, CopyEvent.EXITED) is CopyState.DEAD
+        assert next_state(CopyState.STOPPED, CopyEvent.RESTART) is CopyState.STOPPED
+        assert next_state(CopyState.STOPPING, CopyEvent.HELLO) is CopyState.STOPPING
+
+    def test_stop_from_anywhere_ends_stopped(self) -> None:
+        for state in (CopyState.STARTING, CopyState.READY):
+            assert next_state(state, CopyEvent.STOP) is CopyState.STOPPING
+            assert next_state(CopyState.STOPPING, CopyEvent.EXITED) is CopyState.STOPPED
+        assert next_state(CopyState.DEAD, CopyEvent.STOP) is CopyState.STOPPED
+
+
+def test_backoff_grows_caps_and_forgives() -> None:
+    b = Backoff(initial_s=0.5, factor=2, max_s=3, stable_after_s=60)
+    assert [b.on_exit(1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert b.on_exit(120.0) == 0.5
+
+
+def test_placement() -> None:
+    assert [p.visible_devices for p in place(True, 1, [0, 1, 3])] == ["0", "1", "3"]
+    assert all(p.device == "cuda:0" for p in place(True, 1, [0, 1]))
+    cpu = place(True, 2, [])
+    assert [(p.device, p.visible_devices) for p in cpu] == [("cpu", ""), ("cpu", "")]
+    assert len(place(False, 3, [0, 1])) == 3
+    assert discover_gpus("0,2") == [0, 2]
+    assert discover_gpus("") == []
+
+
+class TestConfig:
+    def test_examples_load(self) -> None:
+        models = load_models(ROOT / "examples" / "models.yaml")
+        assert set(models) == {"stub", "synthetic", "face"}
+        assert models["face"].outputs[0].shape == (16, 4)
+
+    @pytest.mark.parametrize(
+        ("field", "value", "message"),
+        [
+            ("batch_size", 0, "batch_size must be an integer"),
+            ("copies", "two", "copies must be an integer"),
+            ("entrypoint", "os.system", "entrypoint must be 'module:Class'"),
+            ("run_on_gpu", "yes", "run_on_gpu must be true or false"),
+            ("inputs", [], "inputs must be a non-empty list"),
+            ("inputs", [{"name": "x", "datatype": "STRING", "shape": [1]}], "datatype must be"),
+            ("inputs", [{"name": "x", "datatype": "FP32", "shape": [0]}], "shape must be"),
+            ("colour", "red", "unknown field"),
+        ],
+    )
+    def test_invalid_fields_are_named(self, field: str, value: object, message: str) -> None:
+        raw = {
+            "entrypoint": "m:C",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+            field: value,
+        }
+        with pytest.raises(ConfigError, match=message):
+            parse_model("m", raw)
+
+    @pytest.mark.parametrize("name", ["../etc", "a b", "", "x" * 80, "-lead"])
+    def test_model_names_are_validated(self, name: str) -> None:
+        with pytest.raises(ConfigError, match="model name"):
+            parse_model(name, {})
+
+    def test_unreadable_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="cannot read"):
+            load_models(tmp_path / "missing.yaml")
+        (tmp_path / "bad.yaml").write_text("models: [1, 2]")
+        with pytest.raises(ConfigError, match="'models' mapping"):
+            load_models(tmp_path / "bad.yaml")
