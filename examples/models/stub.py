@@ -1,7 +1,8 @@
-"""The stub model: returns its input unchanged.
+"""The stub model: returns its inputs unchanged.
 
-Input ``IMAGE`` (UINT8, per-item shape ``[-1, -1, 3]``), output ``IMAGE`` = the same array.
-It does no work at all, so a benchmark against it measures the serving path alone.
+In ``examples/models.yaml`` it serves ``IMAGE`` (UINT8, per-item shape ``[-1, -1, 3]``) ->
+``IMAGE``; it echoes whatever inputs a declaration gives it, each as the output of the same
+name. It does no work at all, so a benchmark against it measures the serving path alone.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 
 
 class Identity:
-    """``IMAGE -> IMAGE``, unchanged."""
+    """Every input, unchanged, as the output of the same name."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -18,6 +19,6 @@ class Identity:
     def predict(
         self, inputs: dict[str, np.ndarray], parameters: dict[str, object]
     ) -> dict[str, np.ndarray]:
-        # The input array itself: the worker copies outputs into shared memory, and this
-        # model keeps no reference to it once predict returns.
-        return {"IMAGE": inputs["IMAGE"]}
+        # The input arrays themselves: the worker copies outputs into shared memory, and this
+        # model keeps no reference to them once predict returns.
+        return dict(inputs)
