@@ -87,6 +87,7 @@ class ModelServer:
         try:
             self.queue.push(req, req.rows, req.key, trio.current_time())
         except QueueFull as exc:
+            self.stats.record_failure("rejected", 0)
             raise Unavailable(f"model {self.config.name!r} is overloaded: {exc}") from None
         self._wake.set()
 
@@ -96,12 +97,13 @@ class ModelServer:
             with trio.move_on_at(req.deadline):
                 await req.done.wait()
         finally:
-            if not req.done.is_set():
+            if not req.done.is_set():  # deadline passed, or the client went away
                 self._abandon(req)
         if req.result is not None:
             return req.result
         if req.error is not None:
             raise req.error
+        self.stats.record_failure("timeout", time.perf_counter_ns() - req.enqueued_ns)
         raise DeadlineExceeded(
             f"model {self.config.name!r} did not answer within the request's timeout"
         )
@@ -110,7 +112,6 @@ class ModelServer:
         req.abandoned = True
         if self.queue.remove(lambda r: r is req):  # never dispatched: its slots are ours
             self._free_inputs(req)
-            self.stats.record_failure("timeout", time.perf_counter_ns() - req.enqueued_ns)
         # in flight: the worker may still read the inputs; on_result/on_error frees them.
 
     def _free_inputs(self, req: InferRequest) -> None:
@@ -123,7 +124,9 @@ class ModelServer:
         now = time.perf_counter_ns()
         if error is not None:
             req.error = error
-            self.stats.record_failure(type(error).__name__, now - req.enqueued_ns)
+            reason = {ModelError: "model_error", Unavailable: "unavailable"}.get(
+                type(error), "other")
+            self.stats.record_failure(reason, now - req.enqueued_ns)
         else:
             req.result = result
             self.stats.success.add(now - req.enqueued_ns)
