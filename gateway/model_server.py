@@ -35,6 +35,7 @@ log = logging.getLogger("inferoxy.model")
 
 MAX_ATTEMPTS = 2  # a stateless request is retried once when its copy dies under it
 MAX_INFLIGHT_PER_COPY = 1  # while a copy runs a batch the next one grows in the queue
+SEND_RETRY_S = 0.002  # a copy whose socket refused a batch is tried again after this
 
 _batch_ids = itertools.count(1)
 
@@ -136,21 +137,26 @@ class ModelServer:
 
     async def run(self) -> None:
         while True:
-            copy = self._free_copy()
-            batch = self.queue.take(trio.current_time(), copy is not None)
+            now = trio.current_time()
+            copy = self._free_copy(now)
+            batch = self.queue.take(now, copy is not None)
             if batch is not None and copy is not None:
                 self._dispatch(copy, batch)
                 await trio.lowlevel.checkpoint()
                 continue
             wake_at = self.queue.next_deadline() if copy is not None else None
+            if len(self.queue):
+                paused = [c.paused_until for c in self.copies if c.ready and c.paused_until > now]
+                if paused:
+                    wake_at = min([*paused, wake_at] if wake_at is not None else paused)
             with trio.move_on_at(wake_at if wake_at is not None else float("inf")):
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    def _free_copy(self) -> Copy | None:
+    def _free_copy(self, now: float) -> Copy | None:
         best: Copy | None = None
         for c in self.copies:
-            if c.ready and c.outstanding < MAX_INFLIGHT_PER_COPY and (
+            if c.ready and c.outstanding < MAX_INFLIGHT_PER_COPY and c.paused_until <= now and (
                 best is None
                 or (c.outstanding, c.last_dispatch) < (best.outstanding, best.last_dispatch)
             ):
@@ -169,10 +175,12 @@ class ModelServer:
             "parameters": batch[0].parameters,
         }
         if not self._send(copy.id, wire.BATCH, body):
-            # The copy's socket is not taking messages: treat it as gone for now.
-            log.warning("copy %d of %s is not reading; requeueing", copy.id, self.config.name)
+            # Not connected yet (HELLO can overtake the worker's connect) or not reading:
+            # keep the batch at the head and try this copy again shortly. A worker that
+            # never reads is caught by the supervisor's watchdog.
+            log.debug("copy %d of %s is not taking batches yet", copy.id, self.config.name)
             self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in batch)
-            copy.outstanding = MAX_INFLIGHT_PER_COPY  # until it answers or is restarted
+            copy.paused_until = trio.current_time() + SEND_RETRY_S
             return
         copy.outstanding += 1
         copy.last_dispatch = trio.current_time()
@@ -270,6 +278,7 @@ class ModelServer:
 
     def on_copy_ready(self, copy: Copy) -> None:
         copy.outstanding = 0
+        copy.paused_until = 0.0
         self._wake.set()
 
     def on_copy_lost(self, copy: Copy) -> None:

@@ -18,6 +18,7 @@ class Copy:
     outstanding: int = 0  # batches sent and not yet answered
     last_seen: float = 0.0  # trio time of the last message from the worker
     last_dispatch: float = 0.0
+    paused_until: float = 0.0  # trio time before which no batch is sent (socket refused one)
     restarts: int = 0
     last_error: str = ""
     history: list[CopyState] = field(default_factory=list)
