@@ -25,7 +25,11 @@ RESERVED_PARAMETERS = frozenset({
     "binary_data_output", "timeout", "priority", "sequence_id", "sequence_start",
     "sequence_end", "headers",
 })
-_JSON_KINDS = {"b": "b", "i": "i", "u": "i", "f": "if"}  # numpy kind -> JSON kinds accepted
+# numpy kind of the tensor -> numpy kinds of JSON data accepted for it. "u" counts as an
+# integer: numpy gives JSON ints in [2**63, 2**64) the kind "u", and the range check below (not
+# the kind check) must answer for them, else UINT64 could not carry them and INT32 would say
+# "must be integers" for an integer that is merely out of range.
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +60,23 @@ class ParsedRequest:
     binary_bytes: int  # how many bytes follow the header
 
 
+class InvalidJson(InvalidArgument):
+    """The JSON part is not JSON at all; ``detail`` is the parser's message.
+
+    A separate type so the HTTP adapter can say which bytes it parsed: with binary data, a
+    missing or wrong ``Inference-Header-Content-Length`` shows up as exactly this error.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"request body is not valid JSON: {detail}")
+        self.detail = detail
+
+
 def _loads(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+        raise InvalidJson(str(exc)) from None
     if not isinstance(doc, dict):
         raise InvalidArgument("request body must be a JSON object")
     return doc
@@ -205,6 +221,13 @@ def write_json_data(tensor: InputTensor, out: np.ndarray) -> None:
         arr = np.asarray(tensor.data)
     except ValueError:
         raise InvalidArgument(f"input {tensor.name!r}: data is not a regular array") from None
+    # Data may be flat or nested, but nesting that disagrees with the declared shape (say
+    # [[..4..]]*4 for [1, 16]) is a client bug: reshaping it silently would reorder values.
+    if arr.ndim > 1 and arr.shape != tensor.shape:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: nested data has shape {list(arr.shape)}, declared "
+            f"{list(tensor.shape)}"
+        )
     if arr.size != out.size:
         raise InvalidArgument(
             f"input {tensor.name!r}: data has {arr.size} elements, shape "
@@ -212,7 +235,7 @@ def write_json_data(tensor: InputTensor, out: np.ndarray) -> None:
         )
     accepted = _JSON_KINDS[tensor.dtype.kind]
     if arr.size and arr.dtype.kind not in accepted:
-        want = {"b": "booleans", "i": "integers", "if": "numbers"}[accepted]
+        want = {"b": "booleans", "iu": "integers", "iuf": "numbers"}[accepted]
         raise InvalidArgument(f"input {tensor.name!r}: {tensor.datatype} data must be {want}")
     if tensor.dtype.kind in "iu" and arr.size:
         info = np.iinfo(tensor.dtype)

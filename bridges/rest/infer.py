@@ -28,19 +28,39 @@ HEADER_LENGTH = b"inference-header-content-length"
 MAX_HEADER_BYTES = 16 << 20  # the JSON part; JSON tensor data counts against max_body_bytes
 
 
-class BodyReader:
-    """Pulls an ASGI request body in order, with a hard limit on its total size."""
+class BodyTimeout(InvalidArgument):
+    """The client did not send its whole body in time: 408 Request Timeout."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    http_status = 408
+
+
+class BodyReader:
+    """Pulls an ASGI request body in order, with a hard limit on its total size and time.
+
+    The time limit matters because input slots are taken (at their declared size) before
+    the bytes arrive: without it a client that sends a header and then stalls would hold
+    its slot, up to the whole body limit, for as long as it keeps the connection open.
+    """
+
+    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
         self._receive = receive
         self._limit = limit
+        self._timeout_s = timeout_s
+        self._deadline = trio.current_time() + timeout_s
         self._chunk = memoryview(b"")
         self._done = False
         self.total = 0
 
     async def _next(self) -> bool:
         while not self._chunk and not self._done:
-            message = await self._receive()
+            message = None
+            with trio.move_on_at(self._deadline):
+                message = await self._receive()
+            if message is None:
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self._timeout_s:g} s "
+                    f"(got {self.total} bytes)"
+                )
             if message["type"] == "http.disconnect":
                 raise _Disconnected()
             body = message.get("body", b"")
@@ -51,13 +71,13 @@ class BodyReader:
             self._done = not message.get("more_body", False)
         return bool(self._chunk)
 
-    async def read_exactly(self, n: int) -> bytes:
+    async def read_exactly(self, n: int, what: str) -> bytes:
         parts: list[memoryview] = []
         need = n
         while need:
             if not await self._next():
                 raise InvalidArgument(
-                    f"request body ended early: expected {n} bytes, got {n - need}"
+                    f"request body ended early: {what} needs {n} bytes, got {n - need}"
                 )
             take = self._chunk[:need]
             self._chunk = self._chunk[len(take):]
@@ -105,20 +125,30 @@ def _int_header(scope: Scope, name: bytes) -> int | None:
     raw = _header(scope, name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"header {name.decode()} must be an integer") from None
-    if value < 0:
-        raise InvalidArgument(f"header {name.decode()} must not be negative")
-    return value
+    # ASCII digits only: int() would also take "+12", " 12 " and "1_2", which no HTTP
+    # length header may be; and past 4300 digits int() raises a ValueError of its own.
+    if not raw.isdigit() or len(raw) > 20:
+        raise InvalidArgument(
+            f"header {name.decode()} must be a non-negative integer of at most 20 digits"
+        )
+    return int(raw)
 
 
 async def send_json(send: Send, status: int, body: bytes,
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
+    try:
+        await send({
+            "type": "http.response.start", "status": status, "headers": headers + (extra or []),
+        })
+        await send({"type": "http.response.body", "body": body})
+    except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+        # The client hung up. Typical after an early error answer (sent before the request
+        # body was complete): the client reads it and closes, and hypercorn's close of the
+        # socket (send_eof, outside its send lock) races the end of our send. The answer
+        # has gone out or no one is left to read it; either way there is nothing to do,
+        # and letting it escape would log a traceback ("Error in ASGI Framework").
+        pass
 
 
 async def lifespan(receive: Receive, send: Send) -> None:
@@ -143,6 +173,12 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
                        model: str, version: str | None) -> None:
     slots: list[Slot] = []
     submitted = False
+
+    def release_slots() -> None:
+        if not submitted:  # the core never saw these slots
+            while slots:
+                gateway.slab.free(slots.pop())
+
     try:
         server = gateway.model(model, version)
         gateway.ensure_accepting(server)
@@ -153,7 +189,7 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
         if length is not None and length > limit:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
         header_len = _int_header(scope, HEADER_LENGTH)
-        body = BodyReader(receive, limit)
+        body = BodyReader(receive, limit, gateway.settings.request_timeout_s)
         if header_len is None:
             raw_header = await body.read_rest()
         else:
@@ -166,8 +202,23 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
                     f"Inference-Header-Content-Length {header_len} is larger than the body "
                     f"({length} bytes)"
                 )
-            raw_header = await body.read_exactly(header_len)
-        parsed = codec.parse_request(raw_header, server.config, limit)
+            raw_header = await body.read_exactly(
+                header_len, "the JSON header (Inference-Header-Content-Length)"
+            )
+        try:
+            parsed = codec.parse_request(raw_header, server.config, limit)
+        except codec.InvalidJson as exc:
+            # With binary data, a missing or wrong Inference-Header-Content-Length is what
+            # makes the JSON part unparseable: say which bytes were parsed as JSON.
+            if header_len is None:
+                raise InvalidArgument(
+                    f"{exc.message} (there is no Inference-Header-Content-Length header, so "
+                    f"the whole body must be JSON)"
+                ) from None
+            raise InvalidArgument(
+                f"the first {header_len} bytes of the body (Inference-Header-Content-Length) "
+                f"are not valid JSON: {exc.detail}"
+            ) from None
         if header_len is None and parsed.binary_bytes:
             raise InvalidArgument(
                 "inputs use binary_data_size but the Inference-Header-Content-Length header "
@@ -229,14 +280,15 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
         finally:
             result.release()
     except InferoxyError as exc:
+        # Free before answering, not after: a client that sees the error may retry at once,
+        # and must find the memory its failed request took already given back.
+        release_slots()
         await send_error(send, exc)
         return
     except _Disconnected:
         return
     finally:
-        if not submitted:  # the core never saw these slots
-            for slot in slots:
-                gateway.slab.free(slot)
+        release_slots()
     if json_len is None:
         await send_json(send, 200, payload)
     else:
