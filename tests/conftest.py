@@ -50,6 +50,31 @@ class RunningGateway:
             self.process.send_signal(sig)
         return self.process.wait(timeout=timeout)
 
+    def cleanup(self) -> None:
+        """Whatever a test did to it, leave no process and no segment behind."""
+        if self.process.poll() is None:
+            try:
+                self.stop(signal.SIGTERM, timeout=20)
+            except subprocess.TimeoutExpired:
+                self.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 10  # workers of a killed gateway exit by themselves
+        while time.monotonic() < deadline and _children_alive(self.process.pid):
+            time.sleep(0.05)
+        for name in shm_names(self.shm_prefix):
+            os.unlink(f"/dev/shm/{name}")
+
+
+def _children_alive(pid: int) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                status = (proc / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                return True
+    return False
+
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
                timeout: float = 60) -> None:
@@ -87,7 +112,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
     try:
         wait_ready(gw.http, process, log_path)
     except BaseException:
-        gw.stop(signal.SIGKILL)
+        gw.cleanup()
         raise
     return gw
 
@@ -96,11 +121,14 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """One gateway shared by the tests that do not break it."""
     gw = start_gateway(tmp_path_factory.mktemp("gateway"))
-    yield gw
-    status = gw.stop()
-    assert status == 0, gw.log()
-    assert shm_names(gw.shm_prefix) == []
-    assert "Traceback" not in gw.log(), gw.log()
+    try:
+        yield gw
+        status = gw.stop()
+        assert status == 0, gw.log()
+        assert shm_names(gw.shm_prefix) == []
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()
 
 
 @pytest.fixture
@@ -108,4 +136,4 @@ def own_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
     """A gateway of the test's own, for tests that kill things."""
     gw = start_gateway(tmp_path)
     yield gw
-    gw.stop(signal.SIGKILL) if gw.process.poll() is None else None
+    gw.cleanup()
