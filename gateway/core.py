@@ -16,12 +16,14 @@ from typing import Any
 
 import trio
 
+from gateway.admission import Admission
 from gateway.config import ModelConfig
 from gateway.errors import NotFound, Unavailable
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
 from shm import wire
+from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
@@ -50,6 +52,10 @@ class Gateway:
         self.live = False
         self.draining = False
         self.gpus: list[int] = []
+        self.regions = RegionRegistry(
+            enabled=settings.allow_client_shm, own_prefix=settings.shm_prefix,
+            max_regions=settings.max_client_regions,
+        )
         # Created in run(): they need the run directory, and cleanup follows run()'s scope.
         self.slab: SlabAllocator
         self.cache: SegmentCache
@@ -89,6 +95,10 @@ class Gateway:
             f"model {server.config.name!r} is not ready"
             + (f" (last error: {reason})" if reason else "")
         )
+
+    def admission(self, server: ModelServer) -> Admission:
+        """A new request's way into ``server`` (see ``gateway.admission``)."""
+        return Admission(server, self.slab, self.regions, self.settings.request_timeout_s)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}

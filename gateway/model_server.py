@@ -21,7 +21,13 @@ import trio
 
 from gateway.batching import BatchPolicy, BatchQueue, QueueFull
 from gateway.config import ModelConfig
-from gateway.errors import DeadlineExceeded, InferoxyError, ModelError, Unavailable
+from gateway.errors import (
+    DeadlineExceeded,
+    InferoxyError,
+    InvalidArgument,
+    ModelError,
+    Unavailable,
+)
 from gateway.request import BatchOutputs, InferRequest, RequestResult
 from gateway.stats import ModelStats
 from shm import wire
@@ -45,6 +51,17 @@ class InflightBatch:
     copy: Copy
     requests: list[InferRequest]
     sent_ns: int
+
+
+def _item(r: InferRequest) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "rows": r.rows, "inputs": {n: d.to_wire() for n, d in r.inputs.items()},
+    }
+    if r.region_inputs:
+        item["regions"] = list(r.region_inputs)
+    if r.output_targets:
+        item["outputs"] = {n: t.to_wire() for n, t in r.output_targets.items()}
+    return item
 
 
 class ModelServer:
@@ -168,10 +185,7 @@ class ModelServer:
         now_ns = time.perf_counter_ns()
         body = {
             "id": batch_id,
-            "items": [
-                {"rows": r.rows, "inputs": {n: d.to_wire() for n, d in r.inputs.items()}}
-                for r in batch
-            ],
+            "items": [_item(r) for r in batch],
             "parameters": batch[0].parameters,
         }
         if not self._send(copy.id, wire.BATCH, body):
@@ -203,7 +217,7 @@ class ModelServer:
         requests = flight.requests
         rows = sum(r.rows for r in requests)
         try:
-            arrays = self._output_views(raw_outputs, rows)
+            arrays, shapes = self._output_views(raw_outputs, rows)
         except ModelError as exc:
             self._release_outputs(copy, raw_outputs)
             self._fail_batch(requests, exc)
@@ -211,20 +225,24 @@ class ModelServer:
         for r in requests:
             self._free_inputs(r)
         self.stats.record_batch(len(requests), rows, body.get("timing") or {})
-        live = [r for r in requests if not r.abandoned]
+        item_errors = body.get("item_errors") or {}
+        live = [r for i, r in enumerate(requests) if not r.abandoned and str(i) not in item_errors]
         outputs = BatchOutputs(arrays, len(live), lambda: self._release_outputs(copy, raw_outputs))
         if not live:
             outputs.arrays = {}
             self._release_outputs(copy, raw_outputs)
         row = 0
-        for r in requests:
+        for i, r in enumerate(requests):
             rows_of = slice(row, row + r.rows)
             row += r.rows
             if r.abandoned:
                 continue
-            self._finish(
-                r, result=RequestResult({n: a[rows_of] for n, a in arrays.items()}, outputs)
-            )
+            if str(i) in item_errors:
+                self._finish(r, error=InvalidArgument(str(item_errors[str(i)])[:2000]))
+                continue
+            mine = {n: a[rows_of] for n, a in arrays.items() if n not in r.output_targets}
+            in_regions = {n: (r.rows, *shapes[n][1:]) for n in r.output_targets}
+            self._finish(r, result=RequestResult(mine, outputs, in_regions))
 
     def on_error(self, copy: Copy, body: dict[str, Any]) -> None:
         flight = self.inflight.pop(body.get("id", -1), None)
@@ -244,33 +262,48 @@ class ModelServer:
             if not r.abandoned:
                 self._finish(r, error=error)
 
-    def _output_views(self, raw: dict[str, Any], rows: int) -> dict[str, np.ndarray]:
+    def _output_views(
+        self, raw: dict[str, Any], rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+        """Views of the outputs the worker placed in its slab, and every output's shape.
+
+        An output that every request of the batch sent to its own region has no slab copy:
+        the worker reports only its dtype and shape (segment ``None``).
+        """
         arrays: dict[str, np.ndarray] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for spec in self.config.outputs:
             if spec.name not in raw:
                 raise ModelError(f"model {self.config.name!r} did not return output {spec.name!r}")
             try:
-                desc = Descriptor.from_wire(raw[spec.name])
-                view = self._cache.view(desc)
-            except (ValueError, TypeError, AssertionError, OSError) as exc:
+                entry = raw[spec.name]
+                placed = entry[0] is not None
+                desc = Descriptor.from_wire(entry if placed else ["-", 0, *entry[2:]])
+                dtype = np.dtype(desc.dtype)
+                shape = desc.shape
+                view = self._cache.view(desc) if placed else None
+            except (ValueError, TypeError, AssertionError, OSError, IndexError) as exc:
                 raise ModelError(
                     f"model {self.config.name!r}: output {spec.name!r} is unreadable"
                 ) from exc
-            if view.dtype != self._out_dtypes[spec.name]:
+            if dtype != self._out_dtypes[spec.name]:
                 raise ModelError(
-                    f"model {self.config.name!r}: output {spec.name!r} is {view.dtype}, "
+                    f"model {self.config.name!r}: output {spec.name!r} is {dtype}, "
                     f"declared {spec.datatype}"
                 )
-            if view.shape[0] != rows or not spec.accepts(tuple(view.shape[1:])):
+            if not shape or shape[0] != rows or not spec.accepts(tuple(shape[1:])):
                 raise ModelError(
                     f"model {self.config.name!r}: output {spec.name!r} has shape "
-                    f"{list(view.shape)}, declared [{rows}, {', '.join(map(str, spec.shape))}]"
+                    f"{list(shape)}, declared [{rows}, {', '.join(map(str, spec.shape))}]"
                 )
-            arrays[spec.name] = view
-        return arrays
+            shapes[spec.name] = shape
+            if view is not None:
+                arrays[spec.name] = view
+        return arrays, shapes
 
     def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
-        slots = [[d[0], d[1]] for d in raw.values() if isinstance(d, list) and len(d) == 4]
+        slots = [[d[0], d[1]] for d in raw.values()
+                 if isinstance(d, list) and len(d) == 4 and d[0] is not None]
         if slots:
             self._send(copy.id, wire.RELEASE, {"slots": slots})
 

@@ -23,6 +23,18 @@ from shm.slab import Slot
 _ids = itertools.count(1)
 
 
+@dataclass(frozen=True, slots=True)
+class OutputTarget:
+    """Where a client wants an output written: a byte range of a registered region."""
+
+    segment: str
+    offset: int
+    byte_size: int
+
+    def to_wire(self) -> list[object]:
+        return [self.segment, self.offset, self.byte_size]
+
+
 @dataclass(eq=False, slots=True)
 class InferRequest:
     model: str
@@ -34,6 +46,8 @@ class InferRequest:
     parameters: dict[str, Any]
     deadline: float  # trio.current_time() by which an answer is due
     request_id: str = ""  # the client's id, echoed back
+    region_inputs: tuple[str, ...] = ()  # inputs that lie in client regions
+    output_targets: dict[str, OutputTarget] = field(default_factory=dict)
     serial: int = field(default_factory=lambda: next(_ids))
     # Set by the core:
     enqueued_ns: int = 0
@@ -66,10 +80,15 @@ class BatchOutputs:
 
 @dataclass(eq=False, slots=True)
 class RequestResult:
-    """One request's rows of a batch's outputs. Call ``release()`` once encoded."""
+    """One request's rows of a batch's outputs. Call ``release()`` once encoded.
+
+    ``outputs`` holds views of the outputs the response carries; ``in_regions`` the shapes
+    of those the worker wrote into the client's regions (the response carries no data).
+    """
 
     outputs: dict[str, np.ndarray]
     _batch: BatchOutputs | None
+    in_regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def release(self) -> None:
         if self._batch is not None:

@@ -17,6 +17,8 @@ class Settings:
     shm_prefix: str = "ifx"
     shm_limit_bytes: int = 4 << 30  # request-input slabs of this gateway
     max_body_bytes: int = 256 << 20
+    allow_client_shm: bool = False  # the v2 system shared-memory extension
+    max_client_regions: int = 256
     request_timeout_s: float = 60.0  # when a request names no timeout
     drain_timeout_s: float = 10.0
     startup_timeout_s: float = 120.0

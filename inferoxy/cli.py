@@ -43,6 +43,8 @@ HELP = {
     "shm_prefix": "name prefix of this gateway's /dev/shm segments",
     "shm_limit_bytes": "bytes of shared memory for request inputs",
     "max_body_bytes": "largest request body accepted (413 beyond)",
+    "allow_client_shm": "allow clients to register system shared-memory regions",
+    "max_client_regions": "most client regions registered at once",
     "request_timeout_s": "deadline of a request that names no timeout",
     "drain_timeout_s": "how long shutdown waits for in-flight requests",
     "startup_timeout_s": "how long a copy may take to load its model",
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Settings):
         default = _env(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                               help=f"{HELP.get(f.name, '')} (default: {default!r})")
+            continue
         kind = type(f.default) if f.default is not None else str
         serve.add_argument(flag, type=kind, default=default,
                            help=f"{HELP.get(f.name, '')} (default: {default!r})")

@@ -55,10 +55,11 @@ def _check_range(offset: int, nbytes: int, size: int) -> None:
 class Segment:
     """One mapped shared-memory segment: ``name`` (no ``/``), ``size`` bytes, ``buf``."""
 
-    def __init__(self, name: str, size: int, buf: mmap.mmap) -> None:
+    def __init__(self, name: str, size: int, buf: mmap.mmap, inode: int = 0) -> None:
         self.name = name
         self.size = size
         self.buf = buf
+        self.inode = inode  # tells a re-created segment of the same name from this one
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
@@ -98,13 +99,13 @@ class Segment:
             # Re-raised without the filename so the path cannot leak into a client error.
             raise FileNotFoundError(errno.ENOENT, "shared-memory segment not found") from None
         try:
-            size = os.fstat(fd).st_size
-            if size <= 0:
+            st = os.fstat(fd)
+            if st.st_size <= 0:
                 raise ValueError("shared-memory segment is empty")
-            buf = mmap.mmap(fd, size)
+            buf = mmap.mmap(fd, st.st_size)
         finally:
             os.close(fd)
-        return cls(name, size, buf)
+        return cls(name, st.st_size, buf, st.st_ino)
 
     def view(self, offset: int, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """A writable C-order array of ``dtype``/``shape`` over the bytes at ``offset``."""
@@ -176,8 +177,24 @@ class SegmentCache:
             self._segments[name] = segment
         return segment
 
-    def view(self, desc: Descriptor) -> np.ndarray:
-        """The writable array ``desc`` points at; ``ValueError`` if it is out of bounds."""
+    def view(self, desc: Descriptor, verify: bool = False) -> np.ndarray:
+        """The writable array ``desc`` points at; ``ValueError`` if it is out of bounds.
+
+        ``verify`` is for segments someone else may shrink or re-create at any time (client
+        regions): the file is stat'ed first, a re-created or grown one is mapped afresh, and
+        a range past its current end is refused — touching it would be SIGBUS.
+        """
+        if verify:
+            end = desc.offset + desc.nbytes
+            try:
+                st = os.stat(_path(desc.segment))
+            except FileNotFoundError:
+                raise ValueError("the region's shared-memory segment no longer exists") from None
+            if st.st_size < end:
+                raise ValueError("the region's shared-memory segment is smaller than the tensor")
+            cached = self._segments.get(desc.segment)
+            if cached is not None and (cached.inode != st.st_ino or cached.size < end):
+                self._segments.pop(desc.segment).close()
         return self.get(desc.segment).view(desc.offset, desc.dtype, desc.shape)
 
     def forget(self, name_prefix: str) -> None:

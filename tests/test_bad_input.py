@@ -22,6 +22,8 @@ import pytest
 import urllib3
 
 from bridges.rest import codec
+from gateway.admission import CheckedInput
+from gateway.config import TensorSpec
 from gateway.errors import InvalidArgument
 from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
 
@@ -284,8 +286,9 @@ def test_codec_integer_ranges() -> None:
     "u") are integers, so UINT64 takes them and INT64 calls them out of range."""
     def write(datatype: str, data: list[Any]) -> np.ndarray:
         dtype = np.dtype(datatype)
-        t = codec.InputTensor("T", datatype.upper(), (1, len(data)), dtype,
-                              dtype.itemsize * len(data), False, data)
+        spec = TensorSpec("T", datatype.upper(), (len(data),))
+        checked = CheckedInput(spec, (1, len(data)), dtype, dtype.itemsize * len(data))
+        t = codec.InputTensor(checked, False, data)
         out = np.zeros((1, len(data)), dtype)
         codec.write_json_data(t, out)
         return out

@@ -96,12 +96,14 @@ class Worker:
         batch_id = body["id"]
         try:
             t0 = time.perf_counter_ns()
-            inputs, rows = gather(self.cache, body["items"])
+            inputs, _rows = gather(self.cache, body["items"])
             t1 = time.perf_counter_ns()
             outputs = self.model.predict(inputs, body.get("parameters") or {})
             t2 = time.perf_counter_ns()
             del inputs  # views into request slots the gateway reuses after our reply
-            described = place_outputs(self.slab, outputs, rows, self.slots)
+            described, item_errors = place_outputs(
+                self.slab, self.cache, outputs, body["items"], self.slots
+            )
             t3 = time.perf_counter_ns()
         except (BatchError, ShmExhausted) as exc:
             self.send(wire.ERROR, {"id": batch_id, "message": str(exc)})
@@ -110,14 +112,14 @@ class Worker:
             log.warning("model raised on batch %s: %s", batch_id, traceback.format_exc())
             self.send(wire.ERROR, {"id": batch_id, "message": f"{type(exc).__name__}: {exc}"})
             return
-        self.send(
-            wire.RESULT,
-            {
-                "id": batch_id,
-                "outputs": described,
-                "timing": {"input_ns": t1 - t0, "infer_ns": t2 - t1, "output_ns": t3 - t2},
-            },
-        )
+        result: dict[str, Any] = {
+            "id": batch_id,
+            "outputs": described,
+            "timing": {"input_ns": t1 - t0, "infer_ns": t2 - t1, "output_ns": t3 - t2},
+        }
+        if item_errors:
+            result["item_errors"] = item_errors
+        self.send(wire.RESULT, result)
 
     def close(self) -> None:
         self.slots.clear()

@@ -23,41 +23,58 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
     """Build one array per input over all items (batch dimension first) and count the rows.
 
     One item, or items laid out back to back in one segment, give a view (no copy); otherwise
-    the rows are concatenated once.
+    the rows are concatenated once. Inputs in client regions are re-checked against the
+    region's current size before they are touched.
     """
     names = list(items[0]["inputs"])
     inputs: dict[str, np.ndarray] = {}
     for name in names:
         descs = [Descriptor.from_wire(item["inputs"][name]) for item in items]
+        verify = [name in item.get("regions", ()) for item in items]
         first = descs[0]
-        contiguous = all(
+        contiguous = not any(verify) and all(
             d.segment == first.segment
             and d.dtype == first.dtype
             and d.shape[1:] == first.shape[1:]
             and d.offset == prev.offset + prev.nbytes
             for prev, d in itertools.pairwise(descs)
         )
-        if contiguous:
-            rows = sum(d.shape[0] for d in descs)
-            inputs[name] = cache.view(
-                Descriptor(first.segment, first.offset, first.dtype, (rows, *first.shape[1:]))
-            )
-        else:
-            inputs[name] = np.concatenate([cache.view(d) for d in descs], axis=0)
+        try:
+            if contiguous:
+                rows = sum(d.shape[0] for d in descs)
+                inputs[name] = cache.view(
+                    Descriptor(first.segment, first.offset, first.dtype, (rows, *first.shape[1:]))
+                )
+            elif len(descs) == 1:
+                inputs[name] = cache.view(first, verify=verify[0])
+            else:
+                inputs[name] = np.concatenate(
+                    [cache.view(d, verify=v) for d, v in zip(descs, verify, strict=True)], axis=0
+                )
+        except (ValueError, OSError) as exc:
+            raise BatchError(f"input {name!r}: {exc}") from None
     rows = sum(int(item["rows"]) for item in items)
     return inputs, rows
 
 
 def place_outputs(
-    slab: SlabAllocator, outputs: object, rows: int, slots: dict[tuple[str, int], Slot]
-) -> dict[str, list[object]]:
-    """Copy each output into a slot of the worker's slab and describe it.
+    slab: SlabAllocator,
+    cache: SegmentCache,
+    outputs: object,
+    items: list[dict[str, Any]],
+    slots: dict[tuple[str, int], Slot],
+) -> tuple[dict[str, list[object]], dict[str, str]]:
+    """Write each output where its requests want it; describe it; report per-item errors.
 
-    Slots stay allocated (tracked in ``slots``) until the gateway sends RELEASE.
+    Rows an item sent to a client region are written there; an output is also copied into
+    a slot of the worker's slab (kept, tracked in ``slots``, until the gateway sends
+    RELEASE) unless every item took it to a region — then only its dtype and shape are sent.
     """
     if not isinstance(outputs, dict):
         raise BatchError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
+    rows = sum(int(item["rows"]) for item in items)
     described: dict[str, list[object]] = {}
+    item_errors: dict[str, str] = {}
     taken: list[Slot] = []
     try:
         for name, value in outputs.items():
@@ -69,14 +86,41 @@ def place_outputs(
                 )
             if arr.dtype.kind not in "biuf":
                 raise BatchError(f"model output {name!r} has unsupported dtype {arr.dtype}")
-            slot = slab.allocate(arr.nbytes)
-            taken.append(slot)
-            slot.view(arr.dtype.name, arr.shape)[...] = arr  # native byte order
-            described[str(name)] = slot.descriptor(arr.dtype.name, arr.shape).to_wire()
+            name = str(name)
+            dtype = arr.dtype.name  # native byte order from here on
+            start = 0
+            to_slab = False
+            for index, item in enumerate(items):
+                part = arr[start : start + int(item["rows"])]
+                start += int(item["rows"])
+                target = item.get("outputs", {}).get(name)
+                if target is None:
+                    to_slab = True
+                    continue
+                segment, offset, byte_size = target
+                if part.nbytes > byte_size:
+                    item_errors[str(index)] = (
+                        f"output {name!r} takes {part.nbytes} bytes; its shared-memory region "
+                        f"has {byte_size}"
+                    )
+                    continue
+                try:
+                    cache.view(Descriptor(segment, offset, dtype, part.shape), verify=True)[
+                        ...
+                    ] = part
+                except (ValueError, OSError) as exc:
+                    item_errors[str(index)] = f"output {name!r}: {exc}"
+            if to_slab:
+                slot = slab.allocate(arr.nbytes)
+                taken.append(slot)
+                slot.view(dtype, arr.shape)[...] = arr
+                described[name] = slot.descriptor(dtype, arr.shape).to_wire()
+            else:
+                described[name] = [None, 0, dtype, list(arr.shape)]
     except BaseException:
         for slot in taken:
             slab.free(slot)
         raise
     for slot in taken:
         slots[(slot.segment.name, slot.offset)] = slot
-    return described
+    return described, item_errors

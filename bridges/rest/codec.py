@@ -9,22 +9,16 @@ binary input takes; the HTTP adapter streams those bytes straight into shared-me
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
+from gateway.admission import CheckedInput, InputChecker, check_output_name, check_timeout
 from gateway.config import ModelConfig
-from gateway.errors import InvalidArgument, PayloadTooLarge
-from shm.datatypes import V2_TO_NUMPY
+from gateway.errors import InvalidArgument
 
-# Parameters the protocol (not the model) consumes; the rest reach the model.
-RESERVED_PARAMETERS = frozenset({
-    "binary_data_output", "timeout", "priority", "sequence_id", "sequence_start",
-    "sequence_end", "headers",
-})
 # numpy kind of the tensor -> numpy kinds of JSON data accepted for it. "u" counts as an
 # integer: numpy gives JSON ints in [2**63, 2**64) the kind "u", and the range check below (not
 # the kind check) must answer for them, else UINT64 could not carry them and INT32 would say
@@ -33,20 +27,47 @@ _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
 @dataclass(frozen=True, slots=True)
+class Region:
+    """A tensor's place in a client-registered shared-memory region."""
+
+    name: object
+    offset: object
+    byte_size: object
+
+
+@dataclass(frozen=True, slots=True)
 class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # including the batch dimension
-    dtype: np.dtype
-    nbytes: int
-    binary: bool  # bytes follow the header; else ``data`` holds them
-    data: Any = None
+    checked: CheckedInput
+    binary: bool  # bytes follow the header
+    data: Any = None  # JSON data, when neither binary nor in a region
+    region: Region | None = None
+
+    @property
+    def name(self) -> str:
+        return self.checked.spec.name
+
+    @property
+    def datatype(self) -> str:
+        return self.checked.spec.datatype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.checked.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.checked.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.checked.nbytes
 
 
 @dataclass(frozen=True, slots=True)
 class OutputRequest:
     name: str
     binary: bool
+    region: Region | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +77,15 @@ class ParsedRequest:
     outputs: tuple[OutputRequest, ...]
     rows: int
     timeout_us: int | None
-    model_parameters: dict[str, Any]
+    parameters: dict[str, Any]
     binary_bytes: int  # how many bytes follow the header
+
+
+def _region(params: dict[str, Any]) -> Region | None:
+    if "shared_memory_region" not in params:
+        return None
+    return Region(params["shared_memory_region"], params.get("shared_memory_offset"),
+                  params.get("shared_memory_byte_size"))
 
 
 class InvalidJson(InvalidArgument):
@@ -107,74 +135,36 @@ def parse_request(
         raise InvalidArgument("'inputs' must be a non-empty array")
 
     inputs: list[InputTensor] = []
-    seen: set[str] = set()
-    rows: int | None = None
-    total = 0
+    checker = InputChecker(config, max_tensor_bytes)
     for i, raw in enumerate(raw_inputs):
         where = f"inputs[{i}]"
         if not isinstance(raw, dict):
             raise InvalidArgument(f"{where} must be an object")
-        name = raw.get("name")
-        spec = config.input(name) if isinstance(name, str) else None
-        if spec is None:
-            declared = ", ".join(t.name for t in config.inputs)
-            raise InvalidArgument(
-                f"{where}.name {name!r} is not an input of model {config.name!r} "
-                f"(inputs: {declared})"
-            )
-        if name in seen:
-            raise InvalidArgument(f"input {name!r} is given twice")
-        seen.add(spec.name)
-        datatype = raw.get("datatype")
-        if datatype != spec.datatype:
-            raise InvalidArgument(
-                f"input {name!r} has datatype {datatype!r}, expected {spec.datatype!r}"
-            )
-        shape = raw.get("shape")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InvalidArgument(f"input {name!r}: shape must be an array of non-negative ints")
-        expected = "[" + ", ".join(["-1", *map(str, spec.shape)]) + "]"
-        if len(shape) != len(spec.shape) + 1 or not spec.accepts(tuple(shape[1:])):
-            raise InvalidArgument(f"input {name!r} has shape {shape}, expected {expected}")
-        if not 1 <= shape[0] <= config.batch_size:
-            raise InvalidArgument(
-                f"input {name!r}: batch dimension {shape[0]} must be in [1, {config.batch_size}]"
-            )
-        if rows is None:
-            rows = shape[0]
-        elif shape[0] != rows:
-            raise InvalidArgument(
-                f"input {name!r} has batch dimension {shape[0]}, other inputs have {rows}"
-            )
-        dtype = V2_TO_NUMPY[spec.datatype]
-        nbytes = math.prod(shape) * dtype.itemsize
-        total += nbytes
-        if total > max_tensor_bytes:
-            raise PayloadTooLarge(
-                f"input tensors take more than the limit of {max_tensor_bytes} bytes"
-            )
+        checked = checker.check(where, raw.get("name"), raw.get("datatype"), raw.get("shape"))
+        name, nbytes = checked.spec.name, checked.nbytes
         in_params = _parameters(raw.get("parameters"), where)
-        if "binary_data_size" in in_params:
+        region = _region(in_params)
+        if region is not None:
+            if "data" in raw or "binary_data_size" in in_params:
+                raise InvalidArgument(
+                    f"input {name!r} names a shared-memory region and also carries data"
+                )
+            inputs.append(InputTensor(checked, False, region=region))
+        elif "binary_data_size" in in_params:
             size = in_params["binary_data_size"]
             if isinstance(size, bool) or not isinstance(size, int) or size != nbytes:
                 raise InvalidArgument(
-                    f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of "
-                    f"{spec.datatype} takes {nbytes} bytes"
+                    f"input {name!r}: binary_data_size is {size!r}, but shape "
+                    f"{list(checked.shape)} of {checked.spec.datatype} takes {nbytes} bytes"
                 )
             if "data" in raw:
                 raise InvalidArgument(f"input {name!r} has both binary_data_size and data")
-            inputs.append(InputTensor(spec.name, spec.datatype, tuple(shape), dtype, nbytes, True))
+            inputs.append(InputTensor(checked, True))
         else:
             if "data" not in raw:
                 raise InvalidArgument(f"input {name!r} has neither data nor binary_data_size")
-            inputs.append(InputTensor(
-                spec.name, spec.datatype, tuple(shape), dtype, nbytes, False, raw["data"]
-            ))
-    missing = [t.name for t in config.inputs if t.name not in seen]
-    if missing:
-        raise InvalidArgument(f"missing input(s) {missing} of model {config.name!r}")
+            inputs.append(InputTensor(checked, False, raw["data"]))
+    rows = checker.finish()
 
     binary_default = params.get("binary_data_output") is True
     outputs: list[OutputRequest] = []
@@ -185,32 +175,22 @@ def parse_request(
         if not isinstance(raw_outputs, list):
             raise InvalidArgument("'outputs' must be an array")
         for i, raw in enumerate(raw_outputs):
-            name = raw.get("name") if isinstance(raw, dict) else None
-            if not isinstance(name, str) or config.output(name) is None:
-                declared = ", ".join(t.name for t in config.outputs)
-                raise InvalidArgument(
-                    f"outputs[{i}].name {name!r} is not an output of model {config.name!r} "
-                    f"(outputs: {declared})"
-                )
+            spec = check_output_name(
+                config, f"outputs[{i}]", raw.get("name") if isinstance(raw, dict) else None
+            )
             o_params = _parameters(raw.get("parameters"), f"outputs[{i}]")
             if "classification" in o_params:
                 raise InvalidArgument("the classification extension is not supported")
             binary = o_params.get("binary_data", binary_default)
-            outputs.append(OutputRequest(name, binary is True))
+            outputs.append(OutputRequest(spec.name, binary is True, _region(o_params)))
 
-    timeout = params.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
-                                or timeout < 0):
-        raise InvalidArgument("parameters.timeout must be a non-negative integer (microseconds)")
-    model_params = {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
-    assert rows is not None
     return ParsedRequest(
         request_id=request_id,
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         rows=rows,
-        timeout_us=timeout or None,
-        model_parameters=model_params,
+        timeout_us=check_timeout(params.get("timeout")),
+        parameters=params,
         binary_bytes=sum(t.nbytes for t in inputs if t.binary),
     )
 
@@ -253,11 +233,22 @@ def encode_response(
     outputs: tuple[OutputRequest, ...],
     arrays: dict[str, np.ndarray],
     datatypes: dict[str, str],
+    in_regions: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it."""
+    """The response body, and the JSON header's length when binary outputs follow it.
+
+    Outputs the worker wrote into the client's regions carry their shape and region only.
+    """
     doc_outputs: list[dict[str, Any]] = []
     blobs: list[np.ndarray] = []
     for o in outputs:
+        if in_regions and o.name in in_regions and o.region is not None:
+            doc_outputs.append({
+                "name": o.name, "datatype": datatypes[o.name], "shape": list(in_regions[o.name]),
+                "parameters": {"shared_memory_region": o.region.name,
+                               "shared_memory_byte_size": o.region.byte_size},
+            })
+            continue
         arr = arrays[o.name]
         entry: dict[str, Any] = {
             "name": o.name, "datatype": datatypes[o.name], "shape": list(arr.shape),

@@ -15,10 +15,9 @@ import orjson
 import trio
 
 from bridges.rest import codec
+from gateway.admission import Admission, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge, Unavailable
-from gateway.request import InferRequest
-from shm.slab import ShmExhausted, Slot
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -171,14 +170,7 @@ async def send_error(send: Send, exc: InferoxyError) -> None:
 
 async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: Send,
                        model: str, version: str | None) -> None:
-    slots: list[Slot] = []
-    submitted = False
-
-    def release_slots() -> None:
-        if not submitted:  # the core never saw these slots
-            while slots:
-                gateway.slab.free(slots.pop())
-
+    admission: Admission | None = None
     try:
         server = gateway.model(model, version)
         gateway.ensure_accepting(server)
@@ -232,63 +224,51 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
                 f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
             )
 
-        descriptors = {}
+        admission = gateway.admission(server)
         for tensor in parsed.inputs:
-            try:
-                slot = gateway.slab.allocate(tensor.nbytes)
-            except ShmExhausted as exc:
-                raise Unavailable(f"out of request memory: {exc}") from None
-            slots.append(slot)
-            dtype = tensor.dtype.name
-            if tensor.binary:
+            if tensor.region is not None:
+                r = tensor.region
+                admission.region_input(tensor.checked, r.name, r.offset, r.byte_size)
+            elif tensor.binary:
+                slot = admission.slot(tensor.checked)
                 await body.read_into(slot.memory(tensor.nbytes), f"input {tensor.name!r}")
             else:
-                codec.write_json_data(tensor, slot.view(dtype, tensor.shape))
-            descriptors[tensor.name] = slot.descriptor(dtype, tensor.shape)
+                slot = admission.slot(tensor.checked)
+                codec.write_json_data(tensor, slot.view(tensor.dtype.name, tensor.shape))
+        for o in parsed.outputs:
+            if o.region is not None:
+                spec = server.config.output(o.name)
+                assert spec is not None
+                admission.region_output(spec, o.region.name, o.region.offset,
+                                        o.region.byte_size)
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
                 f"request body is longer than the header and binary inputs "
                 f"({header_len} + {parsed.binary_bytes} bytes)"
             )
 
-        timeout_s = gateway.settings.request_timeout_s
-        if parsed.timeout_us:
-            timeout_s = min(timeout_s, parsed.timeout_us / 1e6)
-        key = (
-            tuple((t.name, t.shape[1:]) for t in parsed.inputs),
-            orjson.dumps(parsed.model_parameters, option=orjson.OPT_SORT_KEYS),
+        result = await admission.run(
+            parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
         )
-        request = InferRequest(
-            model=server.config.name,
-            version=server.config.version,
-            inputs=descriptors,
-            slots=slots,
-            rows=parsed.rows,
-            key=key,
-            parameters=parsed.model_parameters,
-            deadline=trio.current_time() + timeout_s,
-            request_id=parsed.request_id,
-        )
-        server.submit(request)
-        submitted = True
-        result = await server.wait(request)
         try:
             payload, json_len = codec.encode_response(
                 server.config.name, server.config.version, parsed.request_id, parsed.outputs,
-                result.outputs, {t.name: t.datatype for t in server.config.outputs},
+                result.outputs, output_datatypes(server.config), result.in_regions,
             )
         finally:
             result.release()
     except InferoxyError as exc:
         # Free before answering, not after: a client that sees the error may retry at once,
         # and must find the memory its failed request took already given back.
-        release_slots()
+        if admission is not None:
+            admission.release()
         await send_error(send, exc)
         return
     except _Disconnected:
         return
     finally:
-        release_slots()
+        if admission is not None:
+            admission.release()
     if json_len is None:
         await send_json(send, 200, payload)
     else:

@@ -1,0 +1,240 @@
+"""Admitting one infer request into the core, for every bridge alike.
+
+A bridge parses its protocol (v2 JSON, protobuf, ...), then:
+
+1. ``InputChecker`` checks each input's name, datatype and shape against the model's
+   declaration (batch dimension first, within ``batch_size``, the same for every input,
+   every declared input present, the total size bounded);
+2. an ``Admission`` gives each input a home — a slot of the gateway's slab that the bridge
+   fills (its one copy), or a descriptor into a client-registered region (no copy) — and
+   records outputs that go to client regions;
+3. ``Admission.run`` submits the request and waits for its answer.
+
+Until the request is submitted the slots belong to the admission and ``release`` gives
+them back; after, they belong to the core. Messages name the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import trio
+
+from gateway.config import ModelConfig, TensorSpec
+from gateway.errors import InvalidArgument, PayloadTooLarge, Unavailable
+from gateway.model_server import ModelServer
+from gateway.request import InferRequest, OutputTarget, RequestResult
+from shm.datatypes import V2_TO_NUMPY
+from shm.descriptor import Descriptor
+from shm.regions import RegionError, RegionRegistry
+from shm.slab import ShmExhausted, SlabAllocator, Slot
+
+# Parameters the protocol (not the model) consumes; the rest reach the model.
+RESERVED_PARAMETERS = frozenset({
+    "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority",
+    "sequence_id", "sequence_start", "sequence_end", "headers", "shared_memory_region",
+    "shared_memory_offset", "shared_memory_byte_size",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedInput:
+    spec: TensorSpec
+    shape: tuple[int, ...]  # with the batch dimension
+    dtype: np.dtype
+    nbytes: int
+
+
+def _shape_text(spec: TensorSpec) -> str:
+    return "[" + ", ".join(["-1", *map(str, spec.shape)]) + "]"
+
+
+class InputChecker:
+    """Checks a request's inputs one at a time against the model's declaration."""
+
+    def __init__(self, config: ModelConfig, max_tensor_bytes: int) -> None:
+        self.config = config
+        self.max_tensor_bytes = max_tensor_bytes
+        self.rows: int | None = None
+        self._seen: set[str] = set()
+        self._total = 0
+
+    def check(self, where: str, name: object, datatype: object, shape: object) -> CheckedInput:
+        config = self.config
+        spec = config.input(name) if isinstance(name, str) else None
+        if spec is None:
+            declared = ", ".join(t.name for t in config.inputs)
+            raise InvalidArgument(
+                f"{where}.name {name!r} is not an input of model {config.name!r} "
+                f"(inputs: {declared})"
+            )
+        if spec.name in self._seen:
+            raise InvalidArgument(f"input {spec.name!r} is given twice")
+        self._seen.add(spec.name)
+        if datatype != spec.datatype:
+            raise InvalidArgument(
+                f"input {spec.name!r} has datatype {datatype!r}, expected {spec.datatype!r}"
+            )
+        if not isinstance(shape, list | tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidArgument(
+                f"input {spec.name!r}: shape must be an array of non-negative ints"
+            )
+        dims = tuple(shape)
+        if len(dims) != len(spec.shape) + 1 or not spec.accepts(dims[1:]):
+            raise InvalidArgument(
+                f"input {spec.name!r} has shape {list(dims)}, expected {_shape_text(spec)}"
+            )
+        if not 1 <= dims[0] <= config.batch_size:
+            raise InvalidArgument(
+                f"input {spec.name!r}: batch dimension {dims[0]} must be in "
+                f"[1, {config.batch_size}]"
+            )
+        if self.rows is None:
+            self.rows = dims[0]
+        elif dims[0] != self.rows:
+            raise InvalidArgument(
+                f"input {spec.name!r} has batch dimension {dims[0]}, other inputs have "
+                f"{self.rows}"
+            )
+        dtype = V2_TO_NUMPY[spec.datatype]
+        nbytes = math.prod(dims) * dtype.itemsize
+        self._total += nbytes
+        if self._total > self.max_tensor_bytes:
+            raise PayloadTooLarge(
+                f"input tensors take more than the limit of {self.max_tensor_bytes} bytes"
+            )
+        return CheckedInput(spec, dims, dtype, nbytes)
+
+    def finish(self) -> int:
+        """The request's rows, once every input was checked."""
+        missing = [t.name for t in self.config.inputs if t.name not in self._seen]
+        if missing:
+            raise InvalidArgument(f"missing input(s) {missing} of model {self.config.name!r}")
+        if self.rows is None:
+            raise InvalidArgument("the request has no inputs")
+        return self.rows
+
+
+def check_output_name(config: ModelConfig, where: str, name: object) -> TensorSpec:
+    spec = config.output(name) if isinstance(name, str) else None
+    if spec is None:
+        declared = ", ".join(t.name for t in config.outputs)
+        raise InvalidArgument(
+            f"{where}.name {name!r} is not an output of model {config.name!r} "
+            f"(outputs: {declared})"
+        )
+    return spec
+
+
+def check_timeout(value: object) -> int | None:
+    """The v2 ``timeout`` parameter (microseconds), validated."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument("parameters.timeout must be a non-negative integer (microseconds)")
+    return value or None
+
+
+def model_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
+
+
+class Admission:
+    """One request's inputs and outputs on their way into the core."""
+
+    def __init__(self, server: ModelServer, slab: SlabAllocator, regions: RegionRegistry,
+                 request_timeout_s: float) -> None:
+        self.server = server
+        self._slab = slab
+        self._regions = regions
+        self._timeout_s = request_timeout_s
+        self.slots: list[Slot] = []
+        self.inputs: dict[str, Descriptor] = {}
+        self.region_inputs: list[str] = []
+        self.output_targets: dict[str, OutputTarget] = {}
+        self._submitted = False
+
+    def slot(self, tensor: CheckedInput) -> Slot:
+        """A slot for ``tensor``'s bytes, which the bridge then writes (its one copy)."""
+        try:
+            slot = self._slab.allocate(tensor.nbytes)
+        except ShmExhausted as exc:
+            raise Unavailable(f"out of request memory: {exc}") from None
+        self.slots.append(slot)
+        self.inputs[tensor.spec.name] = slot.descriptor(tensor.dtype.name, tensor.shape)
+        return slot
+
+    def region_input(self, tensor: CheckedInput, region: object, offset: object,
+                     byte_size: object) -> None:
+        """The input lies in a client region: the worker reads it there, no copy."""
+        try:
+            segment, start, _ = self._regions.resolve(
+                region, offset, byte_size, tensor.nbytes, f"input {tensor.spec.name!r}"
+            )
+        except RegionError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype.name,
+                                                   tensor.shape)
+        self.region_inputs.append(tensor.spec.name)
+
+    def region_output(self, spec: TensorSpec, region: object, offset: object,
+                      byte_size: object) -> None:
+        """The output goes to a client region: the worker writes it there."""
+        try:
+            segment, start, size = self._regions.resolve(
+                region, offset, byte_size, None, f"output {spec.name!r}"
+            )
+        except RegionError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.output_targets[spec.name] = OutputTarget(segment, start, size)
+
+    def release(self) -> None:
+        """Give back the slots of a request that was never submitted (idempotent)."""
+        if not self._submitted:
+            while self.slots:
+                self._slab.free(self.slots.pop())
+
+    async def run(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
+                  request_id: str) -> RequestResult:
+        timeout_s = self._timeout_s
+        if timeout_us:
+            timeout_s = min(timeout_s, timeout_us / 1e6)
+        model_params = model_parameters(parameters)
+        key = (
+            tuple((name, d.shape[1:]) for name, d in self.inputs.items()),
+            orjson.dumps(model_params, option=orjson.OPT_SORT_KEYS),
+        )
+        request = InferRequest(
+            model=self.server.config.name,
+            version=self.server.config.version,
+            inputs=self.inputs,
+            slots=self.slots,
+            rows=rows,
+            key=key,
+            parameters=model_params,
+            deadline=trio.current_time() + timeout_s,
+            request_id=request_id,
+            region_inputs=tuple(self.region_inputs),
+            output_targets=self.output_targets,
+        )
+        self.server.submit(request)
+        self._submitted = True
+        self.slots = []
+        return await self.server.wait(request)
+
+
+def output_datatypes(config: ModelConfig) -> dict[str, str]:
+    return {t.name: t.datatype for t in config.outputs}
+
+
+def requested_outputs(config: ModelConfig, names: Sequence[str] | None) -> list[TensorSpec]:
+    if not names:
+        return list(config.outputs)
+    return [check_output_name(config, f"outputs[{i}]", n) for i, n in enumerate(names)]
