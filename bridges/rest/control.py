@@ -5,8 +5,6 @@ quart-trio routes; the infer route is raw ASGI (``bridges.rest.infer``) to keep 
 
 from __future__ import annotations
 
-from typing import Any
-
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
