@@ -8,6 +8,7 @@ health/metadata/statistics readers. The bridge -> core boundary is a message of 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -52,6 +53,10 @@ class Gateway:
         self.live = False
         self.draining = False
         self.gpus: list[int] = []
+        self._copy_ids = itertools.count(1)
+        self._model_scopes: dict[str, trio.CancelScope] = {}
+        self._unloaded: dict[str, str] = {}  # name -> why it is not loaded
+        self._unloading: set[ModelServer] = set()  # still answering their last requests
         self.regions = RegionRegistry(
             enabled=settings.allow_client_shm, own_prefix=settings.shm_prefix,
             max_regions=settings.max_client_regions,
@@ -61,6 +66,8 @@ class Gateway:
         self.cache: SegmentCache
         self.link: WorkerLink
         self.supervisor: Supervisor
+        self._nursery: trio.Nursery
+        self._run_dir = ""
 
     # -- what bridges read -----------------------------------------------------------------
 
@@ -73,6 +80,8 @@ class Gateway:
     def model(self, name: str, version: str | None = None) -> ModelServer:
         server = self.servers.get(name)
         if server is None:
+            if name in self.configs:
+                raise NotFound(f"model {name!r} is not loaded")
             raise NotFound(f"unknown model {name!r}")
         if version not in (None, "", server.config.version):
             raise NotFound(f"unknown version {version!r} of model {name!r}")
@@ -126,28 +135,100 @@ class Gateway:
         log.info("GPUs: %s", self.gpus or "none (GPU models run on the CPU)")
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._run_dir = run_dir
                 nursery.start_soon(self.link.run_inbox, self._on_worker_message)
-                copy_ids = iter(range(1, 1 << 30))
                 for config in self.configs.values():
-                    server = ModelServer(config, self.link.send, self.slab, self.cache)
-                    self.servers[config.name] = server
-                    nursery.start_soon(server.run)
-                    for placement in place(config.run_on_gpu, config.copies, self.gpus):
-                        copy = Copy(next(copy_ids), config.name, placement)
-                        server.copies.append(copy)
-                        spec = CopySpec(
-                            copy_id=copy.id, model=config.name, entrypoint=config.entrypoint,
-                            image=config.address, parameters=config.parameters,
-                            placement=placement, run_dir=run_dir,
-                            shm_prefix=self.shm_prefix, heartbeat_s=self.settings.heartbeat_s,
-                        )
-                        nursery.start_soon(self.supervisor.run_copy, copy, spec, server)
+                    self._start_model(config)
                 self.live = True
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 await self._close(run_dir)
+
+    # -- models: load and unload (the v2 repository extension) -----------------------------
+
+    def _start_model(self, config: ModelConfig) -> ModelServer:
+        server = ModelServer(config, self.link.send, self.slab, self.cache)
+        self.servers[config.name] = server
+        self._unloaded.pop(config.name, None)
+        scope = trio.CancelScope()
+        self._model_scopes[config.name] = scope
+        copies: list[tuple[Copy, CopySpec]] = []
+        for placement in place(config.run_on_gpu, config.copies, self.gpus):
+            copy = Copy(next(self._copy_ids), config.name, placement)
+            server.copies.append(copy)
+            copies.append((copy, CopySpec(
+                copy_id=copy.id, model=config.name, entrypoint=config.entrypoint,
+                image=config.address, parameters=config.parameters, placement=placement,
+                run_dir=self._run_dir, shm_prefix=self.shm_prefix,
+                heartbeat_s=self.settings.heartbeat_s,
+            )))
+
+        async def run_model() -> None:
+            with scope:
+                async with trio.open_nursery() as model_nursery:
+                    model_nursery.start_soon(server.run)
+                    for copy, spec in copies:
+                        model_nursery.start_soon(self.supervisor.run_copy, copy, spec, server)
+
+        self._nursery.start_soon(run_model)
+        return server
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model the registry knows, with its state (v2 repository index)."""
+        index = []
+        for name, config in self.configs.items():
+            server = self.servers.get(name)
+            if server is None:
+                state, reason = "UNAVAILABLE", self._unloaded.get(name, "unloaded")
+            elif server.ready:
+                state, reason = "READY", ""
+            else:
+                state = "LOADING"
+                reason = next((c.last_error for c in server.copies if c.last_error), "")
+            index.append({"name": name, "version": config.version, "state": state,
+                          "reason": reason})
+        return index
+
+    async def load_model(self, name: str) -> None:
+        """Start a model's copies and wait (bounded) until one is ready; no-op if loaded."""
+        config = self.configs.get(name)
+        if config is None:
+            raise NotFound(f"unknown model {name!r}")
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        server = self.servers.get(name) or self._start_model(config)
+        log.info("loading model %s", name)
+        with trio.move_on_after(self.settings.startup_timeout_s):
+            while not server.ready:
+                if server.copies and all(c.last_error for c in server.copies):
+                    break
+                await trio.sleep(0.02)
+        if not server.ready:
+            reason = next((c.last_error for c in server.copies if c.last_error), "timed out")
+            raise Unavailable(f"model {name!r} failed to load: {reason}")
+
+    async def unload_model(self, name: str) -> None:
+        """Stop taking requests for a model, let its pending ones finish, stop its copies."""
+        if name not in self.configs:
+            raise NotFound(f"unknown model {name!r}")
+        server = self.servers.pop(name, None)
+        if server is None:
+            return
+        log.info("unloading model %s: %d request(s) pending", name, server.pending)
+        self._unloaded[name] = "unloaded"
+        self._unloading.add(server)
+        try:
+            with trio.move_on_after(self.settings.drain_timeout_s):
+                while server.pending:
+                    await trio.sleep(0.02)
+            server.fail_all(Unavailable(f"model {name!r} was unloaded"))
+            await self.supervisor.stop_copies(server.copies, timeout_s=5.0)
+        finally:
+            self._unloading.discard(server)
+            self._model_scopes.pop(name).cancel()
 
     async def drain(self) -> None:
         """Readiness goes false, queued and in-flight requests finish (bounded), copies stop."""
@@ -185,10 +266,15 @@ class Gateway:
         copy = self.supervisor.on_message(copy_id)
         if copy is None:
             return
+        server = self.servers.get(copy.model) or next(
+            (s for s in self._unloading if s.config.name == copy.model), None
+        )
+        if server is None:
+            return
         if kind == wire.RESULT:
-            self.servers[copy.model].on_result(copy, body)
+            server.on_result(copy, body)
         elif kind == wire.ERROR:
-            self.servers[copy.model].on_error(copy, body)
+            server.on_error(copy, body)
         elif kind == wire.FATAL:
             self.supervisor.on_fatal(copy_id, str(body.get("message", ""))[:2000])
 

@@ -54,6 +54,7 @@ class Supervisor:
         self._observers: dict[int, CopyObserver] = {}
         self._processes: dict[int, RunningCopy] = {}
         self._stopping = False
+        self._stopping_ids: set[int] = set()
 
     # -- messages from workers (called by the inbox task) ------------------------------------
 
@@ -89,9 +90,9 @@ class Supervisor:
         self._observers[copy.id] = observer
         backoff = Backoff()
         try:
-            while not self._stopping:
+            while not self._stops(copy):
                 ran_for = await self._run_once(copy, spec, observer)
-                if self._stopping:
+                if self._stops(copy):
                     break
                 delay = backoff.on_exit(ran_for)
                 copy.restarts += 1
@@ -102,6 +103,12 @@ class Supervisor:
         finally:
             copy.apply(CopyEvent.STOP)
             self.channel.close_copy(copy.id)
+            self.copies.pop(copy.id, None)
+            self._observers.pop(copy.id, None)
+            self._stopping_ids.discard(copy.id)
+
+    def _stops(self, copy: Copy) -> bool:
+        return self._stopping or copy.id in self._stopping_ids
 
     async def _run_once(self, copy: Copy, spec: CopySpec, observer: CopyObserver) -> float:
         self.channel.open_copy(copy.id)
@@ -125,7 +132,7 @@ class Supervisor:
         self._processes.pop(copy.id, None)
         self.channel.close_copy(copy.id)
         copy.apply(CopyEvent.EXITED)
-        if not self._stopping:
+        if not self._stops(copy):
             log.warning("copy %d of model %s (pid %s) exited with status %s",
                         copy.id, copy.model, process.pid, status)
         observer.on_copy_lost(copy)
@@ -151,6 +158,24 @@ class Supervisor:
                 return
 
     # -- shutdown ------------------------------------------------------------------------------
+
+    async def stop_copies(self, copies: list[Copy], timeout_s: float) -> None:
+        """Stop some copies for good (a model being unloaded): SIGTERM, then SIGKILL."""
+        ids = {c.id for c in copies}
+        self._stopping_ids |= ids
+        for copy in copies:
+            copy.apply(CopyEvent.STOP)
+        for copy_id in ids:
+            process = self._processes.get(copy_id)
+            if process is not None:
+                process.terminate()
+        with trio.move_on_after(timeout_s):
+            while ids & set(self._processes):
+                await trio.sleep(0.02)
+        for copy_id in ids & set(self._processes):
+            self._processes[copy_id].kill()
+        while ids & set(self._processes):
+            await trio.sleep(0.02)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Stop every copy: SIGTERM, then SIGKILL after ``timeout_s``."""
