@@ -26,12 +26,19 @@ import orjson
 import trio
 
 from gateway.config import ModelConfig, TensorSpec
-from gateway.errors import InvalidArgument, PayloadTooLarge, Unavailable
+from gateway.errors import (
+    Forbidden,
+    InferoxyError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, OutputTarget, RequestResult
 from shm.datatypes import V2_TO_NUMPY
 from shm.descriptor import Descriptor
-from shm.regions import RegionError, RegionRegistry
+from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
 # Parameters the protocol (not the model) consumes; the rest reach the model.
@@ -142,6 +149,15 @@ def check_timeout(value: object) -> int | None:
     return value or None
 
 
+def region_error(exc: RegionError) -> InferoxyError:
+    """The typed error for a region problem (its message is safe for clients)."""
+    if isinstance(exc, RegionsDisabled):
+        return Forbidden(str(exc))
+    if isinstance(exc, RegionNotFound):
+        return NotFound(str(exc))
+    return InvalidArgument(str(exc))
+
+
 def model_parameters(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
 
@@ -179,7 +195,7 @@ class Admission:
                 region, offset, byte_size, tensor.nbytes, f"input {tensor.spec.name!r}"
             )
         except RegionError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument(str(exc)) from None  # in a request, a bad reference is 400
         self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype.name,
                                                    tensor.shape)
         self.region_inputs.append(tensor.spec.name)

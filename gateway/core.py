@@ -38,7 +38,7 @@ log = logging.getLogger("inferoxy.gateway")
 
 SERVER_NAME = "inferoxy"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
 
 
 class Gateway:
@@ -110,7 +110,8 @@ class Gateway:
         return Admission(server, self.slab, self.regions, self.settings.request_timeout_s)
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+        extensions = EXTENSIONS + (["system_shared_memory"] if self.regions.enabled else [])
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": extensions}
 
     # -- running ---------------------------------------------------------------------------
 

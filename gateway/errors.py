@@ -30,6 +30,13 @@ class NotFound(InferoxyError):
     grpc_code = "NOT_FOUND"
 
 
+class Forbidden(InferoxyError):
+    """A feature this server was not started with (e.g. client shared memory)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
 class Unavailable(InferoxyError):
     """Overload or not ready: the client may retry after ``retry_after_s``."""
 

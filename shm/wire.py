@@ -8,11 +8,15 @@ Sockets (all ``ipc://`` in the gateway's run directory, all bound by the gateway
 
 * ``inbox.sock`` (gateway PULL, workers PUSH) — worker to gateway:
   ``HELLO {copy, pid, model}``, ``HEARTBEAT {copy}``,
-  ``RESULT {copy, id, outputs: {name: desc}, timing: {input_ns, infer_ns, output_ns}}``
-  (one descriptor per output for the whole batch, batch dimension first),
+  ``RESULT {copy, id, outputs: {name: desc}, timing: {input_ns, infer_ns, output_ns},
+  item_errors?: {index: message}}`` (one descriptor per output for the whole batch, batch
+  dimension first; ``[null, 0, dtype, shape]`` when every item took that output to its own
+  client region, so no slab copy exists),
   ``ERROR {copy, id, message}``, ``FATAL {copy, message}`` (the model failed to load).
 * ``copy-<id>.sock`` (gateway PUSH, that worker PULL) — gateway to one worker:
-  ``BATCH {id, items: [{rows, inputs: {name: desc}}], parameters}``,
+  ``BATCH {id, items: [{rows, inputs: {name: desc}, regions?: [input names in client
+  regions, re-checked before use], outputs?: {name: [segment, offset, byte_size]}}],
+  parameters}`` (``outputs``: client regions the item's rows of that output go to),
   ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the gateway is done with),
   ``STOP {}``.
 """

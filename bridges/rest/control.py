@@ -5,13 +5,17 @@ quart-trio routes; the infer route is raw ASGI (``bridges.rest.infer``) to keep 
 
 from __future__ import annotations
 
-from quart import Response, jsonify
+from typing import Any
+
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from gateway.admission import region_error
 from gateway.core import Gateway
-from gateway.errors import InferoxyError
+from gateway.errors import InferoxyError, InvalidArgument
 from gateway.metadata import model_config, model_metadata
+from shm.regions import RegionError
 
 
 def error_response(status: int, message: str, retry_after_s: int | None = None) -> Response:
@@ -77,5 +81,59 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         return jsonify({
             "model_stats": [s.stats.to_json(s.config.name, s.config.version) for s in servers]
         })
+
+    # -- system shared memory (v2 extension) ------------------------------------------------
+
+    def regions_call(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RegionError as exc:
+            raise region_error(exc) from None
+
+    @app.post("/v2/systemsharedmemory/region/<name>/register")
+    async def shm_register(name: str) -> Response:
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            raise InvalidArgument("register takes a JSON object with key, offset, byte_size")
+        regions_call(gateway.regions.register, name, body.get("key"), body.get("offset", 0),
+                     body.get("byte_size"))
+        return Response("", status=200)
+
+    @app.get("/v2/systemsharedmemory/status")
+    @app.get("/v2/systemsharedmemory/region/<name>/status")
+    async def shm_status(name: str | None = None) -> Response:
+        regions = regions_call(gateway.regions.status, name)
+        return jsonify([r.status() for r in regions])
+
+    @app.post("/v2/systemsharedmemory/unregister")
+    @app.post("/v2/systemsharedmemory/region/<name>/unregister")
+    async def shm_unregister(name: str | None = None) -> Response:
+        regions_call(gateway.regions.unregister, name)
+        return Response("", status=200)
+
+    @app.get("/v2/cudasharedmemory/status")
+    @app.post("/v2/cudasharedmemory/region/<name>/register")
+    async def cuda_shm(name: str | None = None) -> Response:
+        raise InvalidArgument("CUDA shared memory is not supported; use system shared memory")
+
+    # -- model repository (v2 extension) ----------------------------------------------------
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> Response:
+        body = await request.get_json(force=True, silent=True) or {}
+        index = gateway.repository_index()
+        if isinstance(body, dict) and body.get("ready") is True:
+            index = [m for m in index if m["state"] == "READY"]
+        return jsonify(index)
+
+    @app.post("/v2/repository/models/<name>/load")
+    async def repository_load(name: str) -> Response:
+        await gateway.load_model(name)
+        return Response("", status=200)
+
+    @app.post("/v2/repository/models/<name>/unload")
+    async def repository_unload(name: str) -> Response:
+        await gateway.unload_model(name)
+        return Response("", status=200)
 
     return app
