@@ -18,6 +18,11 @@ While every copy is busy nothing closes, and the queue grows into bigger batches
 this is what makes batching pay when the model is the bottleneck. ``next_deadline`` tells the
 adapter when the delay of the oldest request runs out, so it can sleep until then.
 
+Requests may also belong to a *group* (a sequence of a stateful model): a batch holds at
+most one request of a group, and once a group's request is passed over (other key, already
+in the batch) every later request of that group is passed over too — a group is never
+reordered.
+
 The queue is bounded: ``push`` raises ``QueueFull`` past ``max_queue_size`` requests. Retries
 (``push_front``) may exceed the bound — they were admitted once and must not be lost.
 """
@@ -49,6 +54,7 @@ class _Entry(Generic[T]):
     rows: int
     key: Hashable
     since: float
+    group: Hashable | None = None
 
 
 class BatchQueue(Generic[T]):
@@ -59,12 +65,13 @@ class BatchQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def push(self, item: T, rows: int, key: Hashable, now: float) -> None:
+    def push(self, item: T, rows: int, key: Hashable, now: float,
+             group: Hashable | None = None) -> None:
         if len(self._entries) >= self.policy.max_queue_size:
             raise QueueFull(f"queue is full ({self.policy.max_queue_size} requests)")
         if not 1 <= rows <= self.policy.max_batch_size:
             raise ValueError(f"rows must be in [1, {self.policy.max_batch_size}], got {rows}")
-        self._entries.append(_Entry(item, rows, key, now))
+        self._entries.append(_Entry(item, rows, key, now, group))
 
     def push_front(self, items: Iterable[tuple[T, int, Hashable, float]]) -> None:
         """Put items back at the head, in the given order (retries of a lost batch)."""
@@ -80,13 +87,23 @@ class BatchQueue(Generic[T]):
     def _candidates(self) -> tuple[list[int], int]:
         head = self._entries[0]
         picked, rows = [], 0
+        taken: set[Hashable] = set()
+        passed: set[Hashable] = set()  # groups with a request left behind: keep their order
         for i, e in enumerate(self._entries):
+            g = e.group
+            if g is not None and (g in taken or g in passed):
+                passed.add(g)
+                continue
             if e.key != head.key:
+                if g is not None:
+                    passed.add(g)
                 continue
             if rows + e.rows > self.policy.max_batch_size:
                 break  # never skip ahead within a key: that would reorder it
             picked.append(i)
             rows += e.rows
+            if g is not None:
+                taken.add(g)
             if rows == self.policy.max_batch_size:
                 break
         return picked, rows

@@ -54,6 +54,8 @@ class ModelConfig:
     run_on_gpu: bool = False
     stateless: bool = True
     copies: int = 1
+    max_sequence_idle_us: int = 5_000_000  # stateful: an idle sequence is released after this
+    max_sequences_per_copy: int = 1  # stateful: 1 = a copy is one client's (Inferoxy's rule)
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def input(self, name: str) -> TensorSpec | None:
@@ -66,6 +68,7 @@ class ModelConfig:
 _MODEL_FIELDS = {
     "entrypoint", "address", "version", "batch_size", "max_queue_delay_us", "max_queue_size",
     "run_on_gpu", "stateless", "copies", "inputs", "outputs", "parameters",
+    "max_sequence_idle_us", "max_sequences_per_copy",
 }
 
 
@@ -143,6 +146,13 @@ def parse_model(name: Any, raw: Any) -> ModelConfig:
         run_on_gpu=_bool(name, "run_on_gpu", raw.get("run_on_gpu"), False),
         stateless=_bool(name, "stateless", raw.get("stateless"), True),
         copies=_int(name, "copies", raw.get("copies"), 1, 0, 64),
+        max_sequence_idle_us=_int(
+            name, "max_sequence_idle_us", raw.get("max_sequence_idle_us"), 5_000_000, 0,
+            24 * 3600 * 1_000_000,
+        ),
+        max_sequences_per_copy=_int(
+            name, "max_sequences_per_copy", raw.get("max_sequences_per_copy"), 1, 1, 4096
+        ),
         parameters=dict(parameters),
     )
 

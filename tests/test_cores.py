@@ -161,3 +161,23 @@ class TestConfig:
         (tmp_path / "bad.yaml").write_text("models: [1, 2]")
         with pytest.raises(ConfigError, match="'models' mapping"):
             load_models(tmp_path / "bad.yaml")
+
+
+class TestGroups:
+    def test_one_request_per_group_per_batch_in_order(self) -> None:
+        q = queue(batch=4)
+        for name, group in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a"), ("c1", "c")]:
+            q.push(name, 1, "k", now=0.0, group=group)
+        assert q.take(now=1.0, copy_free=True) == ["a1", "b1", "c1"]
+        assert q.take(now=1.0, copy_free=True) == ["a2"]
+        assert q.take(now=1.0, copy_free=True) == ["a3"]
+
+    def test_a_group_passed_over_for_its_key_stays_behind(self) -> None:
+        q = queue(batch=4)
+        q.push("a1", 1, "k1", now=0.0, group="a")
+        q.push("b1", 1, "k2", now=0.0, group="b")
+        q.push("b2", 1, "k1", now=0.0, group="b")  # same key as the head, but b1 is first
+        q.push("c1", 1, "k1", now=0.0, group="c")
+        assert q.take(now=1.0, copy_free=True) == ["a1", "c1"]
+        assert q.take(now=1.0, copy_free=True) == ["b1"]
+        assert q.take(now=1.0, copy_free=True) == ["b2"]
