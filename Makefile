@@ -15,7 +15,21 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[examples,test]'
 	touch $@
 
-.PHONY: serve test lint
+# perf_analyzer (Triton's load generator) ships inside the tritonclient 2.48.0 manylinux wheel.
+# It lives in a venv of its own so its tritonclient pin never meets the main venv's; it runs
+# without a GPU given libb64 (apt) and libcudart.so.12 (pip), which bench/perf_analyzer.sh
+# puts on LD_LIBRARY_PATH.
+PERF_VENV ?= .venv-perf
+PERF_PINS := tritonclient==2.48.0 nvidia-cuda-runtime-cu12==12.9.79
+
+$(PERF_VENV)/.installed: | libb64
+	rm -rf $(PERF_VENV)
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/pip install --quiet --no-deps $(PERF_PINS)
+	PERF_VENV=$(PERF_VENV) bench/perf_analyzer.sh --version
+	touch $@
+
+.PHONY: serve test lint perf-analyzer libb64
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
 
@@ -23,5 +37,19 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint  ## lint, type-check and run the whole test suite
+# Installs the shared library perf_analyzer links (Debian's libb64-0d) when it is missing.
+libb64:
+	@PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p | grep -q 'libb64\.so\.0d' || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq libb64-0d >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq libb64-0d; }; \
+	  else \
+	    echo 'perf_analyzer needs libb64.so.0d: install it (Debian/Ubuntu: sudo apt-get install libb64-0d), then run make perf-analyzer again' >&2; \
+	    exit 1; \
+	  fi; }
+
+perf-analyzer: $(PERF_VENV)/.installed  ## perf_analyzer in .venv-perf (run it with bench/perf_analyzer.sh)
+
+test: lint perf-analyzer  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q
