@@ -35,7 +35,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.model_server import ModelServer
-from gateway.request import InferRequest, OutputTarget, RequestResult
+from gateway.request import InferRequest, OutputTarget, RequestResult, SequenceRef
 from shm.datatypes import V2_TO_NUMPY
 from shm.descriptor import Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
@@ -158,6 +158,26 @@ def region_error(exc: RegionError) -> InferoxyError:
     return InvalidArgument(str(exc))
 
 
+def parse_sequence(params: dict[str, Any]) -> SequenceRef | None:
+    """The v2 sequence parameters (``sequence_id`` int or string, ``sequence_start``,
+    ``sequence_end``), validated; None when the request names no sequence (id 0 or "")."""
+    seq_id = params.get("sequence_id")
+    start, end = params.get("sequence_start", False), params.get("sequence_end", False)
+    if not isinstance(start, bool) or not isinstance(end, bool):
+        raise InvalidArgument("parameters.sequence_start and sequence_end must be true or false")
+    if seq_id is None or seq_id == 0 or seq_id == "":
+        if start or end:
+            raise InvalidArgument("sequence_start/sequence_end need a non-zero sequence_id")
+        return None
+    if isinstance(seq_id, bool) or not isinstance(seq_id, int | str):
+        raise InvalidArgument("parameters.sequence_id must be an integer or a string")
+    if isinstance(seq_id, int) and not 0 < seq_id < 2**64:
+        raise InvalidArgument("parameters.sequence_id must be in [1, 2**64)")
+    if isinstance(seq_id, str) and len(seq_id) > 256:
+        raise InvalidArgument("parameters.sequence_id must be at most 256 characters")
+    return SequenceRef(seq_id, start, end)
+
+
 def model_parameters(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in RESERVED_PARAMETERS}
 
@@ -219,6 +239,7 @@ class Admission:
 
     async def run(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
                   request_id: str) -> RequestResult:
+        sequence = parse_sequence(parameters)  # validated before anything is queued
         timeout_s = self._timeout_s
         if timeout_us:
             timeout_s = min(timeout_s, timeout_us / 1e6)
@@ -239,6 +260,7 @@ class Admission:
             request_id=request_id,
             region_inputs=tuple(self.region_inputs),
             output_targets=self.output_targets,
+            sequence=sequence,
         )
         self.server.submit(request)
         self._submitted = True

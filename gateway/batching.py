@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -73,10 +73,14 @@ class BatchQueue(Generic[T]):
             raise ValueError(f"rows must be in [1, {self.policy.max_batch_size}], got {rows}")
         self._entries.append(_Entry(item, rows, key, now, group))
 
-    def push_front(self, items: Iterable[tuple[T, int, Hashable, float]]) -> None:
-        """Put items back at the head, in the given order (retries of a lost batch)."""
-        for item, rows, key, since in reversed(list(items)):
-            self._entries.appendleft(_Entry(item, rows, key, since))
+    def push_front(self, items: Iterable[tuple[Any, ...]]) -> None:
+        """Put ``(item, rows, key, since[, group])`` back at the head, in the given order
+        (retries of a lost batch)."""
+        for entry in reversed(list(items)):
+            self._entries.appendleft(_Entry(*entry))
+
+    def items(self) -> list[T]:
+        return [e.item for e in self._entries]
 
     def next_deadline(self) -> float | None:
         """When the oldest request's delay runs out (None: queue empty)."""

@@ -23,6 +23,7 @@ from gateway.errors import NotFound, Unavailable
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
+from gateway.stateful_server import StatefulModelServer
 from shm import wire
 from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, sweep_stale, unlink_matching
@@ -151,7 +152,8 @@ class Gateway:
     # -- models: load and unload (the v2 repository extension) -----------------------------
 
     def _start_model(self, config: ModelConfig) -> ModelServer:
-        server = ModelServer(config, self.link.send, self.slab, self.cache)
+        kind = ModelServer if config.stateless else StatefulModelServer
+        server = kind(config, self.link.send, self.slab, self.cache)
         self.servers[config.name] = server
         self._unloaded.pop(config.name, None)
         scope = trio.CancelScope()

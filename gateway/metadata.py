@@ -48,6 +48,9 @@ def model_config(server: ModelServer) -> dict[str, Any]:
             "count": len(server.copies),
             "gpus": gpus,
         }],
-        "sequence_batching": {} if not c.stateless else None,
+        "sequence_batching": None if c.stateless else {
+            "max_sequence_idle_microseconds": c.max_sequence_idle_us,
+            "direct": {},
+        },
         "parameters": {k: {"string_value": str(v)} for k, v in c.parameters.items()},
     }

@@ -61,6 +61,8 @@ def _item(r: InferRequest) -> dict[str, Any]:
         item["regions"] = list(r.region_inputs)
     if r.output_targets:
         item["outputs"] = {n: t.to_wire() for n, t in r.output_targets.items()}
+    if r.sequence is not None:
+        item["sequence"] = [r.sequence.id, r.sequence.start, r.sequence.end]
     return item
 
 
@@ -155,20 +157,36 @@ class ModelServer:
     async def run(self) -> None:
         while True:
             now = trio.current_time()
-            copy = self._free_copy(now)
-            batch = self.queue.take(now, copy is not None)
-            if batch is not None and copy is not None:
-                self._dispatch(copy, batch)
+            picked = self._next_batch(now)
+            if picked is not None:
+                self._dispatch(*picked)
                 await trio.lowlevel.checkpoint()
                 continue
-            wake_at = self.queue.next_deadline() if copy is not None else None
-            if len(self.queue):
-                paused = [c.paused_until for c in self.copies if c.ready and c.paused_until > now]
-                if paused:
-                    wake_at = min([*paused, wake_at] if wake_at is not None else paused)
+            wake_at = self._next_wake(now)
             with trio.move_on_at(wake_at if wake_at is not None else float("inf")):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    def _next_batch(self, now: float) -> tuple[Copy, list[InferRequest]] | None:
+        """A closed batch and the copy to run it, if the policy says one is due now."""
+        copy = self._free_copy(now)
+        batch = self.queue.take(now, copy is not None)
+        if batch is None or copy is None:
+            return None
+        return copy, batch
+
+    def _next_wake(self, now: float) -> float | None:
+        """When the batcher must look again even if nothing happens (None: only on events)."""
+        wake_at = self.queue.next_deadline() if self._free_copy(now) is not None else None
+        if len(self.queue):
+            paused = [c.paused_until for c in self.copies if c.ready and c.paused_until > now]
+            if paused:
+                wake_at = min([*paused, wake_at] if wake_at is not None else paused)
+        return wake_at
+
+    def _requeue(self, copy: Copy, requests: list[InferRequest]) -> None:
+        """Put requests back at the head of their queue, in order (a send or a copy failed)."""
+        self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in requests)
 
     def _free_copy(self, now: float) -> Copy | None:
         best: Copy | None = None
@@ -193,7 +211,7 @@ class ModelServer:
             # keep the batch at the head and try this copy again shortly. A worker that
             # never reads is caught by the supervisor's watchdog.
             log.debug("copy %d of %s is not taking batches yet", copy.id, self.config.name)
-            self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in batch)
+            self._requeue(copy, batch)
             copy.paused_until = trio.current_time() + SEND_RETRY_S
             return
         copy.outstanding += 1
@@ -221,6 +239,7 @@ class ModelServer:
         except ModelError as exc:
             self._release_outputs(copy, raw_outputs)
             self._fail_batch(requests, exc)
+            self._batch_done(requests)
             return
         for r in requests:
             self._free_inputs(r)
@@ -243,6 +262,7 @@ class ModelServer:
             mine = {n: a[rows_of] for n, a in arrays.items() if n not in r.output_targets}
             in_regions = {n: (r.rows, *shapes[n][1:]) for n in r.output_targets}
             self._finish(r, result=RequestResult(mine, outputs, in_regions))
+        self._batch_done(requests)
 
     def on_error(self, copy: Copy, body: dict[str, Any]) -> None:
         flight = self.inflight.pop(body.get("id", -1), None)
@@ -251,6 +271,10 @@ class ModelServer:
         self._copy_answered(copy)
         message = str(body.get("message", "model failed"))[:2000]
         self._fail_batch(flight.requests, ModelError(f"model {self.config.name!r}: {message}"))
+        self._batch_done(flight.requests)
+
+    def _batch_done(self, requests: list[InferRequest]) -> None:
+        """A batch was answered, one way or another (stateful models release sequences)."""
 
     def _copy_answered(self, copy: Copy) -> None:
         copy.outstanding = max(0, copy.outstanding - 1)

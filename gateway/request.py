@@ -35,6 +35,15 @@ class OutputTarget:
         return [self.segment, self.offset, self.byte_size]
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceRef:
+    """The v2 sequence parameters of a request to a stateful model."""
+
+    id: int | str
+    start: bool = False
+    end: bool = False
+
+
 @dataclass(eq=False, slots=True)
 class InferRequest:
     model: str
@@ -48,6 +57,8 @@ class InferRequest:
     request_id: str = ""  # the client's id, echoed back
     region_inputs: tuple[str, ...] = ()  # inputs that lie in client regions
     output_targets: dict[str, OutputTarget] = field(default_factory=dict)
+    sequence: SequenceRef | None = None
+    seq: Any = None  # the gateway.sequences.Sequence incarnation it belongs to
     serial: int = field(default_factory=lambda: next(_ids))
     # Set by the core:
     enqueued_ns: int = 0

@@ -7,7 +7,9 @@ strings below and ``body`` is a JSON object. Tensor bytes never travel here: ten
 Sockets (all ``ipc://`` in the gateway's run directory, all bound by the gateway):
 
 * ``inbox.sock`` (gateway PULL, workers PUSH) — worker to gateway:
-  ``HELLO {copy, pid, model}``, ``HEARTBEAT {copy}``,
+  ``HELLO {copy, pid, model}``, ``HEARTBEAT {copy, busy_s}`` (``busy_s``: how long the
+  batch or health check running now has run; 0 when idle), ``UNHEALTHY {copy, message}``
+  (the model's ``health()`` failed),
   ``RESULT {copy, id, outputs: {name: desc}, timing: {input_ns, infer_ns, output_ns},
   item_errors?: {index: message}}`` (one descriptor per output for the whole batch, batch
   dimension first; ``[null, 0, dtype, shape]`` when every item took that output to its own
@@ -18,7 +20,9 @@ Sockets (all ``ipc://`` in the gateway's run directory, all bound by the gateway
   regions, re-checked before use], outputs?: {name: [segment, offset, byte_size]}}],
   parameters}`` (``outputs``: client regions the item's rows of that output go to),
   ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the gateway is done with),
-  ``STOP {}``.
+  ``SEQUENCE_END {sequence_id, reason}`` (a sequence ended without a request saying so:
+  ``evicted`` after idling, ``cancelled``, ``closed``, ``restarted``), ``STOP {}``.
+  A BATCH item of a stateful model carries ``sequence: [id, start, end]``.
 """
 
 from __future__ import annotations
@@ -48,11 +52,15 @@ HEARTBEAT = b"HEARTBEAT"
 RESULT = b"RESULT"
 ERROR = b"ERROR"
 FATAL = b"FATAL"
+UNHEALTHY = b"UNHEALTHY"
 BATCH = b"BATCH"
 RELEASE = b"RELEASE"
 STOP = b"STOP"
+SEQUENCE_END = b"SEQUENCE_END"
 
-KINDS = frozenset({HELLO, HEARTBEAT, RESULT, ERROR, FATAL, BATCH, RELEASE, STOP})
+KINDS = frozenset({
+    HELLO, HEARTBEAT, RESULT, ERROR, FATAL, UNHEALTHY, BATCH, RELEASE, STOP, SEQUENCE_END,
+})
 
 
 class WireError(ValueError):

@@ -124,7 +124,7 @@ def test_placement() -> None:
 class TestConfig:
     def test_examples_load(self) -> None:
         models = load_models(ROOT / "examples" / "models.yaml")
-        assert set(models) == {"stub", "synthetic", "face"}
+        assert set(models) == {"stub", "synthetic", "face", "running_sum"}
         assert models["face"].outputs[0].shape == (16, 4)
 
     @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def test_statistics_count_requests(client: httpclient.InferenceServerClient) -> 
         "count"] == 3
     assert after["execution_count"] > before["execution_count"]
     everything = client.get_inference_statistics()["model_stats"]
-    assert {s["name"] for s in everything} == {"stub", "synthetic", "face", "faulty", "slow"}
+    assert {s["name"] for s in everything} >= {"stub", "synthetic", "face", "faulty", "slow"}
 
 
 def test_face_detector_finds_the_astronaut(client: httpclient.InferenceServerClient) -> None:

@@ -4,6 +4,11 @@ It connects to the gateway's sockets (see ``shm.wire``), loads ``module:Class`` 
 ``Class(device, **parameters)``, says HELLO, heartbeats from a side thread, and then runs
 BATCH messages one at a time. A model exception becomes an ERROR reply, never a dead worker.
 A model that fails to load is reported with FATAL and the process exits with status 3.
+
+Each heartbeat says how long the batch running now has run (``busy_s``), so the gateway can
+tell a hung model from a busy one. A model class may define ``health()``: it is called every
+``--health-interval-s`` between batches (never during one); returning ``False`` or raising
+reports UNHEALTHY, and the gateway replaces the copy.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -39,7 +45,7 @@ def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
 
 
 def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
-               stop: threading.Event) -> None:
+               stop: threading.Event, busy_s: Callable[[], float]) -> None:
     """Heartbeats on a socket of this thread's own; exits the process if the gateway is gone."""
     parent = os.getppid()
     sock = ctx.socket(zmq.PUSH)
@@ -52,7 +58,10 @@ def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
                 log.warning("gateway process is gone; copy %d exits", copy_id)
                 os._exit(0)
             try:
-                sock.send_multipart(wire.encode(wire.HEARTBEAT, {"copy": copy_id}), zmq.NOBLOCK)
+                sock.send_multipart(
+                    wire.encode(wire.HEARTBEAT, {"copy": copy_id, "busy_s": busy_s()}),
+                    zmq.NOBLOCK,
+                )
             except zmq.Again:
                 pass
     finally:
@@ -74,6 +83,16 @@ class Worker:
         self.inp = ctx.socket(zmq.PULL)
         self.inp.setsockopt(zmq.LINGER, 0)
         self.inp.connect(wire.copy_address(args.run_dir, args.copy_id))
+        self.busy_since: float | None = None  # monotonic start of the batch running now
+        health = getattr(model, "health", None)
+        self._health: Callable[[], object] | None = health if callable(health) else None
+        self._health_every_s: float = args.health_interval_s
+        self._next_health = time.monotonic() + self._health_every_s
+
+    def busy_s(self) -> float:
+        """How long the batch (or health check) running now has run; 0.0 when idle."""
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def send(self, kind: bytes, body: dict[str, Any]) -> None:
         body["copy"] = self.copy_id
@@ -81,24 +100,82 @@ class Worker:
 
     def serve(self) -> None:
         while True:
+            if not self._message_waiting():
+                continue
             kind, body = wire.decode(self.inp.recv_multipart())
             if kind == wire.BATCH:
-                self.run_batch(body)
+                self.busy_since = time.monotonic()
+                try:
+                    self.run_batch(body)
+                finally:
+                    self.busy_since = None
             elif kind == wire.RELEASE:
                 for segment, offset in body.get("slots", []):
                     slot = self.slots.pop((segment, offset), None)
                     if slot is not None:
                         self.slab.free(slot)
+            elif kind == wire.SEQUENCE_END:
+                self.end_sequence(body.get("sequence_id"), str(body.get("reason", "ended")))
             elif kind == wire.STOP:
                 return
 
+    def _message_waiting(self) -> bool:
+        """Run the model's health check when it is due; True when a message is waiting."""
+        if self._health is None or self._health_every_s <= 0:
+            return True
+        if time.monotonic() >= self._next_health:
+            self.check_health()
+        wait_s = max(0.0, self._next_health - time.monotonic())
+        return bool(self.inp.poll(int(wait_s * 1000) + 1))
+
+    def check_health(self) -> None:
+        assert self._health is not None
+        self._next_health = time.monotonic() + self._health_every_s
+        self.busy_since = time.monotonic()  # a health check that hangs is a hang
+        try:
+            healthy = self._health()
+            reason = "health() returned False"
+        except Exception as exc:
+            healthy, reason = False, f"health() raised {type(exc).__name__}: {exc}"
+        finally:
+            self.busy_since = None
+        if healthy is False:
+            log.error("model is unhealthy: %s", reason)
+            self.send(wire.UNHEALTHY, {"message": reason[:2000]})
+
+    def end_sequence(self, seq_id: object, reason: str) -> None:
+        log.info("sequence %r ended (%s)", seq_id, reason)
+        hook = getattr(self.model, "on_sequence_end", None)
+        if hook is not None:
+            try:
+                hook(seq_id, reason)
+            except Exception:
+                log.warning("on_sequence_end(%r) raised: %s", seq_id, traceback.format_exc())
+
     def run_batch(self, body: dict[str, Any]) -> None:
         batch_id = body["id"]
+        items = body["items"]
+        sequences = [item["sequence"] for item in items if "sequence" in item]
+        parameters = dict(body.get("parameters") or {})
+        if sequences:
+            # Per item, in batch order: which sequence, and whether it starts or ends here.
+            parameters["sequence_id"] = [s[0] for s in sequences]
+            parameters["sequence_start"] = [bool(s[1]) for s in sequences]
+            parameters["sequence_end"] = [bool(s[2]) for s in sequences]
+        start_hook = getattr(self.model, "on_sequence_start", None)
         try:
+            for seq_id, start, _ in sequences:
+                if start and start_hook is not None:
+                    start_hook(seq_id)
             t0 = time.perf_counter_ns()
-            inputs, _rows = gather(self.cache, body["items"])
+            inputs, _rows = gather(self.cache, items)
             t1 = time.perf_counter_ns()
-            outputs = self.model.predict(inputs, body.get("parameters") or {})
+            try:
+                outputs = self.model.predict(inputs, parameters)
+            finally:
+                for seq_id, _, end in sequences:  # the model's state for it goes, even on error
+                    if end:
+                        self.end_sequence(seq_id, "ended")
             t2 = time.perf_counter_ns()
             del inputs  # views into request slots the gateway reuses after our reply
             described, item_errors = place_outputs(
@@ -140,6 +217,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shm-prefix", required=True, help="segment name prefix: <prefix>-<gw pid>")
     p.add_argument("--output-limit-bytes", type=int, default=2 << 30)
     p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument("--health-interval-s", type=float, default=5.0,
+                   help="how often to call the model's health(), if it has one (0: never)")
     return p.parse_args(argv)
 
 
@@ -170,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = Worker(args, model, ctx)
         threading.Thread(
             target=_heartbeat,
-            args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop),
+            args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop,
+                  worker.busy_s),
             daemon=True,
         ).start()
         worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model})
