@@ -239,6 +239,14 @@ class Admission:
 
     async def run(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
                   request_id: str) -> RequestResult:
+        """Submit and wait for the answer."""
+        request = self.submit(rows, parameters, timeout_us, request_id)
+        return await self.server.wait(request)
+
+    def submit(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
+               request_id: str) -> InferRequest:
+        """Queue the request now (synchronously: a stream's frames keep their order);
+        ``await server.wait(request)`` gives its answer."""
         sequence = parse_sequence(parameters)  # validated before anything is queued
         timeout_s = self._timeout_s
         if timeout_us:
@@ -265,7 +273,7 @@ class Admission:
         self.server.submit(request)
         self._submitted = True
         self.slots = []
-        return await self.server.wait(request)
+        return request
 
 
 def output_datatypes(config: ModelConfig) -> dict[str, str]:

@@ -12,6 +12,8 @@ class Settings:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    ws_port: int = 8003
+    ws_max_inflight: int = 8  # frames in flight per WebSocket stream
     runtime: str = "local"
     gpus: str | None = None  # "0,1,3" overrides discovery; "" means none
     shm_prefix: str = "ifx"
@@ -24,5 +26,19 @@ class Settings:
     startup_timeout_s: float = 120.0
     heartbeat_s: float = 1.0
     heartbeat_timeout_s: float = 10.0
+    hang_timeout_s: float = 60.0  # one batch (or health check) running longer is a hang
+    health_interval_s: float = 5.0  # how often workers call a model's health()
+    crash_loop_exits: int = 5  # this many exits of a copy ...
+    crash_loop_window_s: float = 60.0  # ... within this window is a crash loop
+    simulate_gpus: int = 0  # N > 0: N fake GPUs (placement and scaling; copies run on the CPU)
+    alert_webhook: str | None = None  # alerts are POSTed here (Slack-compatible); None: log only
+    alert_recover_hold_s: float = 10.0  # "recovered" is sent once it held this long
+    # --runtime docker
+    docker_host: str = ""  # engine URL; "" = $DOCKER_HOST, else the local socket
+    docker_registry: str = ""  # registry the credentials below are for ("" = Docker Hub)
+    docker_username: str = ""
+    docker_password: str = ""
+    docker_network: str = ""  # attach model containers to this network
+    docker_volumes: str = ""  # extra bind mounts for model containers: SRC:DST[:ro],...
     log_level: str = "INFO"
     log_format: str = "text"

@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from gateway.config import ConfigError, load_models
+from gateway.runtimes import runtime_for
 from gateway.settings import Settings
 
 EXIT_CONFIG = 2
@@ -38,7 +39,9 @@ HELP = {
     "http_port": "Open Inference Protocol v2 over HTTP",
     "grpc_port": "Open Inference Protocol v2 over gRPC",
     "metrics_port": "Prometheus /metrics",
-    "runtime": "what runs model copies: local (processes)",
+    "ws_port": "WebSocket streams (one connection = one sequence)",
+    "ws_max_inflight": "frames in flight per WebSocket stream before reading pauses",
+    "runtime": "what runs model copies: local (processes) or docker (containers)",
     "gpus": "GPU indices to use, e.g. 0,1,3 ('' for none); default: discover",
     "shm_prefix": "name prefix of this gateway's /dev/shm segments",
     "shm_limit_bytes": "bytes of shared memory for request inputs",
@@ -50,6 +53,20 @@ HELP = {
     "startup_timeout_s": "how long a copy may take to load its model",
     "heartbeat_s": "worker heartbeat interval",
     "heartbeat_timeout_s": "a copy silent this long is killed and restarted",
+    "hang_timeout_s": "a copy whose batch (or health check) runs longer is killed and restarted",
+    "health_interval_s": "how often copies call their model's health(), if it has one",
+    "crash_loop_exits": "this many exits of a copy within --crash-loop-window-s is a crash loop",
+    "crash_loop_window_s": "the crash-loop window (the model is unavailable while it loops)",
+    "simulate_gpus": "pretend to have N GPUs (placement, autoscaling); copies run on the CPU",
+    "alert_webhook": "URL alerts are POSTed to as JSON (Slack-compatible); none: log only",
+    "alert_recover_hold_s": "a 'recovered' alert is sent once recovery held this long",
+    "docker_host": "Docker engine URL, e.g. unix:///run/docker.sock (default: $DOCKER_HOST)",
+    "docker_registry": "registry the docker credentials are for, e.g. registry.example.com:5000 "
+                       "('' = Docker Hub)",
+    "docker_username": "registry login used to pull model images",
+    "docker_password": "registry password used to pull model images",
+    "docker_network": "Docker network model containers are attached to",
+    "docker_volumes": "extra bind mounts for model containers: SRC:DST[:ro],...",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }
@@ -70,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{HELP.get(f.name, '')} (default: {default!r})")
             continue
         kind = type(f.default) if f.default is not None else str
+        shown = "***" if "password" in f.name and default else repr(default)  # never echo it
         serve.add_argument(flag, type=kind, default=default,
-                           help=f"{HELP.get(f.name, '')} (default: {default!r})")
+                           help=f"{HELP.get(f.name, '')} (default: {shown})")
     return parser
 
 
@@ -104,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("inferoxy")
-    if settings.runtime != "local":
-        log.error("runtime %r is not available; use 'local'", settings.runtime)
+    try:
+        runtime_for(settings)  # no I/O: checks the runtime's name and options
+    except ValueError as exc:
+        log.error("%s", exc)
         return EXIT_CONFIG
     try:
         models = load_models(settings.models)

@@ -7,8 +7,10 @@ import signal
 
 import trio
 
+from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
 from bridges.rest.app import serve_rest
+from bridges.websocket.server import serve_websocket
 from gateway.config import ModelConfig
 from gateway.core import Gateway
 from gateway.settings import Settings
@@ -25,6 +27,8 @@ async def serve(settings: Settings, models: dict[str, ModelConfig]) -> None:
             await nursery.start(gateway.run)
             for name, port, runner in (
                 ("HTTP (Open Inference Protocol v2)", settings.http_port, serve_rest),
+                ("gRPC (Open Inference Protocol v2)", settings.grpc_port, serve_grpc),
+                ("WebSocket streams", settings.ws_port, serve_websocket),
                 ("metrics (Prometheus)", settings.metrics_port, serve_metrics),
             ):
                 binds = await nursery.start(runner, gateway, settings.host, port, http_stop)

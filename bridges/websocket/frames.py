@@ -1,0 +1,99 @@
+"""The WebSocket stream's message format. I/O-free.
+
+Every message, both ways, is one binary WebSocket message::
+
+    [4 bytes: little-endian uint32 N][N bytes: JSON header][raw tensor bytes ...]
+
+Client -> server (one frame of the stream)::
+
+    {"id": "f17",                              # optional, echoed back
+     "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4]}],
+     "parameters": {...},                      # optional, reach the model
+     "end": true}                              # optional: the last frame of the sequence
+
+followed by the raw bytes of each input, in the order of ``inputs``, C order, little-endian.
+
+Server -> client, one per frame and in the same order::
+
+    {"id": "f17", "outputs": [{"name": "SUM", "datatype": "FP32", "shape": [1, 4]}]}
+    + the raw bytes of each output in that order
+
+or, for a frame that failed (the stream goes on)::
+
+    {"id": "f17", "error": "input 'INPUT' has shape [1, 3], expected [-1, 4]", "code": 400}
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway.errors import InvalidArgument
+
+_LEN = struct.Struct("<I")
+MAX_HEADER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    header: dict[str, Any]
+    payload: memoryview  # the tensor bytes after the header
+
+
+def parse_frame(message: bytes | str) -> Frame:
+    if isinstance(message, str):
+        raise InvalidArgument("frames are binary messages: [uint32 LE length][JSON][tensors]")
+    view = memoryview(message)
+    if len(view) < _LEN.size:
+        raise InvalidArgument("frame is shorter than its 4-byte header length")
+    (n,) = _LEN.unpack_from(view)
+    if n == 0 or n > MAX_HEADER_BYTES or _LEN.size + n > len(view):
+        raise InvalidArgument(
+            f"frame header length {n} does not fit the frame ({len(view)} bytes)"
+        )
+    try:
+        header = orjson.loads(view[_LEN.size : _LEN.size + n])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"frame header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InvalidArgument("frame header must be a JSON object")
+    if "id" in header and not isinstance(header["id"], str):
+        raise InvalidArgument("'id' must be a string")
+    if not isinstance(header.get("inputs"), list) or not header["inputs"]:
+        raise InvalidArgument("'inputs' must be a non-empty array")
+    if not isinstance(header.get("parameters", {}), dict):
+        raise InvalidArgument("'parameters' must be an object")
+    if not isinstance(header.get("end", False), bool):
+        raise InvalidArgument("'end' must be true or false")
+    return Frame(header, view[_LEN.size + n :])
+
+
+def encode_reply(header: dict[str, Any], arrays: list[np.ndarray] | None = None) -> bytes:
+    raw = orjson.dumps(header)
+    blobs = [np.ascontiguousarray(a).data for a in arrays or []]
+    return b"".join([_LEN.pack(len(raw)), raw, *blobs])
+
+
+def encode_frame(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
+    """A client's frame (used by ``inferoxy.client`` and the tests)."""
+    return encode_reply(header, arrays)
+
+
+def decode_reply(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A client's view of a reply: the header, and the outputs as arrays."""
+    from shm.datatypes import V2_TO_NUMPY
+
+    (n,) = _LEN.unpack_from(message)
+    header = orjson.loads(message[_LEN.size : _LEN.size + n])
+    arrays: dict[str, np.ndarray] = {}
+    pos = _LEN.size + n
+    for out in header.get("outputs", []):
+        dtype = V2_TO_NUMPY[out["datatype"]]
+        count = int(np.prod(out["shape"]))
+        arrays[out["name"]] = np.frombuffer(message, dtype, count, pos).reshape(out["shape"])
+        pos += count * dtype.itemsize
+    return header, arrays
