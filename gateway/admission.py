@@ -244,7 +244,7 @@ class Admission:
         return await self.server.wait(request)
 
     def submit(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
-               request_id: str) -> InferRequest:
+               request_id: str, incarnation: Any = None) -> InferRequest:
         """Queue the request now (synchronously: a stream's frames keep their order);
         ``await server.wait(request)`` gives its answer."""
         sequence = parse_sequence(parameters)  # validated before anything is queued
@@ -269,6 +269,7 @@ class Admission:
             region_inputs=tuple(self.region_inputs),
             output_targets=self.output_targets,
             sequence=sequence,
+            seq_expect=incarnation,
         )
         self.server.submit(request)
         self._submitted = True

@@ -37,6 +37,13 @@ class Forbidden(InferoxyError):
     grpc_code = "PERMISSION_DENIED"
 
 
+class Conflict(InferoxyError):
+    """The request clashes with something in progress (a sequence another stream holds)."""
+
+    http_status = 409
+    grpc_code = "ALREADY_EXISTS"
+
+
 class Unavailable(InferoxyError):
     """Overload or not ready: the client may retry after ``retry_after_s``."""
 

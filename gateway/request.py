@@ -59,6 +59,7 @@ class InferRequest:
     output_targets: dict[str, OutputTarget] = field(default_factory=dict)
     sequence: SequenceRef | None = None
     seq: Any = None  # the gateway.sequences.Sequence incarnation it belongs to
+    seq_expect: Any = None  # a stream's own incarnation: anything else is refused
     serial: int = field(default_factory=lambda: next(_ids))
     # Set by the core:
     enqueued_ns: int = 0

@@ -83,6 +83,11 @@ class StatefulModelServer(ModelServer):
             raise Unavailable(f"model {name!r}: {exc}") from None
         except SequenceError as exc:
             raise InvalidArgument(f"model {name!r}: {exc}") from None
+        if req.seq_expect is not None and seq is not req.seq_expect:
+            raise InvalidArgument(
+                f"model {name!r}: sequence {req.sequence.id!r} was restarted by another "
+                f"client; this stream's sequence is over"
+            )
         req.seq = seq
         req.enqueued_ns = time.perf_counter_ns()
         if seq.state is SequenceState.WAITING:
@@ -166,13 +171,17 @@ class StatefulModelServer(ModelServer):
                 self.sequences.touch(r.seq, trio.current_time())
         self._unpark()
 
-    def close_sequence(self, seq_id: int | str, reason: str = "closed") -> None:
-        """End a sequence from outside a request (a WebSocket stream closed)."""
+    def close_sequence(self, seq: Sequence, reason: str = "closed") -> None:
+        """End a stream's own incarnation from outside a request (its socket closed)."""
+        if seq.state is not SequenceState.RELEASED:
+            self._release(seq, reason)
+
+    def is_open(self, seq_id: int | str) -> bool:
         try:
-            seq = self.sequences.lookup(seq_id, trio.current_time())
+            self.sequences.lookup(seq_id, trio.current_time())
         except SequenceError:
-            return
-        self._release(seq, reason)
+            return False
+        return True
 
     def _release(self, seq: Sequence, reason: str) -> None:
         released = self.sequences.release(seq, reason)

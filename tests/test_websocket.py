@@ -137,3 +137,22 @@ def test_stateless_models_stream_too(gateway: RunningGateway) -> None:
 
     for i, out in enumerate(run(main)):
         np.testing.assert_allclose(out, i * 2 + 1)
+
+
+def test_a_stream_cannot_take_over_another_streams_sequence(gateway: RunningGateway) -> None:
+    async def main() -> int:
+        url = f"{gateway.ws_url}/v2/models/running_sum/stream?sequence_id=ws-mine"
+        async with open_websocket_url(url) as ws:
+            await ws.send_message(frame(1.0, 1))
+            await ws.get_message()
+            try:
+                async with open_websocket_url(url):
+                    return 0
+            except ConnectionRejected as exc:
+                assert b"already streaming" in (exc.body or b"")
+                await ws.send_message(frame(1.0, 2))  # the owner's stream is untouched
+                _, arrays = decode_reply(await ws.get_message())
+                assert int(arrays["COUNT"][0, 0]) == 2
+                return exc.status_code
+
+    assert run(main) == 409

@@ -25,7 +25,7 @@ from trio_websocket import serve_websocket as _serve_websocket
 from bridges.websocket.frames import encode_reply, parse_frame
 from gateway.admission import Admission, InputChecker, output_datatypes
 from gateway.core import Gateway
-from gateway.errors import InferoxyError, InvalidArgument
+from gateway.errors import Conflict, InferoxyError, InvalidArgument
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest
 from gateway.stateful_server import StatefulModelServer
@@ -37,7 +37,7 @@ Pending = tuple[str, InferRequest | InferoxyError]
 
 
 def _admit(gateway: Gateway, server: ModelServer, message: bytes | str,
-           parameters: dict[str, Any]) -> tuple[str, InferRequest]:
+           parameters: dict[str, Any], incarnation: Any) -> tuple[str, InferRequest]:
     """Parse, check and queue one frame; raises InferoxyError with the frame's id."""
     frame = parse_frame(message)
     frame_id = frame.header.get("id", "")
@@ -64,7 +64,7 @@ def _admit(gateway: Gateway, server: ModelServer, message: bytes | str,
                 f"frame is longer than its inputs: {len(frame.payload) - pos} bytes left over"
             )
         rows = checker.finish()
-        return frame_id, admission.submit(rows, params, None, frame_id)
+        return frame_id, admission.submit(rows, params, None, frame_id, incarnation)
     except BaseException:
         admission.release()
         raise
@@ -115,14 +115,17 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
             )
         server = gateway.model(match[1], match[2])
         gateway.ensure_accepting(server)
+        seq_id: str = parse_qs(url.query).get("sequence_id", [""])[0] or f"ws-{uuid.uuid4().hex}"
+        if isinstance(server, StatefulModelServer) and server.is_open(seq_id):
+            raise Conflict(f"sequence {seq_id!r} is already streaming on another connection")
     except InferoxyError as exc:
         await request.reject(exc.http_status, extra_headers=[(b"content-type",
                              b"application/json")], body=orjson.dumps({"error": exc.message}))
         return
     ws = await request.accept()
     stateful = isinstance(server, StatefulModelServer)
-    seq_id: str = parse_qs(url.query).get("sequence_id", [""])[0] or f"ws-{uuid.uuid4().hex}"
-    started = ended = False
+    incarnation: Any = None  # this stream's own sequence, once its first frame is queued
+    ended = False
     send, receive = trio.open_memory_channel[Pending](max_inflight)
     try:
         async with trio.open_nursery() as nursery:
@@ -135,21 +138,22 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
                         break
                     params: dict[str, Any] = {}
                     if stateful:
-                        params = {"sequence_id": seq_id, "sequence_start": not started}
+                        params = {"sequence_id": seq_id,
+                                  "sequence_start": incarnation is None}
                     try:
                         if stateful and isinstance(message, bytes | bytearray):
                             end = parse_frame(message).header.get("end") is True
                             params["sequence_end"] = end
-                        frame_id, req = _admit(gateway, server, message, params)
-                        started = True
+                        frame_id, req = _admit(gateway, server, message, params, incarnation)
+                        incarnation = incarnation or req.seq
                         ended = ended or bool(params.get("sequence_end"))
                         await send.send((frame_id, req))
                     except InferoxyError as exc:
                         await send.send(("", exc))
     finally:
-        if stateful and started and not ended:
+        if stateful and incarnation is not None and not ended:
             assert isinstance(server, StatefulModelServer)
-            server.close_sequence(seq_id, "closed")
+            server.close_sequence(incarnation, "closed")
 
 
 async def serve_websocket(gateway: Gateway, host: str, port: int, shutdown: trio.Event, *,
