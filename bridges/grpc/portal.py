@@ -1,0 +1,134 @@
+"""Calls from grpcio's asyncio thread into the gateway's Trio thread, and answers back.
+
+grpcio has no Trio backend, so the gRPC bridge runs ``grpc.aio`` on a thread of its own with
+its own asyncio loop. Every touch of the gateway — reads included — happens on the Trio
+thread: a handler on the asyncio side calls ``Portal.run_sync`` (a plain function, run
+from ``TrioToken.run_sync_soon``) or ``Portal.run`` (an async function, started as a task in
+the nursery the bridge's Trio task owns), and awaits an asyncio future that the Trio side
+completes with ``loop.call_soon_threadsafe``.
+
+If the asyncio side gives up (the client cancelled, its deadline passed), the Trio task is
+cancelled too, so a queued request leaves the queue. Once the bridge closes the portal, or
+the Trio run is over, calls fail with ``Unavailable`` instead of reaching the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from gateway.errors import InferoxyError, Unavailable
+
+log = logging.getLogger("inferoxy.grpc")
+
+T = TypeVar("T")
+
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class InternalError(InferoxyError):
+    """A bug in the bridge: the client sees this, the log has the traceback."""
+
+
+class Portal:
+    def __init__(self, token: trio.lowlevel.TrioToken, nursery: trio.Nursery) -> None:
+        self._token = token
+        self._nursery = nursery
+        self.closed = False  # read and written on the Trio thread only
+
+    def close(self) -> None:
+        """No new calls reach the gateway (Trio thread)."""
+        self.closed = True
+
+    # -- the asyncio side --------------------------------------------------------------------
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the Trio thread; its InferoxyError is raised here."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def call() -> None:  # Trio thread: must never raise
+            if self.closed:
+                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                return
+            try:
+                value = fn(*args)
+            except InferoxyError as exc:
+                _deliver(loop, future, exc, None)
+            except Exception:
+                log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
+                _deliver(loop, future, InternalError("internal error in the gRPC bridge"), None)
+            else:
+                _deliver(loop, future, None, value)
+
+        self._send(call)
+        return await future
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(*args)`` in a task on the Trio thread, cancelled if this call is."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        scope = trio.CancelScope()
+
+        async def task() -> None:
+            try:
+                with scope:
+                    value = await fn(*args)
+                    _deliver(loop, future, None, value)
+                    return
+                _deliver(loop, future, Unavailable("the request was cancelled"), None)
+            except InferoxyError as exc:
+                _deliver(loop, future, exc, None)
+            except trio.Cancelled:
+                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                raise
+            except Exception:
+                log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
+                _deliver(loop, future, InternalError("internal error in the gRPC bridge"), None)
+
+        def start() -> None:  # Trio thread: must never raise
+            if self.closed:
+                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                return
+            try:
+                self._nursery.start_soon(task)
+            except RuntimeError:  # the nursery closed under us
+                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+
+        self._send(start)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            try:
+                self._token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+            raise
+
+    def _send(self, fn: Callable[[], None]) -> None:
+        try:
+            self._token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            raise Unavailable(SHUTTING_DOWN) from None
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+             error: BaseException | None, value: Any) -> None:
+    """Complete ``future`` on its own loop (from the Trio thread)."""
+
+    def complete() -> None:
+        if future.done():  # the caller gave up
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    try:
+        loop.call_soon_threadsafe(complete)
+    except RuntimeError:  # the loop is closed: no one is waiting any more
+        pass

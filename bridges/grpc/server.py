@@ -1,0 +1,315 @@
+"""The gRPC bridge: ``grpc.aio`` on a thread of its own, serving ``inference.GRPCInferenceService``.
+
+Threads: grpcio runs its asyncio loop on the bridge's thread; every RPC handler there hands
+its work to the Trio thread through a ``Portal`` (``bridges.grpc.portal``) and awaits the
+answer, so nothing here touches the gateway and nothing on the Trio thread blocks on gRPC.
+``serve_grpc`` is the bridge's Trio task: it owns the nursery the RPCs run in, starts the
+thread, and on ``shutdown`` (or cancellation) stops the server — open RPCs get a short grace
+— and joins the thread.
+
+Handlers are registered by hand (not with the generated servicer) so that the infer RPCs
+can keep the received bytes (``codec.split_request``) and send pre-serialized responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import trio
+from tritonclient.grpc import service_pb2 as pb
+
+from bridges.grpc import codec
+from bridges.grpc.codec import WireRequest
+from bridges.grpc.portal import SHUTTING_DOWN, Portal
+from bridges.grpc.service import Service, unimplemented
+from gateway.core import Gateway
+from gateway.errors import InferoxyError, Unavailable
+from gateway.settings import Settings
+
+log = logging.getLogger("inferoxy.grpc")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+GRACE_S = 1.0  # open RPCs (idle streams, say) get this long at shutdown
+JOIN_TIMEOUT_S = GRACE_S + 5.0
+MAX_STREAM_INFLIGHT = 256  # requests of one stream in flight; then the stream stops reading
+
+
+def _serialize(message: Any) -> bytes:
+    """Responses: infer answers come serialized already; the rest are messages."""
+    if isinstance(message, bytes):
+        return message
+    return bytes(message.SerializeToString())
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: InferoxyError) -> None:
+    metadata: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, Unavailable):
+        metadata = (("retry-after", str(exc.retry_after_s)),)
+    await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, metadata)
+
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class Handlers:
+    """The asyncio side of every RPC: hand off to the Trio thread, answer, or abort."""
+
+    def __init__(self, portal: Portal, service: Service) -> None:
+        self.portal = portal
+        self.service = service
+        self.closing = False  # asyncio thread only
+        self._readers: set[asyncio.Task[None]] = set()
+
+    def sync(self, fn: Callable[[Any], Any]) -> Unary:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await self.portal.run_sync(fn, request)
+            except InferoxyError as exc:
+                await _abort(context, exc)
+
+        return handler
+
+    def task(self, fn: Callable[[Any], Awaitable[Any]]) -> Unary:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await self.portal.run(fn, request)
+            except InferoxyError as exc:
+                await _abort(context, exc)
+
+        return handler
+
+    @staticmethod
+    def unimplemented(what: str) -> Unary:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _abort(context, unimplemented(what))
+
+        return handler
+
+    async def model_infer(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self.portal.run(self.service.infer, wire)
+        except InferoxyError as exc:
+            await _abort(context, exc)
+
+    async def model_stream_infer(self, requests: Any, context: grpc.aio.ServicerContext
+                                 ) -> None:
+        """Many requests in flight on one stream; each answer (or error) as it comes.
+
+        At shutdown (``close``) the stream stops reading, answers what it has in flight,
+        and ends with UNAVAILABLE, rather than being cut off when the grace period ends.
+        """
+        if self.closing:
+            await _abort(context, Unavailable(SHUTTING_DOWN))
+        answers: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        room = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(wire: WireRequest) -> None:
+            try:
+                answer: bytes | pb.ModelStreamInferResponse
+                try:
+                    answer = await self.portal.run(self.service.infer, wire, True)
+                except InferoxyError as exc:
+                    answer = codec.stream_error(exc.message, wire.header)
+                answers.put_nowait(answer)
+            finally:
+                room.release()
+
+        async def read() -> None:
+            try:
+                try:
+                    async for wire in requests:
+                        await room.acquire()
+                        task = asyncio.create_task(one(wire))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                except asyncio.CancelledError:
+                    if not self.closing:
+                        raise
+                while pending:
+                    await asyncio.wait(set(pending))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        self._readers.add(reader)
+        try:
+            while (answer := await answers.get()) is not None:
+                await context.write(answer)
+            await reader  # re-raises what ended the reading, if anything did
+        finally:
+            self._readers.discard(reader)
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+        if self.closing:
+            await _abort(context, Unavailable(SHUTTING_DOWN))
+
+    def close(self) -> None:
+        """Shutdown begins (asyncio thread): streams stop reading, new ones are refused."""
+        if not self.closing:
+            self.closing = True
+            for reader in list(self._readers):
+                reader.cancel()
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        h, s = self, self.service
+
+        def unary(behavior: Unary, deserializer: Callable[[bytes], Any]
+                  ) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                behavior, request_deserializer=deserializer, response_serializer=_serialize
+            )
+
+        cuda = "CUDA shared memory (use system shared memory)"
+        methods = {
+            "ServerLive": unary(h.sync(s.server_live), pb.ServerLiveRequest.FromString),
+            "ServerReady": unary(h.sync(s.server_ready), pb.ServerReadyRequest.FromString),
+            "ModelReady": unary(h.sync(s.model_ready), pb.ModelReadyRequest.FromString),
+            "ServerMetadata": unary(h.sync(s.server_metadata),
+                                    pb.ServerMetadataRequest.FromString),
+            "ModelMetadata": unary(h.sync(s.model_metadata),
+                                   pb.ModelMetadataRequest.FromString),
+            "ModelConfig": unary(h.sync(s.model_config), pb.ModelConfigRequest.FromString),
+            "ModelStatistics": unary(h.sync(s.model_statistics),
+                                     pb.ModelStatisticsRequest.FromString),
+            "RepositoryIndex": unary(h.sync(s.repository_index),
+                                     pb.RepositoryIndexRequest.FromString),
+            "RepositoryModelLoad": unary(h.task(s.repository_model_load),
+                                         pb.RepositoryModelLoadRequest.FromString),
+            "RepositoryModelUnload": unary(h.task(s.repository_model_unload),
+                                           pb.RepositoryModelUnloadRequest.FromString),
+            "SystemSharedMemoryStatus": unary(
+                h.sync(s.shm_status), pb.SystemSharedMemoryStatusRequest.FromString),
+            "SystemSharedMemoryRegister": unary(
+                h.sync(s.shm_register), pb.SystemSharedMemoryRegisterRequest.FromString),
+            "SystemSharedMemoryUnregister": unary(
+                h.sync(s.shm_unregister), pb.SystemSharedMemoryUnregisterRequest.FromString),
+            "CudaSharedMemoryStatus": unary(h.unimplemented(cuda),
+                                            pb.CudaSharedMemoryStatusRequest.FromString),
+            "CudaSharedMemoryRegister": unary(h.unimplemented(cuda),
+                                              pb.CudaSharedMemoryRegisterRequest.FromString),
+            "CudaSharedMemoryUnregister": unary(
+                h.unimplemented(cuda), pb.CudaSharedMemoryUnregisterRequest.FromString),
+            "TraceSetting": unary(h.unimplemented("the trace extension (TraceSetting)"),
+                                  pb.TraceSettingRequest.FromString),
+            "LogSettings": unary(h.unimplemented("the logging extension (LogSettings)"),
+                                 pb.LogSettingsRequest.FromString),
+            "ModelInfer": unary(h.model_infer, codec.split_request),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                h.model_stream_infer, request_deserializer=codec.split_request,
+                response_serializer=_serialize,
+            ),
+        }
+        missing = {m.name for m in SERVICE.methods} - set(methods)
+        assert not missing, f"RPCs without a handler: {missing}"
+        return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        # A whole request (header and tensors) is one message: the HTTP body limit applies.
+        ("grpc.max_receive_message_length", min(settings.max_body_bytes, 2**31 - 1)),
+        ("grpc.max_send_message_length", -1),
+        # grpcio sets SO_REUSEPORT by default: a second server would share the port silently.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class ServerThread(threading.Thread):
+    """Runs the ``grpc.aio`` server on an asyncio loop of its own until ``request_stop``."""
+
+    def __init__(self, handlers: Handlers, address: str,
+                 options: list[tuple[str, Any]], on_started: Callable[[int | Exception], None]
+                 ) -> None:
+        super().__init__(name="inferoxy-grpc", daemon=True)
+        self._handlers = handlers
+        self._address = address
+        self._options = options
+        self._on_started = on_started
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+        self._reported = False
+        self._stop_event: asyncio.Event
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:
+            log.exception("the gRPC server failed")
+            if not self._reported:
+                self._on_started(exc)
+
+    async def _main(self) -> None:
+        self._stop_event = asyncio.Event()
+        try:
+            server = grpc.aio.server(options=self._options)
+            server.add_generic_rpc_handlers((self._handlers.generic_handler(),))
+            port = server.add_insecure_port(self._address)
+            await server.start()
+        except Exception as exc:
+            self._reported = True
+            self._on_started(exc)
+            return
+        self._reported = True
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            if self._stop_requested:
+                self._stop_event.set()
+        self._on_started(port)
+        await self._stop_event.wait()
+        self._handlers.close()
+        await server.stop(GRACE_S)
+
+    def request_stop(self) -> None:
+        """From any thread: stop taking RPCs, give open ones ``GRACE_S``, end the thread."""
+        with self._lock:
+            self._stop_requested = True
+            loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:  # the loop is already closed
+                pass
+
+
+async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Event, *,
+                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve gRPC until ``shutdown`` is set; ``task_status.started`` gets the bound address."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    token = trio.lowlevel.current_trio_token()
+    started = trio.Event()
+    outcome: list[int | Exception] = []
+
+    def report(value: int | Exception) -> None:  # Trio thread
+        outcome.append(value)
+        started.set()
+
+    async with trio.open_nursery() as nursery:
+        portal = Portal(token, nursery)
+        thread = ServerThread(
+            Handlers(portal, Service(gateway)), address, server_options(gateway.settings),
+            lambda value: token.run_sync_soon(report, value),
+        )
+        thread.start()
+        try:
+            await started.wait()
+            bound = outcome[0]
+            if isinstance(bound, Exception):
+                raise OSError(f"gRPC cannot listen on {address}: {bound}")
+            task_status.started([f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"])
+            await shutdown.wait()
+        finally:
+            portal.close()
+            with trio.CancelScope(shield=True):
+                thread.request_stop()
+                await trio.to_thread.run_sync(thread.join, JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.warning("the gRPC server thread did not stop in %.0f s", JOIN_TIMEOUT_S)
+            nursery.cancel_scope.cancel()  # whatever is left has no one to answer to
