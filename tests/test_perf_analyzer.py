@@ -66,17 +66,6 @@ MODELS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The HTTP response names a shared-memory output's region in the output's "parameters";
-# Triton's C++ client (perf_analyzer's) reads any output "parameters" as binary data and
-# fails on the missing "binary_data_size". Triton sends no "parameters" for such outputs.
-HTTP_SHM_OUTPUT_PARAMETERS = pytest.mark.xfail(
-    strict=True,
-    reason="bridges/rest/codec.py encode_response puts 'parameters' on outputs written to a "
-           "client region; perf_analyzer: \"attempt to access non-existing object member "
-           "'binary_data_size'\"",
-)
-
-
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
     """The wrapper, once it has shown perf_analyzer starts (binary and shared libraries)."""
@@ -136,7 +125,7 @@ def _run(args: list[str], tmp_path: Path, watch: Path | None,
 @pytest.mark.parametrize("model", ["stub", "synthetic"])
 @pytest.mark.parametrize(("protocol", "shm"), [
     ("http", False),
-    pytest.param("http", True, marks=HTTP_SHM_OUTPUT_PARAMETERS),
+    pytest.param("http", True),
     ("grpc", False),
     ("grpc", True),
 ], ids=["http-body", "http-shm", "grpc-body", "grpc-shm"])

@@ -243,10 +243,10 @@ def encode_response(
     blobs: list[np.ndarray] = []
     for o in outputs:
         if in_regions and o.name in in_regions and o.region is not None:
+            # As Triton does: no "parameters" (Triton's C++ client, perf_analyzer's, reads any
+            # output parameters as the binary extension's and fails without binary_data_size).
             doc_outputs.append({
                 "name": o.name, "datatype": datatypes[o.name], "shape": list(in_regions[o.name]),
-                "parameters": {"shared_memory_region": o.region.name,
-                               "shared_memory_byte_size": o.region.byte_size},
             })
             continue
         arr = arrays[o.name]
