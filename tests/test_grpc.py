@@ -353,7 +353,7 @@ def test_shared_memory_disabled_by_default(client: Client) -> None:
     ):
         with pytest.raises(InferenceServerException, match="--allow-client-shm") as exc:
             call()
-        assert _code(exc) == "StatusCode.FAILED_PRECONDITION"
+        assert _code(exc) == "StatusCode.PERMISSION_DENIED"  # as HTTP's 403
 
 
 # -- system shared memory --------------------------------------------------------------------

@@ -17,11 +17,11 @@ from tritonclient.grpc import service_pb2 as pb
 
 from bridges.grpc import codec
 from bridges.grpc.codec import WireRequest
-from gateway.admission import Admission, output_datatypes
+from gateway.admission import Admission, output_datatypes, region_error
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, NotFound
 from gateway.metadata import model_config, model_metadata
-from shm.regions import Region, RegionError, RegionNotFound, RegionsDisabled
+from shm.regions import Region, RegionError
 
 M = TypeVar("M", bound=Message)
 
@@ -41,14 +41,6 @@ def _parse(doc: dict[str, Any], message: M) -> M:
 
 def unimplemented(what: str) -> Status:
     return Status("UNIMPLEMENTED", f"{what} is not supported by this server")
-
-
-def _region_error(exc: RegionError) -> InferoxyError:
-    if isinstance(exc, RegionsDisabled):
-        return Status("FAILED_PRECONDITION", str(exc))
-    if isinstance(exc, RegionNotFound):
-        return NotFound(str(exc))
-    return InvalidArgument(str(exc))
 
 
 class Service:
@@ -126,7 +118,7 @@ class Service:
             self.gateway.regions.register(request.name, request.key, request.offset,
                                           request.byte_size)
         except RegionError as exc:
-            raise _region_error(exc) from None
+            raise region_error(exc) from None
         return pb.SystemSharedMemoryRegisterResponse()
 
     def shm_status(self, request: pb.SystemSharedMemoryStatusRequest
@@ -134,7 +126,7 @@ class Service:
         try:
             regions: list[Region] = self.gateway.regions.status(request.name or None)
         except RegionError as exc:
-            raise _region_error(exc) from None
+            raise region_error(exc) from None
         response = pb.SystemSharedMemoryStatusResponse()
         for r in regions:
             response.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
@@ -147,7 +139,7 @@ class Service:
         try:
             self.gateway.regions.unregister(request.name or None)
         except RegionError as exc:
-            raise _region_error(exc) from None
+            raise region_error(exc) from None
         return pb.SystemSharedMemoryUnregisterResponse()
 
     # -- inference -----------------------------------------------------------------------------
