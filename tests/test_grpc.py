@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.settings import Settings
 from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
 
 Client = grpcclient.InferenceServerClient
@@ -491,10 +493,15 @@ def test_hostile_regions(shm_client: Client, shm_gateway: RunningGateway,
 # -- the model repository --------------------------------------------------------------------
 
 
+ADMIN_TOKEN = "s3cret-admin"
+HAS_ADMIN_TOKEN = "admin_token" in {f.name for f in fields(Settings)}
+
+
 @pytest.fixture
 def repo_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
     """A gateway of this test's own: unloading models would disturb the others."""
-    gw = start_gateway(tmp_path)
+    extra = ("--admin-token", ADMIN_TOKEN) if HAS_ADMIN_TOKEN else ()
+    gw = start_gateway(tmp_path, TEST_MODELS, *extra)
     try:
         yield gw
     finally:
@@ -503,34 +510,41 @@ def repo_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
 
 def test_repository_load_unload(repo_gateway: RunningGateway) -> None:
     client = connect(repo_gateway)
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     try:
-        index = {m.name: m for m in client.get_model_repository_index().models}
+        if HAS_ADMIN_TOKEN:  # management RPCs need the admin token, as over HTTP
+            for call in (lambda: client.get_model_repository_index(),
+                         lambda: client.unload_model("stub"),
+                         lambda: client.load_model("stub", headers={"authorization": "Bearer x"})):
+                with pytest.raises(InferenceServerException, match="admin token") as exc:
+                    call()
+                assert _code(exc) == "StatusCode.UNAUTHENTICATED"
+            assert client.is_model_ready("stub")
+
+        index = {m.name: m for m in client.get_model_repository_index(headers=admin).models}
         assert index["stub"].state == "READY"
         assert index["stub"].version == "1"
 
-        client.unload_model("stub")
+        client.unload_model("stub", headers=admin)
         assert not client.is_model_ready("stub")
-        index = {m.name: m for m in client.get_model_repository_index().models}
+        index = {m.name: m for m in client.get_model_repository_index(headers=admin).models}
         assert index["stub"].state == "UNAVAILABLE"
-        ready_only = {m.name for m in client.get_model_repository_index().models
-                      if m.state == "READY"}
-        assert "stub" not in ready_only
         image = _image(5)
         with pytest.raises(InferenceServerException, match="not loaded") as exc:
             client.infer("stub", [_input("IMAGE", image, "UINT8")])
         assert _code(exc) in ("StatusCode.NOT_FOUND", "StatusCode.UNAVAILABLE")
         assert client.is_model_ready("synthetic")  # the others are untouched
 
-        client.load_model("stub")
+        client.load_model("stub", headers=admin)
         assert client.is_model_ready("stub")
         result = client.infer("stub", [_input("IMAGE", image, "UINT8")])
         np.testing.assert_array_equal(result.as_numpy("IMAGE"), image)
 
         with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
-            client.load_model("nope")
+            client.load_model("nope", headers=admin)
         assert _code(exc) == "StatusCode.NOT_FOUND"
         with pytest.raises(InferenceServerException, match="not supported") as exc:
-            client.load_model("stub", config='{"max_batch_size": 2}')
+            client.load_model("stub", headers=admin, config='{"max_batch_size": 2}')
         assert _code(exc) == "StatusCode.INVALID_ARGUMENT"
     finally:
         client.close()

@@ -53,6 +53,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: InferoxyError) -> None:
     await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, metadata)
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
+
+
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -65,19 +72,25 @@ class Handlers:
         self.closing = False  # asyncio thread only
         self._readers: set[asyncio.Task[None]] = set()
 
-    def sync(self, fn: Callable[[Any], Any]) -> Unary:
+    def sync(self, fn: Callable[..., Any], *, admin: bool = False) -> Unary:
+        """``fn(request)`` on the Trio thread; with ``admin``, ``fn(request, authorization)``."""
+
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            args = (request, _authorization(context)) if admin else (request,)
             try:
-                return await self.portal.run_sync(fn, request)
+                return await self.portal.run_sync(fn, *args)
             except InferoxyError as exc:
                 await _abort(context, exc)
 
         return handler
 
-    def task(self, fn: Callable[[Any], Awaitable[Any]]) -> Unary:
+    def task(self, fn: Callable[..., Awaitable[Any]], *, admin: bool = False) -> Unary:
+        """``await fn(request)`` as a Trio task; ``admin`` as for ``sync``."""
+
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            args = (request, _authorization(context)) if admin else (request,)
             try:
-                return await self.portal.run(fn, request)
+                return await self.portal.run(fn, *args)
             except InferoxyError as exc:
                 await _abort(context, exc)
 
@@ -178,11 +191,11 @@ class Handlers:
             "ModelConfig": unary(h.sync(s.model_config), pb.ModelConfigRequest.FromString),
             "ModelStatistics": unary(h.sync(s.model_statistics),
                                      pb.ModelStatisticsRequest.FromString),
-            "RepositoryIndex": unary(h.sync(s.repository_index),
+            "RepositoryIndex": unary(h.sync(s.repository_index, admin=True),
                                      pb.RepositoryIndexRequest.FromString),
-            "RepositoryModelLoad": unary(h.task(s.repository_model_load),
+            "RepositoryModelLoad": unary(h.task(s.repository_model_load, admin=True),
                                          pb.RepositoryModelLoadRequest.FromString),
-            "RepositoryModelUnload": unary(h.task(s.repository_model_unload),
+            "RepositoryModelUnload": unary(h.task(s.repository_model_unload, admin=True),
                                            pb.RepositoryModelUnloadRequest.FromString),
             "SystemSharedMemoryStatus": unary(
                 h.sync(s.shm_status), pb.SystemSharedMemoryStatusRequest.FromString),

@@ -8,6 +8,7 @@ change the gateway freely; the plain ones must not block, the async ones are tas
 
 from __future__ import annotations
 
+import hmac
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -37,6 +38,18 @@ class Status(InferoxyError):
 def _parse(doc: dict[str, Any], message: M) -> M:
     """A message from the JSON form the HTTP bridge answers with (fields it lacks: ignored)."""
     return json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+
+
+def bearer_ok(expected: str | None, authorization: str | None) -> bool:
+    """True when no admin token is set, or ``authorization`` is ``Bearer <the token>``
+    (the rule of the HTTP bridge's management endpoints)."""
+    if not expected:
+        return True
+    if not authorization:
+        return False
+    scheme, _, token = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode())
 
 
 def unimplemented(what: str) -> Status:
@@ -76,8 +89,12 @@ class Service:
 
     def model_statistics(self, request: pb.ModelStatisticsRequest
                          ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            servers = [self.gateway.model(request.name, request.version or None)]
+        if request.version:
+            servers = [self.gateway.model(request.name, request.version)]
+        elif request.name:  # every version of the model, as Triton answers
+            self.gateway.model(request.name)
+            servers = [s for s in self.gateway.servers.values()
+                       if s.config.name == request.name]
         else:
             servers = list(self.gateway.servers.values())
         return _parse(
@@ -86,17 +103,28 @@ class Service:
         )
 
     # -- the model repository ------------------------------------------------------------------
+    # Management: with --admin-token set, these need "authorization: Bearer <token>" metadata.
 
-    def repository_index(self, request: pb.RepositoryIndexRequest
+    def _require_admin(self, authorization: str | None) -> None:
+        if not bearer_ok(getattr(self.gateway.settings, "admin_token", None), authorization):
+            raise Status("UNAUTHENTICATED",
+                         "this RPC needs 'authorization: Bearer <admin token>' metadata")
+
+    def repository_index(self, request: pb.RepositoryIndexRequest, authorization: str | None
                          ) -> pb.RepositoryIndexResponse:
+        self._require_admin(authorization)
         models = [m for m in self.gateway.repository_index()
                   if not request.ready or m["state"] == "READY"]
-        return pb.RepositoryIndexResponse(
-            models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models]
-        )
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=m["name"], version=m["version"], state=m["state"], reason=m["reason"])
+            for m in models
+        ])
 
-    async def repository_model_load(self, request: pb.RepositoryModelLoadRequest
+    async def repository_model_load(self, request: pb.RepositoryModelLoadRequest,
+                                    authorization: str | None
                                     ) -> pb.RepositoryModelLoadResponse:
+        self._require_admin(authorization)
         if request.parameters:
             raise InvalidArgument(
                 "loading a model with a new configuration or files is not supported; "
@@ -105,8 +133,10 @@ class Service:
         await self.gateway.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest
+    async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
+                                      authorization: str | None
                                       ) -> pb.RepositoryModelUnloadResponse:
+        self._require_admin(authorization)
         await self.gateway.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
