@@ -12,6 +12,7 @@ class Settings:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    zmq_port: int = 7787
     ws_port: int = 8003
     ws_max_inflight: int = 8  # frames in flight per WebSocket stream
     runtime: str = "local"

@@ -35,10 +35,11 @@ def _env(name: str, default: Any) -> Any:
 
 HELP = {
     "models": "models.yaml to serve",
-    "host": "address the HTTP, gRPC and metrics servers listen on",
+    "host": "address the HTTP, gRPC, ZeroMQ and metrics servers listen on",
     "http_port": "Open Inference Protocol v2 over HTTP",
     "grpc_port": "Open Inference Protocol v2 over gRPC",
     "metrics_port": "Prometheus /metrics",
+    "zmq_port": "ZeroMQ bridge (Arrow batches over a ROUTER socket)",
     "ws_port": "WebSocket streams (one connection = one sequence)",
     "ws_max_inflight": "frames in flight per WebSocket stream before reading pauses",
     "runtime": "what runs model copies: local (processes) or docker (containers)",

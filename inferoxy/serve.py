@@ -11,6 +11,7 @@ from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
 from bridges.rest.app import serve_rest
 from bridges.websocket.server import serve_websocket
+from bridges.zmq.app import serve_zmq
 from gateway.config import ModelConfig
 from gateway.core import Gateway
 from gateway.settings import Settings
@@ -29,6 +30,7 @@ async def serve(settings: Settings, models: dict[str, ModelConfig]) -> None:
                 ("HTTP (Open Inference Protocol v2)", settings.http_port, serve_rest),
                 ("gRPC (Open Inference Protocol v2)", settings.grpc_port, serve_grpc),
                 ("WebSocket streams", settings.ws_port, serve_websocket),
+                ("ZeroMQ (Arrow batches)", settings.zmq_port, serve_zmq),
                 ("metrics (Prometheus)", settings.metrics_port, serve_metrics),
             ):
                 binds = await nursery.start(runner, gateway, settings.host, port, http_stop)

@@ -39,6 +39,7 @@ class RunningGateway:
     log_path: Path
     grpc_url: str = ""  # host:port, as tritonclient.grpc wants it
     ws_url: str = ""  # ws://host:port
+    zmq_url: str = ""  # tcp://host:port, the ZeroMQ bridge
 
     @property
     def http(self) -> str:
@@ -99,7 +100,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
                   shm_prefix: str | None = None) -> RunningGateway:
     prefix = shm_prefix or f"ifxt{uuid.uuid4().hex[:8]}"
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    ws_port = free_port()
+    ws_port, zmq_port = free_port(), free_port()
     log_path = tmp_path / f"gateway-{http_port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20", SYNTHETIC_B_MS="0.5")
     with log_path.open("wb") as log:
@@ -107,13 +108,14 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
             [sys.executable, "-m", "inferoxy", "serve", "--models", str(models),
              "--host", "127.0.0.1", "--http-port", str(http_port),
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--shm-prefix", prefix, "--ws-port", str(ws_port),
+             "--shm-prefix", prefix, "--ws-port", str(ws_port), "--zmq-port", str(zmq_port),
              "--heartbeat-timeout-s", "5", *extra],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     gw = RunningGateway(process, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}",
                         prefix, log_path, f"127.0.0.1:{grpc_port}")
     gw.ws_url = f"ws://127.0.0.1:{ws_port}"
+    gw.zmq_url = f"tcp://127.0.0.1:{zmq_port}"
     try:
         wait_ready(gw.http, process, log_path)
     except BaseException:

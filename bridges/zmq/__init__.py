@@ -1,0 +1,1 @@
+"""The ZeroMQ bridge: Arrow record batches over a ROUTER socket (see ``bridges.zmq.wire``)."""

@@ -1,0 +1,561 @@
+"""The ZeroMQ bridge's wire format, I/O-free: frames, the JSON header, Arrow in and out.
+
+Both sides use this module: the bridge (``bridges.zmq.app``) and the Python client
+(``inferoxy.client``). It imports nothing of the gateway but its typed errors.
+
+Protocol
+========
+
+**Socket.** The gateway binds a ROUTER socket on ``tcp://{host}:{zmq_port}`` (default 7787).
+Clients connect a DEALER (many requests in flight) or a REQ (one at a time; the gateway echoes
+its empty delimiter frame). Every message is multipart::
+
+    request  [header, arrow]
+    reply    [header, arrow]     success
+             [header]            failure
+
+**Request header**: a UTF-8 JSON object of at most 64 KiB, with these keys and no others:
+
+=============  ==========================  ==================================================
+``model``      string, required            the model's name
+``id``         string or integer,          echoed in the reply; at most 256 characters
+               required
+``version``    string or integer           the model's version (default: the one served)
+``parameters`` object of strings, numbers  request parameters; those the protocol does not
+               and booleans                consume (``timeout``, ``sequence_*``, ...) reach
+                                           the model
+``timeout_us`` integer >= 0                server-side deadline in microseconds (0 or absent:
+                                           the gateway's ``--request-timeout-s``)
+``shape``      object                      ``{input: per-item shape}``; needed only to
+                                           resolve ``-1`` dimensions of an input sent as a
+                                           plain ``fixed_size_list``
+=============  ==========================  ==================================================
+
+**Request arrow**: an Arrow IPC *stream* — a schema message, exactly one record batch, and
+optionally the end-of-stream marker — uncompressed and without dictionaries. Each row is one
+item (one image).
+
+- One column per model input, named as the input, no nulls. Its type is the canonical
+  fixed-shape tensor extension type ``arrow.fixed_shape_tensor`` (row-major: no
+  ``permutation``; ``dim_names`` are ignored) whose value type is the input's datatype and
+  whose shape is the per-item shape. A plain ``fixed_size_list<T>[n]`` is accepted too: its
+  per-item shape is the declared one, ``-1`` dimensions taken from the header's ``shape``
+  (``n`` must be their product). An input declared with per-item shape ``[]`` is a plain
+  column of ``T``. The per-item shape must match the model's declaration (``-1`` matches any
+  size). Value types: ``BOOL`` bool, ``UINT8``..``UINT64`` uint8..uint64, ``INT8``..``INT64``
+  int8..int64, ``FP16`` halffloat, ``FP32`` float, ``FP64`` double.
+- Every other column is passed through to the reply unchanged (same rows, same order). It
+  must be of a plain type — integer, floating point, boolean, string, binary (and their
+  ``large_`` and ``fixed_size_`` forms), date, time, timestamp, duration — and must not be
+  named as an output of the model.
+- The frame is at most ``--max-body-bytes`` long.
+
+A request with more rows than the model's ``batch_size`` runs as several parts of at most
+``batch_size`` rows each, concurrently; the reply has their rows back in request order. If a
+part fails, the request fails with that part's error.
+
+**Reply, success**: header ``{"id": <id>, "status": "ok"}``; arrow: an Arrow IPC stream of one
+record batch with one column per model output (declaration order, type
+``arrow.fixed_shape_tensor``; per-item shape ``[]`` gives a plain column), then the
+passed-through columns, one row per request row in request order.
+
+**Reply, failure**: one frame, ``{"id": <id or null>, "status": "error", "code": <int>,
+"message": <string>}``. ``code`` follows HTTP: 400 bad request (the message names the field and
+what was expected), 404 unknown model or version, 413 frame too large, 500 the model failed,
+503 overloaded, not ready, shutting down or too many requests in flight (retry later), 504
+deadline exceeded. ``id`` is null when the header could not be read.
+
+**Ordering and bounds.** Many requests may be in flight on one connection; replies come back
+as they finish, not necessarily in request order: correlate them by ``id``. The gateway takes
+at most 32 requests in flight per connection and 1024 in all (beyond: 503). It queues at most
+16 replies for a connection that does not read them; further replies to it are dropped (and
+logged once), so a client that keeps at most 16 requests unanswered never loses a reply.
+Frames up to 1 MiB over ``--max-body-bytes`` are answered with 413; a larger frame makes the
+gateway close that connection. Nothing is ever unpickled: unknown extension types,
+dictionaries, nested lists, unions, maps, structs, compressed buffers, tensor messages and
+more than one batch are refused with 400.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from gateway.errors import InvalidArgument
+
+MAX_HEADER_BYTES = 64 << 10
+MAX_ID_CHARS = 256
+HEADER_KEYS = frozenset({"model", "id", "version", "parameters", "timeout_us", "shape"})
+EXTENSION_NAME = b"ARROW:extension:name"
+
+ARROW_TO_V2: dict[pa.DataType, str] = {
+    pa.bool_(): "BOOL",
+    pa.uint8(): "UINT8", pa.uint16(): "UINT16", pa.uint32(): "UINT32", pa.uint64(): "UINT64",
+    pa.int8(): "INT8", pa.int16(): "INT16", pa.int32(): "INT32", pa.int64(): "INT64",
+    pa.float16(): "FP16", pa.float32(): "FP32", pa.float64(): "FP64",
+}
+V2_TO_ARROW: dict[str, pa.DataType] = {v: k for k, v in ARROW_TO_V2.items()}
+_NUMPY_TO_V2: dict[np.dtype, str] = {
+    np.dtype(t.to_pandas_dtype()): v2 for t, v2 in ARROW_TO_V2.items()
+}
+
+RequestId = str | int
+
+
+class FrameError(InvalidArgument):
+    """A request that cannot be served as sent; ``request_id`` is None if unreadable."""
+
+    def __init__(self, message: str, request_id: RequestId | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# -- the header --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    id: RequestId
+    model: str
+    version: str | None = None
+    parameters: dict[str, Any] | None = None
+    timeout_us: int | None = None
+    shape: dict[str, tuple[int, ...]] | None = None
+
+
+def _request_id(doc: dict[str, Any]) -> RequestId | None:
+    rid = doc.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        return None
+    if isinstance(rid, str) and len(rid) > MAX_ID_CHARS:
+        return None
+    if isinstance(rid, int) and not -(2**63) <= rid < 2**64:
+        return None
+    return rid
+
+
+def parse_header(raw: bytes | memoryview) -> Header:
+    """The request header, validated; ``FrameError`` naming the field otherwise."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise FrameError(f"the header frame is larger than {MAX_HEADER_BYTES} bytes")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"the header frame is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FrameError("the header frame must be a JSON object")
+    rid = _request_id(doc)
+    if rid is None:
+        raise FrameError(
+            f"header 'id' must be a string of at most {MAX_ID_CHARS} characters or an integer"
+        )
+    unknown = sorted(set(doc) - HEADER_KEYS)
+    if unknown:
+        raise FrameError(
+            f"unknown header key(s) {unknown}; allowed: {sorted(HEADER_KEYS)}", rid
+        )
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise FrameError("header 'model' must be a non-empty string", rid)
+    version = doc.get("version")
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, str | int):
+            raise FrameError("header 'version' must be a string or an integer", rid)
+        version = str(version)
+    params = doc.get("parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise FrameError("header 'parameters' must be an object", rid)
+        for key, value in params.items():
+            if not isinstance(value, str | int | float | bool):
+                raise FrameError(f"header parameters.{key} must be a string, number or bool", rid)
+    timeout = doc.get("timeout_us")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0
+    ):
+        raise FrameError("header 'timeout_us' must be a non-negative integer", rid)
+    shape = doc.get("shape")
+    shapes: dict[str, tuple[int, ...]] | None = None
+    if shape is not None:
+        if not isinstance(shape, dict):
+            raise FrameError("header 'shape' must be an object of input name: per-item shape",
+                             rid)
+        shapes = {}
+        for name, dims in shape.items():
+            if not isinstance(dims, list) or len(dims) > 32 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in dims
+            ):
+                raise FrameError(
+                    f"header shape.{name} must be a list of non-negative integers", rid
+                )
+            shapes[name] = tuple(dims)
+    return Header(rid, model, version, params, timeout or None, shapes)
+
+
+def peek_request_id(raw: bytes | memoryview) -> RequestId | None:
+    """The id of a header that is otherwise unusable, if it has one (for error replies)."""
+    if len(raw) > MAX_HEADER_BYTES:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return _request_id(doc) if isinstance(doc, dict) else None
+
+
+def encode_header(header: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(header)
+
+
+def encode_error(request_id: RequestId | None, code: int, message: str) -> bytes:
+    return orjson.dumps(
+        {"id": request_id, "status": "error", "code": code, "message": message[:4000]}
+    )
+
+
+# -- Arrow in: one record batch, read in place, checked -----------------------------------------
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _table_field(buf: memoryview, table: int, index: int) -> int | None:
+    """Where field ``index`` of the flatbuffer table at ``table`` lies; None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vtable_len = struct.unpack_from("<H", buf, vtable)[0]
+    if 4 + 2 * index + 2 > vtable_len:
+        return None
+    offset = struct.unpack_from("<H", buf, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _is_compressed(metadata: pa.Buffer) -> bool:
+    """Whether a record-batch message has body compression (Message.fbs).
+
+    Decompression would allocate whatever sizes the sender declares before we could look at
+    the batch (a decompression bomb), so it is refused before the body is read. Arrow has
+    verified the flatbuffer by now; the offsets are followed with bounds checks anyway.
+    """
+    buf = memoryview(metadata)
+    try:
+        message = struct.unpack_from("<I", buf, 0)[0]
+        header = _table_field(buf, message, 2)  # Message.header (union value)
+        if header is None:
+            return False
+        batch = header + struct.unpack_from("<I", buf, header)[0]
+        return _table_field(buf, batch, 3) is not None  # RecordBatch.compression
+    except struct.error:
+        return True  # unreadable: treat as unsupported
+
+
+def is_plain(t: pa.DataType) -> bool:
+    types = pa.types
+    return bool(
+        types.is_integer(t) or types.is_floating(t) or types.is_boolean(t)
+        or types.is_string(t) or types.is_large_string(t) or types.is_binary(t)
+        or types.is_large_binary(t) or types.is_fixed_size_binary(t) or types.is_date(t)
+        or types.is_time(t) or types.is_timestamp(t) or types.is_duration(t)
+    )
+
+
+def _tensor_like(t: pa.DataType) -> bool:
+    if isinstance(t, pa.FixedShapeTensorType):
+        return t.value_type in ARROW_TO_V2
+    if pa.types.is_fixed_size_list(t):
+        return t.value_type in ARROW_TO_V2
+    return t in ARROW_TO_V2
+
+
+def check_schema(schema: pa.Schema) -> None:
+    """Only plain types and tensors: no unknown extensions, dictionaries or nesting."""
+    seen: set[str] = set()
+    for field in schema:
+        name = field.name
+        if name in seen:
+            raise FrameError(f"column {name!r} appears twice")
+        seen.add(name)
+        t = field.type
+        meta = field.metadata or {}
+        if EXTENSION_NAME in meta:
+            ext = meta[EXTENSION_NAME].decode("utf-8", "replace")[:100]
+            raise FrameError(
+                f"column {name!r} has extension type {ext!r}; the only one supported is "
+                f"arrow.fixed_shape_tensor"
+            )
+        if isinstance(t, pa.FixedShapeTensorType):
+            perm = t.permutation
+            if perm is not None and list(perm) != list(range(len(t.shape))):
+                raise FrameError(
+                    f"column {name!r}: a fixed_shape_tensor with permutation {list(perm)} is "
+                    f"not supported (row-major only)"
+                )
+        elif isinstance(t, pa.BaseExtensionType):
+            raise FrameError(
+                f"column {name!r} has extension type {t.extension_name!r}; the only one "
+                f"supported is arrow.fixed_shape_tensor"
+            )
+        if not (_tensor_like(t) or is_plain(t)):
+            raise FrameError(
+                f"column {name!r} has type {t}; columns must be tensors "
+                f"(arrow.fixed_shape_tensor or fixed_size_list of a number type) or plain "
+                f"values"
+            )
+
+
+def read_batch(data: bytes | memoryview | pa.Buffer) -> pa.RecordBatch:
+    """The one record batch of an Arrow IPC stream, its buffers views into ``data``.
+
+    ``FrameError`` for anything else: not Arrow, truncated, compressed, dictionaries, a
+    second batch, unsupported types, buffers that do not add up.
+    """
+    buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    try:
+        reader = pa.ipc.MessageReader.open_stream(buf)
+        first = reader.read_next_message()
+    except StopIteration:
+        raise FrameError("the arrow frame is empty: expected an Arrow IPC stream") from None
+    except Exception as exc:  # Arrow raises many types for garbage; none is safe to pass
+        raise FrameError(f"the arrow frame is not an Arrow IPC stream: {_describe(exc)}") from None
+    if first is None or first.type != "schema":
+        kind = first.type if first is not None else "nothing"
+        raise FrameError(f"the arrow frame must start with a schema message, not {kind}")
+    try:
+        schema = pa.ipc.read_schema(first)
+    except Exception as exc:
+        raise FrameError(f"the arrow schema is unreadable: {_describe(exc)}") from None
+    check_schema(schema)
+    try:
+        message = reader.read_next_message()
+    except StopIteration:
+        message = None
+    except Exception as exc:
+        raise FrameError(f"the arrow record batch is unreadable: {_describe(exc)}") from None
+    if message is None:
+        raise FrameError("the arrow stream holds no record batch")
+    if message.type != "record batch":
+        raise FrameError(
+            f"the arrow stream must hold one record batch after the schema, not a "
+            f"{message.type} message"
+        )
+    if _is_compressed(message.metadata):
+        raise FrameError("compressed Arrow IPC buffers are not supported")
+    try:
+        batch = pa.ipc.read_record_batch(message, schema)
+        batch.validate(full=True)
+    except Exception as exc:
+        raise FrameError(f"the arrow record batch is invalid: {_describe(exc)}") from None
+    try:
+        extra = reader.read_next_message()
+    except StopIteration:
+        extra = None
+    except Exception as exc:
+        raise FrameError(f"the arrow stream has trailing garbage: {_describe(exc)}") from None
+    if extra is not None:
+        raise FrameError(
+            f"the arrow stream holds more than one record batch (found a {extra.type} "
+            f"message after it); send one batch per request"
+        )
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class TensorColumn:
+    """A tensor column's rows as numpy: ``values`` is ``(rows, list_size)`` (a view if it can)."""
+
+    datatype: str  # v2
+    values: np.ndarray
+    item_shape: tuple[int, ...] | None  # from the type; None for a plain fixed_size_list
+
+
+def tensor_column(name: str, column: pa.Array) -> TensorColumn:
+    """The values of a tensor-typed column; ``FrameError`` if it is not one or has nulls."""
+    t = column.type
+    item_shape: tuple[int, ...] | None
+    if isinstance(t, pa.FixedShapeTensorType):
+        storage = column.storage
+        item_shape = tuple(int(d) for d in t.shape)
+    elif pa.types.is_fixed_size_list(t):
+        storage, item_shape = column, None
+    elif t in ARROW_TO_V2:
+        storage, item_shape = None, ()
+    else:
+        raise FrameError(
+            f"column {name!r} has type {t}; a model input must be an arrow.fixed_shape_tensor "
+            f"or a fixed_size_list of a number type"
+        )
+    if column.null_count:
+        raise FrameError(f"column {name!r} has {column.null_count} null row(s)")
+    if storage is None:
+        flat, size = column, 1
+    else:
+        flat, size = storage.flatten(), storage.type.list_size
+    if flat.null_count:
+        raise FrameError(f"column {name!r} has {flat.null_count} null value(s)")
+    if item_shape is not None and math.prod(item_shape) != size:
+        raise FrameError(f"column {name!r}: its tensor shape does not match its list size")
+    datatype = ARROW_TO_V2[flat.type]
+    # Numbers: a view into the frame. Bools are bits in Arrow: unpacked here (a copy).
+    values = flat.to_numpy(zero_copy_only=datatype != "BOOL")
+    return TensorColumn(datatype, values.reshape(len(column), size), item_shape)
+
+
+def copy_plain(column: pa.Array) -> pa.Array:
+    """A pass-through column in buffers of its own, so the request frame can be freed."""
+    return pa.concat_arrays([column])
+
+
+# -- Arrow out ------------------------------------------------------------------------------------
+
+
+def tensor_array(array: np.ndarray) -> pa.Array:
+    """``(rows, *item)`` as an ``arrow.fixed_shape_tensor`` column; no copy if contiguous."""
+    rows, item = array.shape[0], tuple(array.shape[1:])
+    values = pa.array(np.ascontiguousarray(array).reshape(-1))
+    if not item:
+        return values
+    storage = pa.Array.from_buffers(
+        pa.list_(values.type, math.prod(item)), rows, [None], children=[values]
+    )
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(values.type, list(item)),
+                                          storage)
+
+
+Column: TypeAlias = "pa.Array | list[np.ndarray]"
+
+
+def _write(sink: Any, batch: pa.RecordBatch) -> None:
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+class _GatherSink:
+    """Where the IPC writer puts a stream: a buffer of its exact size. A placeholder's values
+    buffer is never read: the parts it stands for are copied into its place instead."""
+
+    def __init__(self, out: pa.Buffer, parts: dict[int, tuple[int, list[np.ndarray]]]) -> None:
+        self.out = np.frombuffer(out, np.uint8)
+        self.parts = parts
+        self.pos = 0
+        self.gathered = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        entry = self.parts.get(data.address) if isinstance(data, pa.Buffer) else None
+        if entry is not None and entry[0] == n:
+            at = self.pos
+            for part in entry[1]:
+                flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+                self.out[at:at + flat.size] = flat
+                at += flat.size
+            self.gathered += 1
+        else:
+            self.out[self.pos:self.pos + n] = view
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _placeholder(parts: list[np.ndarray]) -> tuple[pa.Array, pa.Buffer]:
+    """A tensor column of the parts' rows over an untouched buffer of the right size."""
+    rows = sum(len(p) for p in parts)
+    item = tuple(parts[0].shape[1:])
+    value_type = V2_TO_ARROW[_NUMPY_TO_V2[parts[0].dtype]]
+    buffer = pa.allocate_buffer(rows * math.prod(item) * parts[0].dtype.itemsize)
+    values = pa.Array.from_buffers(value_type, rows * math.prod(item), [None, buffer])
+    if not item:
+        return values, buffer
+    storage = pa.Array.from_buffers(pa.list_(value_type, math.prod(item)), rows, [None],
+                                    children=[values])
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, list(item)),
+                                          storage), buffer
+
+
+def encode_batch(columns: Mapping[str, Column]) -> pa.Buffer:
+    """One record batch as an Arrow IPC stream, written once into a buffer of its size.
+
+    A column may be given as the list of its parts (``(rows, *item)`` arrays, in row order):
+    their rows are copied straight into the stream, with no concatenation first — the
+    stream's bytes are the one copy.
+    """
+    arrays: list[pa.Array] = []
+    parts: dict[int, tuple[int, list[np.ndarray]]] = {}
+    for column in columns.values():
+        if not isinstance(column, list):
+            arrays.append(column)
+        elif len(column) == 1 or column[0].dtype == np.bool_:  # bools: packed to bits
+            arrays.append(tensor_array(column[0] if len(column) == 1 else np.concatenate(column)))
+        else:
+            placeholder, buffer = _placeholder(column)
+            parts[buffer.address] = (buffer.size, column)
+            arrays.append(placeholder)
+    batch = pa.record_batch(arrays, names=list(columns))
+    size = pa.MockOutputStream()
+    _write(size, batch)
+    out = pa.allocate_buffer(size.size())
+    if not parts:
+        _write(pa.FixedSizeBufferWriter(out), batch)
+        return out
+    sink = _GatherSink(out, parts)
+    _write(pa.PythonFile(sink, mode="w"), batch)
+    if sink.gathered != len(parts) or sink.pos != out.size:  # Arrow copied a placeholder
+        return encode_batch({name: [np.concatenate(c)] if isinstance(c, list) else c
+                             for name, c in columns.items()})
+    return out
+
+
+def column_to_numpy(column: pa.Array) -> np.ndarray:
+    """A reply column as numpy: tensors as ``(rows, *item)`` views, plain columns as they come."""
+    t = column.type
+    if isinstance(t, pa.FixedShapeTensorType) or pa.types.is_fixed_size_list(t):
+        storage = column.storage if isinstance(t, pa.FixedShapeTensorType) else column
+        flat = storage.flatten()
+        item = (tuple(int(d) for d in t.shape) if isinstance(t, pa.FixedShapeTensorType)
+                else (storage.type.list_size,))
+        values = flat.to_numpy(zero_copy_only=not pa.types.is_boolean(flat.type))
+        return values.reshape((len(column), *item))
+    return column.to_numpy(zero_copy_only=False)
+
+
+def encode_request(header: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> list[Any]:
+    """The frames of a request (client side): each input is ``(rows, *item)``."""
+    columns = {name: tensor_array(np.asarray(a)) for name, a in inputs.items()}
+    return [encode_header(header), encode_batch(columns)]
+
+
+def decode_reply(frames: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """A reply's header and, on success, its columns as numpy (client side)."""
+    try:
+        header = orjson.loads(bytes(frames[0]))
+    except (orjson.JSONDecodeError, IndexError) as exc:
+        raise ValueError(f"malformed reply header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("malformed reply header")
+    if header.get("status") != "ok":
+        return header, None
+    if len(frames) != 2:
+        raise ValueError(f"a successful reply has 2 frames, got {len(frames)}")
+    data = frames[1]
+    buf = pa.py_buffer(data.buffer if hasattr(data, "buffer") else data)
+    batches = list(pa.ipc.open_stream(buf))
+    if len(batches) == 1:
+        columns = dict(zip(batches[0].schema.names, batches[0].columns, strict=True))
+    else:
+        table = pa.Table.from_batches(batches)
+        columns = {n: table.column(n).combine_chunks() for n in table.column_names}
+    return header, {name: column_to_numpy(col) for name, col in columns.items()}
