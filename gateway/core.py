@@ -22,6 +22,7 @@ from gateway.config import ModelConfig
 from gateway.errors import NotFound, Unavailable
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
+from gateway.runtimes import runtime_for
 from gateway.settings import Settings
 from gateway.stateful_server import StatefulModelServer
 from shm import wire
@@ -30,7 +31,6 @@ from shm.segment import SegmentCache, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
 from supervisor.lifecycle import CopyState
-from supervisor.local import LocalRuntime
 from supervisor.placement import discover_gpus, place
 from supervisor.runtime import CopySpec, Runtime
 from supervisor.supervisor import Supervisor
@@ -47,7 +47,7 @@ class Gateway:
                  runtime: Runtime | None = None) -> None:
         self.settings = settings
         self.configs = models
-        self.runtime = runtime or LocalRuntime()
+        self.runtime = runtime or runtime_for(settings)
         self.pid = os.getpid()
         self.shm_prefix = f"{settings.shm_prefix}-{self.pid}"
         self.servers: dict[str, ModelServer] = {}
@@ -120,6 +120,7 @@ class Gateway:
         swept = sweep_stale(self.settings.shm_prefix)
         if swept:
             log.info("swept %d shared-memory segment(s) left by dead gateways", len(swept))
+        await self.runtime.sweep_orphans()  # containers of dead gateways (docker runtime)
         run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
         self.slab = SlabAllocator(
             f"{self.shm_prefix}-g", limit_bytes=self.settings.shm_limit_bytes,
@@ -191,6 +192,7 @@ class Gateway:
             else:
                 state = "LOADING"
                 reason = next((c.last_error for c in server.copies if c.last_error), "")
+                reason = reason or self.runtime.progress(config.address)  # e.g. an image pull
             index.append({"name": name, "version": config.version, "state": state,
                           "reason": reason})
         return index

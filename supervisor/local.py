@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import trio
 
 from supervisor.placement import env_for
-from supervisor.runtime import CopySpec
+from supervisor.runtime import CopySpec, worker_args
 
 
 class LocalProcess:
@@ -33,17 +32,7 @@ class LocalRuntime:
     name = "local"
 
     async def start(self, spec: CopySpec) -> LocalProcess:
-        argv = [
-            sys.executable, "-m", "worker",
-            "--run-dir", spec.run_dir,
-            "--copy-id", str(spec.copy_id),
-            "--model", spec.model,
-            "--entrypoint", spec.entrypoint,
-            "--device", spec.placement.device,
-            "--parameters", json.dumps(spec.parameters),
-            "--shm-prefix", spec.shm_prefix,
-            "--heartbeat-s", str(spec.heartbeat_s),
-        ]
+        argv = [sys.executable, "-m", "worker", *worker_args(spec)]
         process = await trio.lowlevel.open_process(
             argv, env=env_for(spec.placement), stdin=subprocess.DEVNULL,
             # Own session: a terminal's Ctrl-C reaches the gateway only, which stops copies
@@ -51,3 +40,10 @@ class LocalRuntime:
             start_new_session=True,
         )
         return LocalProcess(process)
+
+    async def sweep_orphans(self) -> int:
+        # A local worker exits by itself when its gateway dies (it watches its parent).
+        return 0
+
+    def progress(self, image: str) -> str:
+        return ""

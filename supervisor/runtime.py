@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,20 @@ class CopySpec:
     heartbeat_s: float
 
 
+def worker_args(spec: CopySpec) -> list[str]:
+    """The ``python -m worker`` arguments of a copy; every runtime passes the same ones."""
+    return [
+        "--run-dir", spec.run_dir,
+        "--copy-id", str(spec.copy_id),
+        "--model", spec.model,
+        "--entrypoint", spec.entrypoint,
+        "--device", spec.placement.device,
+        "--parameters", json.dumps(spec.parameters),
+        "--shm-prefix", spec.shm_prefix,
+        "--heartbeat-s", str(spec.heartbeat_s),
+    ]
+
+
 class RunningCopy(Protocol):
     pid: int | None
 
@@ -38,4 +53,14 @@ class RunningCopy(Protocol):
 class Runtime(Protocol):
     name: str
 
-    async def start(self, spec: CopySpec) -> RunningCopy: ...
+    async def start(self, spec: CopySpec) -> RunningCopy:
+        """Start one copy; ``OSError`` (with a reason fit for users) when it cannot."""
+        ...
+
+    async def sweep_orphans(self) -> int:
+        """At gateway start: remove copies left by gateways that died; how many."""
+        ...
+
+    def progress(self, image: str) -> str:
+        """What starting a copy of ``image`` waits for now (an image pull); "" for nothing."""
+        ...

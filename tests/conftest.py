@@ -80,14 +80,15 @@ def _children_alive(pid: int) -> bool:
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
-               timeout: float = 60) -> None:
+               timeout: float = 60, probe: str = "ready") -> None:
     http = urllib3.PoolManager()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"gateway exited early:\n{log_path.read_text()}")
         try:
-            response = http.request("GET", f"{url}/v2/health/ready", timeout=1, retries=False)
+            response = http.request("GET", f"{url}/v2/health/{probe}", timeout=1,
+                                    retries=False)
             if response.status == 200:
                 return
         except urllib3.exceptions.HTTPError:
@@ -97,12 +98,16 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
 
 
 def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
-                  shm_prefix: str | None = None) -> RunningGateway:
+                  shm_prefix: str | None = None, env: dict[str, str] | None = None,
+                  ready: bool = True) -> RunningGateway:
+    """``inferoxy serve`` on ``models``, once it is ready (``ready=False``: once it is live,
+    for tests of models that never get ready); ``env`` adds to its environment."""
     prefix = shm_prefix or f"ifxt{uuid.uuid4().hex[:8]}"
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     ws_port, zmq_port = free_port(), free_port()
     log_path = tmp_path / f"gateway-{http_port}.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20", SYNTHETIC_B_MS="0.5")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20",
+               SYNTHETIC_B_MS="0.5") | (env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inferoxy", "serve", "--models", str(models),
@@ -117,7 +122,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
     gw.ws_url = f"ws://127.0.0.1:{ws_port}"
     gw.zmq_url = f"tcp://127.0.0.1:{zmq_port}"
     try:
-        wait_ready(gw.http, process, log_path)
+        wait_ready(gw.http, process, log_path, probe="ready" if ready else "live")
     except BaseException:
         gw.cleanup()
         raise

@@ -44,9 +44,23 @@ def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
     return cls(device, **parameters)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
-               stop: threading.Event, busy_s: Callable[[], float]) -> None:
-    """Heartbeats on a socket of this thread's own; exits the process if the gateway is gone."""
+               stop: threading.Event, busy_s: Callable[[], float], gateway_pid: int = 0) -> None:
+    """Heartbeats on a socket of this thread's own; exits the process if the gateway is gone.
+
+    The gateway is our parent, or (in a container, whose parent is the engine's shim) the
+    process ``gateway_pid``.
+    """
     parent = os.getppid()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
@@ -54,7 +68,8 @@ def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
     sock.connect(address)
     try:
         while not stop.wait(every_s):
-            if os.getppid() != parent:  # the gateway died: nobody will ever read our results
+            gone = os.getppid() != parent or (gateway_pid > 0 and not _alive(gateway_pid))
+            if gone:  # the gateway died: nobody will ever read our results
                 log.warning("gateway process is gone; copy %d exits", copy_id)
                 os._exit(0)
             try:
@@ -217,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shm-prefix", required=True, help="segment name prefix: <prefix>-<gw pid>")
     p.add_argument("--output-limit-bytes", type=int, default=2 << 30)
     p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument("--gateway-pid", type=int, default=0,
+                   help="exit when this process is gone (the gateway, when it is not our parent)")
     p.add_argument("--health-interval-s", type=float, default=5.0,
                    help="how often to call the model's health(), if it has one (0: never)")
     return p.parse_args(argv)
@@ -251,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             target=_heartbeat,
             args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop,
                   worker.busy_s),
+            kwargs={"gateway_pid": args.gateway_pid},
             daemon=True,
         ).start()
         worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model})
