@@ -42,6 +42,7 @@ from supervisor.docker import (
     auth_for,
     container_config,
     parse_volumes,
+    progress_bar,
     registry_of,
 )
 from supervisor.placement import Placement
@@ -126,6 +127,8 @@ def test_pull_progress_summary() -> None:
         progress.update(event)
     assert progress.summary() == "pulling image img:1: 1/2 layers, 5.0/20.0 MB (25%)"
     assert "aaa downloading 5.0/20.0 MB" in progress.layer_lines()
+    assert progress_bar(progress, width=8) == (
+        "\r\x1b[Kimg:1 [##......]  25% 1/2 layers")  # on a terminal: one line, redrawn
     progress.update({"status": "Pull complete", "id": "aaa"})
     assert progress.fraction == 1.0 and progress.to_status()["state"] == "pulling"
 
