@@ -135,13 +135,27 @@ def test_shutdown_drains_and_leaves_no_segments(tmp_path: Path) -> None:
     client = httpclient.InferenceServerClient(gw.url)
     np.testing.assert_allclose(_synthetic(client, 1.0), 3.0)
     assert shm_names(gw.shm_prefix)  # inputs and outputs went through shared memory
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(_synthetic, httpclient.InferenceServerClient(gw.url), float(i))
-                   for i in range(4)]
-        time.sleep(0.005)
-        assert gw.stop(signal.SIGTERM) == 0
-        for i, f in enumerate(futures):  # in-flight requests finished during the drain
-            np.testing.assert_allclose(f.result(timeout=10), i * 2 + 1)
+    def slow(value: float) -> np.ndarray:
+        c = httpclient.InferenceServerClient(gw.url, network_timeout=30)
+        x = np.full((1, 16), value, dtype=np.float32)
+        inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        return c.infer("slow", [inp]).as_numpy("OUTPUT")
+
+    def received() -> float:  # answered + still pending: every request reached the gateway
+        stats = httpclient.InferenceServerClient(gw.url).get_inference_statistics("slow")
+        return stats["model_stats"][0]["inference_stats"]["success"]["count"] + _pending(
+            gw, "slow")
+
+    # The "slow" model takes 300 ms a request, one at a time: with three sent, at least one
+    # is running or waiting in its queue when SIGTERM arrives; the drain answers them all.
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(slow, float(i)) for i in range(3)]
+        _wait_for(lambda: received() == 3 and _pending(gw, "slow") > 0)
+        gw.process.send_signal(signal.SIGTERM)
+        for i, f in enumerate(futures):  # queued and running requests finished in the drain
+            np.testing.assert_allclose(f.result(timeout=20), i * 2 + 1)
+        assert gw.process.wait(timeout=30) == 0
     assert shm_names(gw.shm_prefix) == []
     assert not list(Path("/tmp").glob(f"inferoxy-{gw.process.pid}-*"))
     assert "stopped; shared memory released" in gw.log()
