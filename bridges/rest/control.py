@@ -112,8 +112,17 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         return Response("", status=200)
 
     @app.get("/v2/cudasharedmemory/status")
+    @app.get("/v2/cudasharedmemory/region/<name>/status")
+    async def cuda_shm_status(name: str | None = None) -> Response:
+        return jsonify([])  # none can be registered
+
+    @app.post("/v2/cudasharedmemory/unregister")
+    @app.post("/v2/cudasharedmemory/region/<name>/unregister")
+    async def cuda_shm_unregister(name: str | None = None) -> Response:
+        return Response("", status=200)  # nothing to unregister (clients clean up at exit)
+
     @app.post("/v2/cudasharedmemory/region/<name>/register")
-    async def cuda_shm(name: str | None = None) -> Response:
+    async def cuda_shm_register(name: str) -> Response:
         raise InvalidArgument("CUDA shared memory is not supported; use system shared memory")
 
     # -- model repository (v2 extension) ----------------------------------------------------
