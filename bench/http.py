@@ -109,9 +109,11 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     floor = subprocess.Popen([sys.executable, "-m", "bench.floor", str(floor_port)], cwd=ROOT,
                              env=env)
+    others = [arg for flag in ("--grpc-port", "--ws-port", "--zmq-port")
+              for arg in (flag, str(free_port()))]  # listeners this benchmark does not use
     gateway = subprocess.Popen(
         [sys.executable, "-m", "inferoxy", "serve", "--models", "bench/models.yaml",
-         "--http-port", str(gw_port), "--metrics-port", str(metrics_port),
+         "--http-port", str(gw_port), "--metrics-port", str(metrics_port), *others,
          "--log-level", "WARNING"], cwd=ROOT, env=env)
     try:
         wait_http(f"http://127.0.0.1:{gw_port}/v2/health/ready")
