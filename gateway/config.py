@@ -57,6 +57,19 @@ class ModelConfig:
     max_sequence_idle_us: int = 5_000_000  # stateful: an idle sequence is released after this
     max_sequences_per_copy: int = 1  # stateful: 1 = a copy is one client's (Inferoxy's rule)
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Autoscaling (``supervisor.autoscale``); None: the model's full size, nothing scales.
+    min_copies: int | None = None
+    max_copies: int | None = None
+    scale_up_queue_delay_us: int | None = None  # None: max(100 ms, 2 x max_queue_delay_us)
+    scale_up_after_s: float = 1.0  # the queue delay must stay over target this long
+    scale_down_idle_s: float = 300.0  # a copy's worth of capacity idle this long goes
+
+    @property
+    def scale_up_delay_s(self) -> float:
+        """The queue delay over which a copy is added."""
+        if self.scale_up_queue_delay_us is not None:
+            return self.scale_up_queue_delay_us / 1e6
+        return max(0.1, 2 * self.max_queue_delay_us / 1e6)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -69,6 +82,8 @@ _MODEL_FIELDS = {
     "entrypoint", "address", "version", "batch_size", "max_queue_delay_us", "max_queue_size",
     "run_on_gpu", "stateless", "copies", "inputs", "outputs", "parameters",
     "max_sequence_idle_us", "max_sequences_per_copy",
+    "min_copies", "max_copies", "scale_up_queue_delay_us", "scale_up_after_s",
+    "scale_down_idle_s",
 }
 
 
@@ -77,6 +92,19 @@ def _int(model: str, key: str, raw: Any, default: int, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"model {model!r}: {key} must be an integer in [{lo}, {hi}], got {raw!r}")
     return value
+
+
+def _opt_int(model: str, key: str, raw: Any, lo: int, hi: int) -> int | None:
+    return None if raw is None else _int(model, key, raw, 0, lo, hi)
+
+
+def _seconds(model: str, key: str, raw: Any, default: float, lo: float, hi: float) -> float:
+    value = default if raw is None else raw
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(
+            f"model {model!r}: {key} must be a number of seconds in [{lo:g}, {hi:g}], got {raw!r}"
+        )
+    return float(value)
 
 
 def _bool(model: str, key: str, raw: Any, default: bool) -> bool:
@@ -154,7 +182,31 @@ def parse_model(name: Any, raw: Any) -> ModelConfig:
             name, "max_sequences_per_copy", raw.get("max_sequences_per_copy"), 1, 1, 4096
         ),
         parameters=dict(parameters),
+        **_scaling(name, raw),
     )
+
+
+def _scaling(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    lo = _opt_int(name, "min_copies", raw.get("min_copies"), 1, 64)
+    hi = _opt_int(name, "max_copies", raw.get("max_copies"), 1, 64)
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"model {name!r}: min_copies {lo} is more than max_copies {hi}")
+    if raw.get("stateless") is False and (lo is not None or hi is not None):
+        raise ConfigError(f"model {name!r}: min_copies/max_copies (autoscaling) need a "
+                          "stateless model; use copies")
+    return {
+        "min_copies": lo,
+        "max_copies": hi,
+        "scale_up_queue_delay_us": _opt_int(
+            name, "scale_up_queue_delay_us", raw.get("scale_up_queue_delay_us"), 1, 600_000_000
+        ),
+        "scale_up_after_s": _seconds(
+            name, "scale_up_after_s", raw.get("scale_up_after_s"), 1.0, 0.0, 3600.0
+        ),
+        "scale_down_idle_s": _seconds(
+            name, "scale_down_idle_s", raw.get("scale_down_idle_s"), 300.0, 0.0, 7 * 86400.0
+        ),
+    }
 
 
 def load_models(path: str | Path) -> dict[str, ModelConfig]:

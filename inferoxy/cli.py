@@ -16,6 +16,7 @@ import trio
 from gateway.config import ConfigError, load_models
 from gateway.runtimes import runtime_for
 from gateway.settings import Settings
+from supervisor.gpus import parse_gpu_list
 
 EXIT_CONFIG = 2
 
@@ -131,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         models = load_models(settings.models)
     except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        parse_gpu_list(settings.gpus or "")
+    except ValueError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     from inferoxy.serve import serve

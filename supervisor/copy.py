@@ -20,7 +20,9 @@ class Copy:
     last_dispatch: float = 0.0
     paused_until: float = 0.0  # trio time before which no batch is sent (socket refused one)
     restarts: int = 0
-    last_error: str = ""
+    last_error: str = ""  # why the copy is not serving (cleared when it says HELLO)
+    busy_s: float = 0.0  # how long the worker's current batch (or health check) has run
+    crash_loop: str = ""  # set while the copy is in a crash loop: why
     history: list[CopyState] = field(default_factory=list)
 
     def apply(self, event: CopyEvent) -> CopyState:

@@ -22,6 +22,7 @@ class CopySpec:
     run_dir: str
     shm_prefix: str  # "<prefix>-<gateway pid>": the worker's segments live under it
     heartbeat_s: float
+    health_interval_s: float = 5.0  # how often the worker calls the model's health()
 
 
 def worker_args(spec: CopySpec) -> list[str]:
@@ -35,6 +36,7 @@ def worker_args(spec: CopySpec) -> list[str]:
         "--parameters", json.dumps(spec.parameters),
         "--shm-prefix", spec.shm_prefix,
         "--heartbeat-s", str(spec.heartbeat_s),
+        "--health-interval-s", str(spec.health_interval_s),
     ]
 
 

@@ -1,8 +1,12 @@
 """The supervisor nursery: one task per copy that starts it, watches it and restarts it.
 
-Each copy task loops: start the worker through the runtime, wait for it to exit (a watchdog
-kills it if it never says HELLO in time or stops heartbeating), report the loss, back off,
-start again. ``shutdown`` asks every worker to stop, waits (bounded), then kills.
+Each copy task loops: start the worker through the runtime, wait for it to exit, report the
+loss, back off, start again. A watchdog kills a copy that never says HELLO in time, stops
+heartbeating, or hangs (its heartbeat says one batch or health check has run longer than
+``hang_timeout_s``); a copy whose model's ``health()`` failed is killed too. Every exit counts
+towards a crash loop (``supervisor.crashloop``): entering one and recovering from it are
+reported to ``on_crash_loop``. ``shutdown`` asks every worker to stop, waits (bounded), then
+kills.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import trio
 
 from supervisor.backoff import Backoff
 from supervisor.copy import Copy
+from supervisor.crashloop import CrashLoop, CrashLoopPolicy
 from supervisor.lifecycle import CopyEvent, CopyState
 from supervisor.runtime import CopySpec, RunningCopy, Runtime
 
@@ -44,13 +49,22 @@ class Supervisor:
         on_worker_gone: Callable[[int], None],
         startup_timeout_s: float = 120.0,
         heartbeat_timeout_s: float = 10.0,
+        hang_timeout_s: float = 60.0,
+        crash_loop: CrashLoopPolicy | None = None,
+        on_crash_loop: Callable[[Copy, bool], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.channel = channel
         self.on_worker_gone = on_worker_gone  # cleans up a dead worker's segments, by pid
         self.startup_timeout_s = startup_timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.hang_timeout_s = hang_timeout_s
+        self.crash_loop_policy = crash_loop or CrashLoopPolicy()
+        # Called with (copy, True) when a copy enters a crash loop, (copy, False) when it
+        # comes out of one.
+        self.on_crash_loop = on_crash_loop or (lambda copy, entered: None)
         self.copies: dict[int, Copy] = {}
+        self._crash_loops: dict[int, CrashLoop] = {}
         self._observers: dict[int, CopyObserver] = {}
         self._processes: dict[int, RunningCopy] = {}
         self._stopping = False
@@ -66,10 +80,31 @@ class Supervisor:
         was = copy.state
         if copy.apply(CopyEvent.HELLO) is CopyState.READY and was is CopyState.STARTING:
             copy.last_error = ""
+            copy.busy_s = 0.0
             log.info("copy %d of model %s ready on %s (pid %s)",
                      copy.id, copy.model, copy.placement.device, pid)
+            loop = self._crash_loops.get(copy_id)
+            if loop is not None and loop.on_ready():
+                copy.crash_loop = ""
+                log.warning("copy %d of model %s is out of its crash loop", copy.id, copy.model)
+                self.on_crash_loop(copy, False)
             self._observers[copy_id].on_copy_ready(copy)
         return copy
+
+    def on_heartbeat(self, copy_id: int, busy_s: object) -> None:
+        copy = self.copies.get(copy_id)
+        if copy is not None:
+            copy.busy_s = float(busy_s) if isinstance(busy_s, int | float) else 0.0
+
+    def on_unhealthy(self, copy_id: int, message: str) -> None:
+        """The worker's ``model.health()`` failed: replace the copy."""
+        copy = self.copies.get(copy_id)
+        process = self._processes.get(copy_id)
+        if copy is None or process is None or self._stops(copy):
+            return
+        copy.last_error = f"health check failed: {message}"
+        log.error("copy %d of model %s: %s; killing it", copy.id, copy.model, copy.last_error)
+        process.kill()
 
     def on_message(self, copy_id: int) -> Copy | None:
         copy = self.copies.get(copy_id)
@@ -89,13 +124,23 @@ class Supervisor:
         self.copies[copy.id] = copy
         self._observers[copy.id] = observer
         backoff = Backoff()
+        loop = self._crash_loops[copy.id] = CrashLoop(self.crash_loop_policy)
         try:
             while not self._stops(copy):
-                ran_for = await self._run_once(copy, spec, observer)
+                ran_for, status = await self._run_once(copy, spec, observer)
                 if self._stops(copy):
                     break
                 delay = backoff.on_exit(ran_for)
                 copy.restarts += 1
+                if loop.on_exit(trio.current_time()):
+                    last = copy.last_error or f"exit status {status}"
+                    copy.crash_loop = (
+                        f"crash loop: {loop.recent(trio.current_time())} exits within "
+                        f"{loop.policy.window_s:g}s (last: {last})"
+                    )
+                    log.error("copy %d of model %s is in a %s; restarts go on with back-off",
+                              copy.id, copy.model, copy.crash_loop)
+                    self.on_crash_loop(copy, True)
                 log.warning("copy %d of model %s exited; restarting in %.1fs",
                             copy.id, copy.model, delay)
                 await trio.sleep(delay)
@@ -105,12 +150,15 @@ class Supervisor:
             self.channel.close_copy(copy.id)
             self.copies.pop(copy.id, None)
             self._observers.pop(copy.id, None)
+            self._crash_loops.pop(copy.id, None)
             self._stopping_ids.discard(copy.id)
 
     def _stops(self, copy: Copy) -> bool:
         return self._stopping or copy.id in self._stopping_ids
 
-    async def _run_once(self, copy: Copy, spec: CopySpec, observer: CopyObserver) -> float:
+    async def _run_once(self, copy: Copy, spec: CopySpec,
+                        observer: CopyObserver) -> tuple[float, int | None]:
+        """Run the copy's process once; how long it lived and its exit status."""
         self.channel.open_copy(copy.id)
         started = trio.current_time()
         copy.last_seen = started
@@ -120,8 +168,9 @@ class Supervisor:
             copy.last_error = f"could not start: {exc}"
             log.error("copy %d of model %s could not start: %s", copy.id, copy.model, exc)
             copy.apply(CopyEvent.EXITED)
-            return 0.0
+            return 0.0, None
         copy.pid = process.pid
+        copy.busy_s = 0.0
         self._processes[copy.id] = process
         log.info("copy %d of model %s started on %s (pid %s, runtime %s)",
                  copy.id, copy.model, spec.placement.device, process.pid, self.runtime.name)
@@ -138,7 +187,7 @@ class Supervisor:
         observer.on_copy_lost(copy)
         if process.pid is not None:
             self.on_worker_gone(process.pid)
-        return trio.current_time() - started
+        return trio.current_time() - started, status
 
     async def _watchdog(self, copy: Copy, process: RunningCopy, started: float) -> None:
         while True:
@@ -153,6 +202,14 @@ class Supervisor:
             if copy.state is CopyState.READY and now - copy.last_seen > self.heartbeat_timeout_s:
                 copy.last_error = f"no heartbeat for {self.heartbeat_timeout_s:.0f}s"
                 log.error("copy %d of model %s sent %s; killing it", copy.id, copy.model,
+                          copy.last_error)
+                process.kill()
+                return
+            if copy.state is CopyState.READY and copy.busy_s > self.hang_timeout_s:
+                copy.last_error = (
+                    f"hung: one batch ran for more than {self.hang_timeout_s:g}s"
+                )
+                log.error("copy %d of model %s %s; killing it", copy.id, copy.model,
                           copy.last_error)
                 process.kill()
                 return
