@@ -29,7 +29,7 @@ $(PERF_VENV)/.installed: | libb64
 	PERF_VENV=$(PERF_VENV) bench/perf_analyzer.sh --version
 	touch $@
 
-.PHONY: serve test lint perf-analyzer libb64
+.PHONY: serve test lint perf-analyzer libb64 redis-server
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
 
@@ -49,7 +49,19 @@ libb64:
 	    exit 1; \
 	  fi; }
 
+# The model manager's tests start their own redis-server (Debian's redis-server package).
+redis-server:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq redis-server >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
+	  else \
+	    echo 'the tests need redis-server: install it (Debian/Ubuntu: sudo apt-get install redis-server), then run make test again' >&2; \
+	    exit 1; \
+	  fi; }
+
 perf-analyzer: $(PERF_VENV)/.installed  ## perf_analyzer in .venv-perf (run it with bench/perf_analyzer.sh)
 
-test: lint perf-analyzer  ## lint, type-check and run the whole test suite
+test: lint perf-analyzer redis-server  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q

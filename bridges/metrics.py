@@ -40,9 +40,9 @@ class GatewayCollector(Collector):
         pending = GaugeMetricFamily("nv_inference_pending_request_count",
                                     "Requests queued or running", labels=labels)
         copies = GaugeMetricFamily("inferoxy_copies", "Model copies by state",
-                                   labels=["model", "state"])
-        for name, server in self.gateway.servers.items():
-            s, v = server.stats, server.config.version
+                                   labels=["model", "version", "state"])
+        for server in self.gateway.all_servers():  # one per (model, version)
+            name, s, v = server.config.name, server.stats, server.config.version
             success.add_metric([name, v], s.success.count)
             for reason, n in s.failures_by_reason.items():
                 failure.add_metric([name, v, reason], n)
@@ -55,7 +55,7 @@ class GatewayCollector(Collector):
             for c in server.copies:
                 states[c.state.value] = states.get(c.state.value, 0) + 1
             for state, n in states.items():
-                copies.add_metric([name, state], n)
+                copies.add_metric([name, v, state], n)
         yield from (success, failure, count, execs, queue_us, compute_us, pending, copies)
 
 

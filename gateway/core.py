@@ -4,6 +4,14 @@ Bridges talk to it through a small surface: ``model()`` to find a model (raises 
 ``slab`` to get input slots, ``submit`` + ``wait`` (on the model server) to infer, and the
 health/metadata/statistics readers. The bridge -> core boundary is a message of descriptors
 (``InferRequest``), so bridges can later run in other processes.
+
+Models and versions: the gateway serves ``declarations`` (``gateway.declaration``), one
+``ModelServer`` per (model, version) in ``servers``. ``apply`` reconciles them with a new
+registry snapshot while requests flow: a new version starts; a removed model drains and stops;
+a changed version starts a replacement next to the old server, which keeps serving until the
+replacement is ready; a version dropped from its model keeps serving until another version of
+the model is ready. A request that names no version gets the model's pinned
+``default_version``, else its latest READY version (else its latest, while it loads).
 """
 
 from __future__ import annotations
@@ -13,12 +21,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import trio
 
 from gateway.admission import Admission
 from gateway.config import ModelConfig
+from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.errors import NotFound, Unavailable
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
@@ -44,22 +54,30 @@ log = logging.getLogger("inferoxy.gateway")
 SERVER_NAME = "inferoxy"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
+ROLLOVER_QUIET_S = 0.5  # a replaced server is stopped once idle this long (see _stop_server)
 
 
 class Gateway:
-    def __init__(self, settings: Settings, models: dict[str, ModelConfig],
+    def __init__(self, settings: Settings,
+                 models: Mapping[str, ModelConfig | ModelDeclaration],
                  runtime: Runtime | None = None) -> None:
         self.settings = settings
-        self.configs = models
+        self.declarations = as_declarations(models)  # the registry as last applied
         self.runtime = runtime or runtime_for(settings)
         self.pid = os.getpid()
         self.shm_prefix = f"{settings.shm_prefix}-{self.pid}"
-        self.servers: dict[str, ModelServer] = {}
+        # (model, version) -> the server its requests go to; all_servers() lists them.
+        self.servers: dict[tuple[str, str], ModelServer] = {}
+        self._versions: dict[str, dict[str, ModelServer]] = {}  # the same, by model
+        self._replacing: dict[tuple[str, str], ModelServer] = {}  # changed: starting
+        self._leaving: set[tuple[str, str]] = set()  # dropped from their model: serve on
+        self._copy_owner: dict[int, ModelServer] = {}  # copy id -> its server
+        self._rollover_wake = trio.Event()
         self.live = False
         self.draining = False
         self.gpus: list[int] = []
         self._copy_ids = itertools.count(1)
-        self._model_scopes: dict[str, trio.CancelScope] = {}
+        self._model_scopes: dict[ModelServer, trio.CancelScope] = {}
         self._unloaded: dict[str, str] = {}  # name -> why it is not loaded
         self._unloading: set[ModelServer] = set()  # still answering their last requests
         self._model_nurseries: dict[ModelServer, trio.Nursery] = {}  # where its copies run
@@ -87,14 +105,42 @@ class Gateway:
         )
 
     def model(self, name: str, version: str | None = None) -> ModelServer:
-        server = self.servers.get(name)
-        if server is None:
-            if name in self.configs:
+        """The server of ``version`` of a model, or of its default version (raises NotFound)."""
+        versions = self._versions.get(name)
+        if not versions:
+            if name in self.declarations:
                 raise NotFound(f"model {name!r} is not loaded")
             raise NotFound(f"unknown model {name!r}")
-        if version not in (None, "", server.config.version):
-            raise NotFound(f"unknown version {version!r} of model {name!r}")
-        return server
+        if version:
+            server = versions.get(version)
+            if server is None:
+                raise NotFound(f"unknown version {version!r} of model {name!r}")
+            return server
+        if len(versions) == 1:
+            return next(iter(versions.values()))
+        return self._default_server(name, versions)
+
+    def _default_server(self, name: str, versions: dict[str, ModelServer]) -> ModelServer:
+        """The pinned default, else the latest READY version, preferring declared ones."""
+        declaration = self.declarations.get(name)
+        pinned = declaration.default_version if declaration is not None else None
+        if pinned and pinned in versions:
+            return versions[pinned]
+        return max(versions.items(), key=lambda kv: (
+            kv[1].ready, (name, kv[0]) not in self._leaving, int(kv[0])))[1]
+
+    def all_servers(self) -> list[ModelServer]:
+        """Every (model, version) this gateway routes to, one server each."""
+        return list(self.servers.values())
+
+    def versions_of(self, name: str) -> list[str]:
+        """The versions of a model this gateway routes to, ascending."""
+        return sorted(self._versions.get(name, ()), key=int)
+
+    @property
+    def configs(self) -> dict[str, ModelConfig]:
+        """Each declared model's latest version (read-only; see ``declarations``)."""
+        return {n: d.versions[d.latest] for n, d in self.declarations.items()}
 
     def ensure_accepting(self, server: ModelServer) -> None:
         """Admit a request if a copy can serve it now or soon.
@@ -169,8 +215,9 @@ class Gateway:
                 self._run_dir = run_dir
                 nursery.start_soon(self.link.run_inbox, self._on_worker_message)
                 nursery.start_soon(self.alerts.run)
-                for config in self.configs.values():
-                    self._start_model(config)
+                nursery.start_soon(self._rollover)
+                for declaration in self.declarations.values():
+                    self._reconcile_model(declaration)
                 self.live = True
                 task_status.started()
                 await trio.sleep_forever()
@@ -183,10 +230,8 @@ class Gateway:
     def _start_model(self, config: ModelConfig) -> ModelServer:
         kind = ModelServer if config.stateless else StatefulModelServer
         server = kind(config, self.link.send, self.slab, self.cache)
-        self.servers[config.name] = server
-        self._unloaded.pop(config.name, None)
         scope = trio.CancelScope()
-        self._model_scopes[config.name] = scope
+        self._model_scopes[server] = scope
         policy = self._scale_policy(config)
         copies = [c for c in (self._new_copy(server) for _ in range(policy.min_copies)) if c]
 
@@ -224,17 +269,19 @@ class Gateway:
                      policy.idle_s)
         return policy
 
-    def _copies_of(self, model: str) -> list[Copy]:
-        server = self.servers.get(model)
-        own = server.copies if server is not None else []
-        return own + [c for c in self._retiring if c.model == model]
+    def _copies_of(self, server: ModelServer) -> list[Copy]:
+        return server.copies + [c for c in self._retiring if self._copy_owner.get(c.id) is server]
+
+    def _running_servers(self) -> set[ModelServer]:
+        """Every server with copies: routed, replacements starting, and draining ones."""
+        return {*self.servers.values(), *self._replacing.values(), *self._unloading}
 
     def _placement_for(self, server: ModelServer) -> Placement | None:
         """Where one more copy of the model would go; None when no GPU is free for it."""
-        everyone = [c for s in (*self.servers.values(), *self._unloading) for c in s.copies]
+        everyone = [c for s in self._running_servers() | {server} for c in s.copies]
         return next_placement(
             server.config.run_on_gpu, self.gpus,
-            (c.placement.gpu for c in self._copies_of(server.config.name)),
+            (c.placement.gpu for c in self._copies_of(server)),
             (c.placement.gpu for c in (*everyone, *self._retiring)),
             simulated=self.settings.simulate_gpus > 0,
         )
@@ -248,6 +295,7 @@ class Gateway:
             return None
         copy = Copy(next(self._copy_ids), server.config.name, placement)
         server.copies.append(copy)
+        self._copy_owner[copy.id] = server
         return copy
 
     def _run_copy(self, nursery: trio.Nursery, server: ModelServer, copy: Copy) -> None:
@@ -264,7 +312,8 @@ class Gateway:
     def add_copy(self, server: ModelServer) -> Copy | None:
         """Start one more copy of a loaded model (autoscaling); None when none can be."""
         nursery = self._model_nurseries.get(server)
-        if nursery is None or self.draining or self.servers.get(server.config.name) is not server:
+        if (nursery is None or self.draining or server in self._unloading
+                or server not in self._model_scopes):
             return None
         copy = self._new_copy(server)
         if copy is not None:
@@ -284,12 +333,15 @@ class Gateway:
             await self.supervisor.stop_copies([copy], timeout_s=5.0)
         finally:
             self._retiring.discard(copy)
+            self._copy_owner.pop(copy.id, None)
 
     def _on_crash_loop(self, copy: Copy, entered: bool) -> None:
         """A copy entered (or left) a crash loop: say so, once."""
-        server = self.servers.get(copy.model)
+        server = self._copy_owner.get(copy.id)
         if server is None or copy not in server.copies:
             return
+        if server in self._replacing.values():
+            return  # a new declaration that fails to load: the old one serves (see _rollover)
         name = copy.model
         if not entered:
             if not any(c.crash_loop for c in server.copies):
@@ -310,78 +362,247 @@ class Gateway:
                              f"{serving} copy(ies) still serve", **details)
 
     def repository_index(self) -> list[dict[str, Any]]:
-        """Every model the registry knows, with its state (v2 repository index)."""
+        """Every version of every model the registry knows, with its state (v2 index)."""
         index = []
-        for name, config in self.configs.items():
-            server = self.servers.get(name)
-            if server is None:
-                state, reason = "UNAVAILABLE", self._unloaded.get(name, "unloaded")
-            elif server.ready:
-                state, reason = "READY", ""
-            elif self.unavailable_reason(server):
-                state, reason = "UNAVAILABLE", self.unavailable_reason(server)
-            else:
-                state = "LOADING"
-                reason = next((c.last_error for c in server.copies if c.last_error), "")
-                reason = reason or self.runtime.progress(config.address)  # e.g. an image pull
-            index.append({"name": name, "version": config.version, "state": state,
-                          "reason": reason})
+        for name, declaration in self.declarations.items():
+            versions = list(declaration.versions)
+            versions += sorted((v for n, v in self._leaving if n == name), key=int)
+            for version in versions:
+                state, reason = self._version_state(name, version)
+                index.append({"name": name, "version": version, "state": state,
+                              "reason": reason})
         return index
 
+    def _version_state(self, name: str, version: str) -> tuple[str, str]:
+        key = (name, version)
+        server = self.servers.get(key)
+        if server is None:
+            return "UNAVAILABLE", self._unloaded.get(name, "unloaded")
+        replacement = self._replacing.get(key)
+        leaving = key in self._leaving
+        if server.ready:
+            if replacement is not None:
+                return "READY", "serving while its new declaration loads" + (
+                    f" ({self._loading_reason(replacement)})"
+                    if self._loading_reason(replacement) else "")
+            if leaving:
+                return "READY", ("removed from the model's declaration: serving until another "
+                                 "version is ready")
+            return "READY", ""
+        if self.unavailable_reason(server):
+            return "UNAVAILABLE", self.unavailable_reason(server)
+        return "LOADING", self._loading_reason(server)
+
+    def _loading_reason(self, server: ModelServer) -> str:
+        reason = next((c.last_error for c in server.copies if c.last_error), "")
+        return reason or self.runtime.progress(server.config.address)  # e.g. an image pull
+
     async def load_model(self, name: str) -> None:
-        """Start a model's copies and wait (bounded) until one is ready; no-op if loaded."""
-        config = self.configs.get(name)
-        if config is None:
+        """Start a model's versions and wait (bounded) until one is ready; no-op if loaded."""
+        declaration = self.declarations.get(name)
+        if declaration is None:
             raise NotFound(f"unknown model {name!r}")
         if self.draining:
             raise Unavailable("the server is shutting down")
-        server = self.servers.get(name) or self._start_model(config)
+        self._unloaded.pop(name, None)
+        self._reconcile_model(declaration)
+        servers = list(self._versions.get(name, {}).values())
         log.info("loading model %s", name)
         with trio.move_on_after(self.settings.startup_timeout_s):
-            while not server.ready:
-                if server.copies and all(c.last_error or c.crash_loop for c in server.copies):
+            while not any(s.ready for s in servers):
+                if all(s.copies and all(c.last_error or c.crash_loop for c in s.copies)
+                       for s in servers):
                     break
                 await trio.sleep(0.02)
-        if not server.ready:
-            reason = next((c.last_error for c in server.copies if c.last_error), "timed out")
+        if not any(s.ready for s in servers):
+            reason = next((c.last_error for s in servers for c in s.copies if c.last_error),
+                          "timed out")
             raise Unavailable(f"model {name!r} failed to load: {reason}")
 
     async def unload_model(self, name: str) -> None:
         """Stop taking requests for a model, let its pending ones finish, stop its copies."""
-        if name not in self.configs:
+        if name not in self.declarations:
             raise NotFound(f"unknown model {name!r}")
-        server = self.servers.pop(name, None)
-        if server is None:
-            return
-        log.info("unloading model %s: %d request(s) pending", name, server.pending)
         self._unloaded[name] = "unloaded"
+        servers = self._drop_model(name)
+        if servers:
+            log.info("unloading model %s: %d request(s) pending", name,
+                     sum(s.pending for s in servers))
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                nursery.start_soon(self._stop_server, server, "was unloaded")
+
+    # -- live changes: reconciling with the registry ---------------------------------------
+
+    def apply(self, models: Mapping[str, ModelDeclaration]) -> None:
+        """Serve ``models`` from now on (a registry snapshot); changes roll without a restart.
+
+        Idempotent: applying the same snapshot twice changes nothing. A model unloaded here
+        through the repository API stays unloaded until it is loaded again.
+        """
+        old, self.declarations = self.declarations, dict(models)
+        if not self.live or self.draining:
+            return
+        for name in old.keys() - self.declarations.keys():
+            self._unloaded.pop(name, None)
+            servers = self._drop_model(name)
+            if servers:
+                log.info("model %s was removed from the registry: draining and stopping it", name)
+            for server in servers:
+                self._nursery.start_soon(self._stop_server, server, "was removed")
+        for declaration in self.declarations.values():
+            if declaration.name not in self._unloaded:
+                self._reconcile_model(declaration)
+
+    def _reconcile_model(self, declaration: ModelDeclaration) -> None:
+        name = declaration.name
+        for version, config in declaration.versions.items():
+            key = (name, version)
+            self._leaving.discard(key)
+            active, pending = self.servers.get(key), self._replacing.get(key)
+            if active is None:
+                log.info("model %s version %s: starting", name, version)
+                self._route(key, self._start_model(config))
+            elif active.config == config:
+                if pending is not None:  # changed back before the replacement was ready
+                    del self._replacing[key]
+                    self._nursery.start_soon(self._stop_server, pending, "was superseded")
+            elif pending is None or pending.config != config:
+                if pending is not None:
+                    self._nursery.start_soon(self._stop_server, pending, "was superseded")
+                log.info("model %s version %s changed: starting the new declaration; the old "
+                         "one serves until it is ready", name, version)
+                self._replacing[key] = self._start_model(config)
+        for version in self._versions.get(name, {}):
+            if version not in declaration.versions and (name, version) not in self._leaving:
+                log.info("model %s version %s was removed from its declaration: it serves "
+                         "until another version is ready", name, version)
+                self._leaving.add((name, version))
+        self._rollover_wake.set()
+
+    def _route(self, key: tuple[str, str], server: ModelServer) -> ModelServer | None:
+        old = self.servers.get(key)
+        self.servers[key] = server
+        self._versions.setdefault(key[0], {})[key[1]] = server
+        self._update_versions(key[0])
+        return old
+
+    def _unroute(self, key: tuple[str, str]) -> ModelServer | None:
+        server = self.servers.pop(key, None)
+        versions = self._versions.get(key[0], {})
+        versions.pop(key[1], None)
+        if not versions:
+            self._versions.pop(key[0], None)
+        self._update_versions(key[0])
+        return server
+
+    def _update_versions(self, name: str) -> None:
+        """Tell every server of the model which versions there are (for metadata)."""
+        versions = tuple(self.versions_of(name))
+        for server in self._versions.get(name, {}).values():
+            server.versions = versions
+        for (n, _), server in self._replacing.items():
+            if n == name:
+                server.versions = versions
+
+    def _drop_model(self, name: str) -> list[ModelServer]:
+        """Stop routing to every version of a model; returns the servers to stop."""
+        servers = [s for (n, _), s in self._replacing.items() if n == name]
+        for key in [k for k in self._replacing if k[0] == name]:
+            del self._replacing[key]
+        self._leaving -= {k for k in self._leaving if k[0] == name}
+        for version in list(self._versions.get(name, {})):
+            server = self._unroute((name, version))
+            if server is not None:
+                servers.append(server)
+        return servers
+
+    async def _rollover(self) -> None:
+        """Switch to replacements once ready; stop dropped versions once another is ready."""
+        warned: set[tuple[str, str]] = set()
+        while True:
+            if not self._replacing and not self._leaving:
+                warned.clear()
+                await self._rollover_wake.wait()
+                self._rollover_wake = trio.Event()
+                continue
+            for key, new in list(self._replacing.items()):
+                if new.ready:
+                    del self._replacing[key]
+                    old = self._route(key, new)
+                    log.info("model %s version %s: the new declaration is ready; switched to "
+                             "it, draining the old one", *key)
+                    if old is not None:
+                        self._nursery.start_soon(self._stop_server, old, "was replaced",
+                                                 ROLLOVER_QUIET_S)
+                elif self._failed(new) and key not in warned:
+                    warned.add(key)
+                    log.error("model %s version %s: the new declaration fails to load (%s); "
+                              "the old one keeps serving", *key, self._loading_reason(new))
+            for key in list(self._leaving):
+                others = [s for v, s in self._versions.get(key[0], {}).items()
+                          if (key[0], v) not in self._leaving and s.ready]
+                if others or key not in self.servers:
+                    self._leaving.discard(key)
+                    old = self._unroute(key)
+                    if old is not None:
+                        log.info("model %s version %s: another version is ready; draining and "
+                                 "stopping this one", *key)
+                        self._nursery.start_soon(self._stop_server, old, "was removed",
+                                                 ROLLOVER_QUIET_S)
+            await trio.sleep(0.05)
+
+    @staticmethod
+    def _failed(server: ModelServer) -> bool:
+        return bool(server.copies) and all(c.last_error or c.crash_loop for c in server.copies)
+
+    async def _stop_server(self, server: ModelServer, why: str, quiet_s: float = 0.0) -> None:
+        """Drain a server that no longer gets requests, then stop its copies for good.
+
+        ``quiet_s``: after a switch, a request may hold the old server for a moment before it
+        queues (its body is being read); wait until the server has been idle this long.
+        """
+        name, version = server.config.name, server.config.version
         self._unloading.add(server)
         try:
             with trio.move_on_after(self.settings.drain_timeout_s):
-                while server.pending:
+                idle_since = trio.current_time()
+                while True:
+                    now = trio.current_time()
+                    if server.pending:
+                        idle_since = now
+                    elif now - idle_since >= quiet_s:
+                        break
                     await trio.sleep(0.02)
-            server.fail_all(Unavailable(f"model {name!r} was unloaded"))
-            retiring = [c for c in self._retiring if c.model == name]
+            server.fail_all(Unavailable(f"model {name!r} version {version} {why}"))
+            retiring = [c for c in self._retiring if self._copy_owner.get(c.id) is server]
             await self.supervisor.stop_copies(server.copies + retiring, timeout_s=5.0)
         finally:
             self._unloading.discard(server)
-            self._model_scopes.pop(name).cancel()
+            scope = self._model_scopes.pop(server, None)
+            if scope is not None:
+                scope.cancel()
+            for copy in server.copies:
+                self._copy_owner.pop(copy.id, None)
+            server.copies.clear()  # a request that still finds it is refused, not stranded
+            log.info("model %s version %s %s: stopped", name, version, why)
 
     async def drain(self) -> None:
         """Readiness goes false, queued and in-flight requests finish (bounded), copies stop."""
         self.draining = True
-        log.info("draining: %d request(s) pending", sum(s.pending for s in self.servers.values()))
+        servers = self._running_servers()
+        log.info("draining: %d request(s) pending", sum(s.pending for s in servers))
         with trio.move_on_after(self.settings.drain_timeout_s):
-            while any(s.pending for s in self.servers.values()):
+            while any(s.pending for s in servers):
                 await trio.sleep(0.02)
-        for server in self.servers.values():
+        for server in servers:
             server.fail_all(Unavailable("the server is shutting down"))
         await self.supervisor.shutdown(timeout_s=5.0)
 
     async def _close(self, run_dir: str) -> None:
         self.live = False
         if not self.draining:
-            for server in self.servers.values():
+            for server in self._running_servers():
                 server.fail_all(Unavailable("the server is shutting down"))
             await self.supervisor.shutdown(timeout_s=5.0)
         self.link.close()
@@ -409,9 +630,7 @@ class Gateway:
         if kind == wire.UNHEALTHY:
             self.supervisor.on_unhealthy(copy_id, str(body.get("message", ""))[:2000])
             return
-        server = self.servers.get(copy.model) or next(
-            (s for s in self._unloading if s.config.name == copy.model), None
-        )
+        server = self._copy_owner.get(copy_id)
         if server is None:
             return
         if kind == wire.RESULT:

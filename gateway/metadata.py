@@ -12,7 +12,7 @@ def model_metadata(server: ModelServer) -> dict[str, Any]:
     c = server.config
     return {
         "name": c.name,
-        "versions": [c.version],
+        "versions": list(server.versions),
         "platform": "inferoxy",
         "inputs": [t.to_metadata() for t in c.inputs],
         "outputs": [t.to_metadata() for t in c.outputs],
@@ -34,7 +34,7 @@ def model_config(server: ModelServer) -> dict[str, Any]:
         "name": c.name,
         "platform": "inferoxy",
         "backend": "inferoxy",
-        "version_policy": {"specific": {"versions": [int(c.version)]}},
+        "version_policy": {"specific": {"versions": [int(v) for v in server.versions]}},
         "max_batch_size": c.batch_size,
         "input": tensors(c.inputs),
         "output": tensors(c.outputs),

@@ -75,6 +75,7 @@ class ModelServer:
         cache: SegmentCache,
     ) -> None:
         self.config = config
+        self.versions: tuple[str, ...] = (config.version,)  # of its model, set by the gateway
         self._send = send
         self._slab = slab
         self._cache = cache

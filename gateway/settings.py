@@ -34,6 +34,12 @@ class Settings:
     simulate_gpus: int = 0  # N > 0: N fake GPUs (placement and scaling; copies run on the CPU)
     alert_webhook: str | None = None  # alerts are POSTed here (Slack-compatible); None: log only
     alert_recover_hold_s: float = 10.0  # "recovered" is sent once it held this long
+    # the model registry and the management API (gateway.registry, bridges.rest.admin)
+    redis: str | None = None  # redis://host:port/db; None: the in-process registry
+    redis_prefix: str = "inferoxy:"  # every registry key and channel starts with this
+    admin_host: str = "127.0.0.1"  # the management API: loopback only unless told otherwise
+    admin_port: int = 8004
+    admin_token: str | None = None  # management calls need "Bearer <token>" when set
     # --runtime docker
     docker_host: str = ""  # engine URL; "" = $DOCKER_HOST, else the local socket
     docker_registry: str = ""  # registry the credentials below are for ("" = Docker Hub)

@@ -13,12 +13,15 @@ from typing import Any
 
 import trio
 
-from gateway.config import ConfigError, load_models
+from gateway.config import ConfigError
+from gateway.declaration import load_declarations
+from gateway.registry import RegistryUnreachable
 from gateway.runtimes import runtime_for
 from gateway.settings import Settings
 from supervisor.gpus import parse_gpu_list
 
 EXIT_CONFIG = 2
+EXIT_REGISTRY = 3  # --redis given and Redis unreachable at start
 
 
 def _env(name: str, default: Any) -> Any:
@@ -69,6 +72,12 @@ HELP = {
     "docker_password": "registry password used to pull model images",
     "docker_network": "Docker network model containers are attached to",
     "docker_volumes": "extra bind mounts for model containers: SRC:DST[:ro],...",
+    "redis": "Redis URL of a shared model registry, e.g. redis://host:6379/0; models.yaml is "
+             "imported into it at start (default: an in-process registry)",
+    "redis_prefix": "prefix of every registry key and channel in Redis",
+    "admin_host": "address the management API listens on (loopback unless told otherwise)",
+    "admin_port": "management API: /v2/admin/models (add, replace, patch, delete)",
+    "admin_token": "bearer token the management API and the v2 repository endpoints require",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }
@@ -89,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{HELP.get(f.name, '')} (default: {default!r})")
             continue
         kind = type(f.default) if f.default is not None else str
-        shown = "***" if "password" in f.name and default else repr(default)  # never echo it
+        secret = "password" in f.name or "token" in f.name
+        shown = "***" if secret and default else repr(default)  # never echo it
         serve.add_argument(flag, type=kind, default=default,
                            help=f"{HELP.get(f.name, '')} (default: {shown})")
     return parser
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     try:
-        models = load_models(settings.models)
+        models = load_declarations(settings.models) if settings.models else {}
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -141,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     from inferoxy.serve import serve
 
-    trio.run(serve, settings, models)
+    try:
+        trio.run(serve, settings, models)
+    except RegistryUnreachable as exc:
+        log.error("%s", exc)
+        return EXIT_REGISTRY
     return 0
 
 

@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Mapping
 
 import trio
 
 from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
+from bridges.rest.admin import serve_admin
 from bridges.rest.app import serve_rest
 from bridges.websocket.server import serve_websocket
 from bridges.zmq.app import serve_zmq
 from gateway.config import ModelConfig
 from gateway.core import Gateway
+from gateway.declaration import ModelDeclaration, as_declarations
+from gateway.manager import ModelManager, open_registry, registry_for
 from gateway.settings import Settings
 
 log = logging.getLogger("inferoxy")
 
 
-async def serve(settings: Settings, models: dict[str, ModelConfig]) -> None:
-    """Run until SIGINT/SIGTERM; the first drains gracefully, a second stops at once."""
-    gateway = Gateway(settings, models)
+async def serve(settings: Settings,
+                models: Mapping[str, ModelConfig | ModelDeclaration]) -> None:
+    """Run until SIGINT/SIGTERM; the first drains gracefully, a second stops at once.
+
+    Raises ``gateway.registry.RegistryUnreachable`` (before starting anything) when --redis
+    names a Redis that cannot be reached.
+    """
+    registry = registry_for(settings.redis, settings.redis_prefix)
+    gateway = Gateway(settings, await open_registry(registry, as_declarations(models)))
+    manager = ModelManager(gateway, registry)
     http_stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
+            nursery.start_soon(manager.run)
+            binds = await nursery.start(serve_admin, manager, settings.admin_host,
+                                        settings.admin_port, settings.admin_token, http_stop)
+            log.info("listening: management API on %s%s", ", ".join(binds),
+                     "" if settings.admin_token else " (no --admin-token: open to local users)")
             for name, port, runner in (
                 ("HTTP (Open Inference Protocol v2)", settings.http_port, serve_rest),
                 ("gRPC (Open Inference Protocol v2)", settings.grpc_port, serve_grpc),

@@ -40,6 +40,7 @@ class RunningGateway:
     grpc_url: str = ""  # host:port, as tritonclient.grpc wants it
     ws_url: str = ""  # ws://host:port
     zmq_url: str = ""  # tcp://host:port, the ZeroMQ bridge
+    admin_url: str = ""  # http://host:port, the management API
 
     @property
     def http(self) -> str:
@@ -104,7 +105,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
     for tests of models that never get ready); ``env`` adds to its environment."""
     prefix = shm_prefix or f"ifxt{uuid.uuid4().hex[:8]}"
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    ws_port, zmq_port = free_port(), free_port()
+    ws_port, zmq_port, admin_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"gateway-{http_port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20",
                SYNTHETIC_B_MS="0.5") | (env or {})
@@ -114,6 +115,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
              "--host", "127.0.0.1", "--http-port", str(http_port),
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
              "--shm-prefix", prefix, "--ws-port", str(ws_port), "--zmq-port", str(zmq_port),
+             "--admin-port", str(admin_port),
              "--heartbeat-timeout-s", "5", *extra],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -121,6 +123,7 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
                         prefix, log_path, f"127.0.0.1:{grpc_port}")
     gw.ws_url = f"ws://127.0.0.1:{ws_port}"
     gw.zmq_url = f"tcp://127.0.0.1:{zmq_port}"
+    gw.admin_url = f"http://127.0.0.1:{admin_port}"
     try:
         wait_ready(gw.http, process, log_path, probe="ready" if ready else "live")
     except BaseException:

@@ -11,6 +11,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bridges.auth import bearer_ok
 from gateway.admission import region_error
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument
@@ -23,6 +24,12 @@ def error_response(status: int, message: str, retry_after_s: int | None = None) 
     response.status_code = status
     if retry_after_s is not None:
         response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def unauthorized() -> Response:
+    response = error_response(401, "this endpoint needs Authorization: Bearer <admin token>")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="inferoxy"'
     return response
 
 
@@ -77,7 +84,13 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     @app.get("/v2/models/<name>/stats")
     @app.get("/v2/models/<name>/versions/<version>/stats")
     async def stats(name: str | None = None, version: str | None = None) -> Response:
-        servers = [gateway.model(name, version)] if name else list(gateway.servers.values())
+        if not name:
+            servers = gateway.all_servers()
+        elif version:
+            servers = [gateway.model(name, version)]
+        else:  # every version of the model, as Triton answers
+            gateway.model(name)
+            servers = [s for s in gateway.all_servers() if s.config.name == name]
         return jsonify({
             "model_stats": [s.stats.to_json(s.config.name, s.config.version) for s in servers]
         })
@@ -126,9 +139,17 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         raise InvalidArgument("CUDA shared memory is not supported; use system shared memory")
 
     # -- model repository (v2 extension) ----------------------------------------------------
+    # Management: they need the admin token when one is set (--admin-token).
+
+    def admin_denied() -> Response | None:
+        if bearer_ok(gateway.settings.admin_token, request.headers.get("Authorization")):
+            return None
+        return unauthorized()
 
     @app.post("/v2/repository/index")
     async def repository_index() -> Response:
+        if denied := admin_denied():
+            return denied
         body = await request.get_json(force=True, silent=True) or {}
         index = gateway.repository_index()
         if isinstance(body, dict) and body.get("ready") is True:
@@ -137,11 +158,15 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.post("/v2/repository/models/<name>/load")
     async def repository_load(name: str) -> Response:
+        if denied := admin_denied():
+            return denied
         await gateway.load_model(name)
         return Response("", status=200)
 
     @app.post("/v2/repository/models/<name>/unload")
     async def repository_unload(name: str) -> Response:
+        if denied := admin_denied():
+            return denied
         await gateway.unload_model(name)
         return Response("", status=200)
 
