@@ -38,7 +38,8 @@ def model_config(server: ModelServer) -> dict[str, Any]:
         "max_batch_size": c.batch_size,
         "input": tensors(c.inputs),
         "output": tensors(c.outputs),
-        "dynamic_batching": {
+        # One scheduler or the other (a oneof in Triton's ModelConfig).
+        "dynamic_batching": None if not c.stateless else {
             "max_queue_delay_microseconds": c.max_queue_delay_us,
             "default_queue_policy": {"max_queue_size": c.max_queue_size},
         },

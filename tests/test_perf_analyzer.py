@@ -178,3 +178,30 @@ def test_perf_analyzer(perf_analyzer: Path, pa_gateway: RunningGateway, tmp_path
     if shm:
         assert seen, f"the model's output never appeared in perf_analyzer's region\n{report}"
     assert left == [], f"perf_analyzer left segments behind: {left}\n{report}"
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_sequences(perf_analyzer: Path, pa_gateway: RunningGateway,
+                                 tmp_path: Path, protocol: str) -> None:
+    """perf_analyzer sees the stateful example's sequence_batching and drives sequences
+    (sequence_id / start / end) through it; every request succeeds."""
+    url = pa_gateway.url if protocol == "http" else pa_gateway.grpc_url
+    data_file = tmp_path / "input-data.json"
+    data_file.write_text(json.dumps({"data": [{"INPUT": [1.5, 2.0, 3.0, 4.0]}]}))
+    args = [
+        str(perf_analyzer), "-m", "running_sum", "-u", url, "-i", protocol,
+        "--input-data", str(data_file), "--sequence-length", "5",
+        "--concurrency-range", "2:2", "--measurement-interval", "500", "--max-trials", "10",
+        "--stability-percentage", "100",
+    ]
+    before = _model_stats(pa_gateway, "running_sum")
+    status, output, _ = _run(args, tmp_path, None, b"")
+    after = _model_stats(pa_gateway, "running_sum")
+    report = f"$ {' '.join(args)}\n{output}"
+    assert status == 0, report
+    sequences = re.search(r"Sequence count: (\d+)", output)
+    assert sequences and int(sequences[1]) > 0, report
+    assert [float(t) > 0 for t in THROUGHPUT.findall(output)] == [True], report
+    assert after["inference_stats"]["fail"]["count"] == before["inference_stats"]["fail"]["count"]
+    assert after["inference_count"] > before["inference_count"], report
