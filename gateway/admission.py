@@ -16,6 +16,7 @@ them back; after, they belong to the core. Messages name the field and what was 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from shm.descriptor import Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
+_request_ids = itertools.count(1)  # ids of requests that came without one (for logs)
+
 # Parameters the protocol (not the model) consumes; the rest reach the model.
 RESERVED_PARAMETERS = frozenset({
     "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority",
@@ -55,6 +58,24 @@ class CheckedInput:
     shape: tuple[int, ...]  # with the batch dimension
     dtype: np.dtype
     nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRef:
+    """Where a request puts a tensor in a client-registered shared-memory region (the v2
+    ``shared_memory_region``/``_offset``/``_byte_size`` parameters, not yet validated)."""
+
+    name: object
+    offset: object
+    byte_size: object
+
+
+def region_ref(params: dict[str, Any]) -> RegionRef | None:
+    """The region a tensor's parameters name, if any (any protocol)."""
+    if "shared_memory_region" not in params:
+        return None
+    return RegionRef(params["shared_memory_region"], params.get("shared_memory_offset"),
+                     params.get("shared_memory_byte_size"))
 
 
 def _shape_text(spec: TensorSpec) -> str:
@@ -265,7 +286,7 @@ class Admission:
             key=key,
             parameters=model_params,
             deadline=trio.current_time() + timeout_s,
-            request_id=request_id,
+            request_id=request_id or f"ifx-{next(_request_ids):x}",
             region_inputs=tuple(self.region_inputs),
             output_targets=self.output_targets,
             sequence=sequence,

@@ -233,7 +233,8 @@ def list_segments(prefix: str) -> list[str]:
     return sorted(n for n in entries if n.startswith(start) and SEGMENT_NAME_RE.fullmatch(n))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (in this pid namespace)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,7 +261,7 @@ def sweep_stale(prefix: str) -> list[str]:
         # pid 0 would signal our own process group; anything past pid_max is not a pid.
         if pid <= 0 or pid >= 2**22:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             _unlink_path(os.path.join(SHM_DIR, name))
             removed.append(name)
     return removed

@@ -58,6 +58,7 @@ from typing import Any
 
 import trio
 
+from shm.segment import pid_alive
 from supervisor.runtime import CopySpec, worker_args
 
 log = logging.getLogger("inferoxy.docker")
@@ -266,16 +267,6 @@ def progress_bar(progress: PullProgress, width: int = 30) -> str:
 
 
 # -- the runtime ----------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _engine_errors() -> tuple[type[Exception], ...]:
@@ -506,7 +497,7 @@ class DockerRuntime:
             if not owner.isdecimal():
                 continue
             # Our own pid on a container at our start: a dead gateway's, whose pid we reuse.
-            if int(owner) != self.gateway_pid and _pid_alive(int(owner)):
+            if int(owner) != self.gateway_pid and pid_alive(int(owner)):
                 continue
             try:
                 container.remove(force=True)

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from shm import wire
-from shm.segment import SegmentCache
+from shm.segment import SegmentCache, pid_alive
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 from worker.batch import BatchError, gather, place_outputs
 
@@ -42,16 +42,6 @@ def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
     module_name, _, class_name = entrypoint.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(device, **parameters)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
@@ -68,7 +58,7 @@ def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
     sock.connect(address)
     try:
         while not stop.wait(every_s):
-            gone = os.getppid() != parent or (gateway_pid > 0 and not _alive(gateway_pid))
+            gone = os.getppid() != parent or (gateway_pid > 0 and not pid_alive(gateway_pid))
             if gone:  # the gateway died: nobody will ever read our results
                 log.warning("gateway process is gone; copy %d exits", copy_id)
                 os._exit(0)

@@ -31,7 +31,14 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
-from gateway.admission import CheckedInput, InputChecker, check_output_name, check_timeout
+from gateway.admission import (
+    CheckedInput,
+    InputChecker,
+    RegionRef,
+    check_output_name,
+    check_timeout,
+    region_ref,
+)
 from gateway.config import ModelConfig
 from gateway.errors import InvalidArgument
 from shm.datatypes import V2_TO_NUMPY
@@ -148,20 +155,11 @@ def split_request(data: bytes) -> WireRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Region:
-    """A tensor's place in a client-registered shared-memory region."""
-
-    name: object
-    offset: object
-    byte_size: object
-
-
-@dataclass(frozen=True, slots=True)
 class InputTensor:
     checked: CheckedInput
     raw: int | None = None  # index into raw_input_contents
     contents: pb.InferTensorContents | None = None
-    region: Region | None = None
+    region: RegionRef | None = None
 
     @property
     def name(self) -> str:
@@ -171,7 +169,7 @@ class InputTensor:
 @dataclass(frozen=True, slots=True)
 class OutputRequest:
     name: str
-    region: Region | None = None
+    region: RegionRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +192,6 @@ def parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def _region(params: dict[str, Any]) -> Region | None:
-    if "shared_memory_region" not in params:
-        return None
-    return Region(params["shared_memory_region"], params.get("shared_memory_offset"),
-                  params.get("shared_memory_byte_size"))
 
 
 def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
@@ -227,7 +220,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
         checked = checker.check(f"inputs[{i}]", tensor.name, tensor.datatype,
                                 list(tensor.shape))
         name = checked.spec.name
-        region = _region(parameters(tensor.parameters))
+        region = region_ref(parameters(tensor.parameters))
         if region is not None:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
@@ -268,7 +261,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
             raise InvalidArgument("the classification extension is not supported")
         if any(o.name == spec.name for o in outputs):
             raise InvalidArgument(f"output {spec.name!r} is requested twice")
-        outputs.append(OutputRequest(spec.name, _region(out_params)))
+        outputs.append(OutputRequest(spec.name, region_ref(out_params)))
 
     return ParsedRequest(
         request_id=msg.id,

@@ -8,7 +8,6 @@ change the gateway freely; the plain ones must not block, the async ones are tas
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -16,6 +15,7 @@ from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from bridges.auth import bearer_ok
 from bridges.grpc import codec
 from bridges.grpc.codec import WireRequest
 from gateway.admission import Admission, output_datatypes, region_error
@@ -38,18 +38,6 @@ class Status(InferoxyError):
 def _parse(doc: dict[str, Any], message: M) -> M:
     """A message from the JSON form the HTTP bridge answers with (fields it lacks: ignored)."""
     return json_format.ParseDict(doc, message, ignore_unknown_fields=True)
-
-
-def bearer_ok(expected: str | None, authorization: str | None) -> bool:
-    """True when no admin token is set, or ``authorization`` is ``Bearer <the token>``
-    (the rule of the HTTP bridge's management endpoints)."""
-    if not expected:
-        return True
-    if not authorization:
-        return False
-    scheme, _, token = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), expected.encode())
 
 
 def unimplemented(what: str) -> Status:

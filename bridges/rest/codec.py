@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.admission import CheckedInput, InputChecker, check_output_name, check_timeout
+from gateway.admission import (
+    CheckedInput,
+    InputChecker,
+    RegionRef,
+    check_output_name,
+    check_timeout,
+    region_ref,
+)
 from gateway.config import ModelConfig
 from gateway.errors import InvalidArgument
 
@@ -27,20 +34,11 @@ _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
 @dataclass(frozen=True, slots=True)
-class Region:
-    """A tensor's place in a client-registered shared-memory region."""
-
-    name: object
-    offset: object
-    byte_size: object
-
-
-@dataclass(frozen=True, slots=True)
 class InputTensor:
     checked: CheckedInput
     binary: bool  # bytes follow the header
     data: Any = None  # JSON data, when neither binary nor in a region
-    region: Region | None = None
+    region: RegionRef | None = None
 
     @property
     def name(self) -> str:
@@ -67,7 +65,7 @@ class InputTensor:
 class OutputRequest:
     name: str
     binary: bool
-    region: Region | None = None
+    region: RegionRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +79,6 @@ class ParsedRequest:
     binary_bytes: int  # how many bytes follow the header
 
 
-def _region(params: dict[str, Any]) -> Region | None:
-    if "shared_memory_region" not in params:
-        return None
-    return Region(params["shared_memory_region"], params.get("shared_memory_offset"),
-                  params.get("shared_memory_byte_size"))
 
 
 class InvalidJson(InvalidArgument):
@@ -143,7 +136,7 @@ def parse_request(
         checked = checker.check(where, raw.get("name"), raw.get("datatype"), raw.get("shape"))
         name, nbytes = checked.spec.name, checked.nbytes
         in_params = _parameters(raw.get("parameters"), where)
-        region = _region(in_params)
+        region = region_ref(in_params)
         if region is not None:
             if "data" in raw or "binary_data_size" in in_params:
                 raise InvalidArgument(
@@ -182,7 +175,7 @@ def parse_request(
             if "classification" in o_params:
                 raise InvalidArgument("the classification extension is not supported")
             binary = o_params.get("binary_data", binary_default)
-            outputs.append(OutputRequest(spec.name, binary is True, _region(o_params)))
+            outputs.append(OutputRequest(spec.name, binary is True, region_ref(o_params)))
 
     return ParsedRequest(
         request_id=request_id,
