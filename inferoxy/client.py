@@ -282,7 +282,7 @@ class _ZmqTransport:
 
 
 class Client:
-    """A blocking client; make one with ``Client.http``, ``Client.grpc`` or ``Client.zmq``."""
+    """A blocking client; make one with ``Client.http``, ``.grpc``, ``.zmq`` or ``.websocket``."""
 
     def __init__(self, transport: _Transport) -> None:
         self._transport = transport
@@ -303,11 +303,10 @@ class Client:
         return cls(_ZmqTransport(url, wait_s))
 
     @classmethod
-    def websocket(cls, url: str) -> Client:
-        raise NotImplementedError(
-            "Client.websocket is not implemented yet: the WebSocket bridge serves one stream "
-            "(sequence) per connection; use Client.http, Client.grpc or Client.zmq"
-        )
+    def websocket(cls, url: str, *, wait_s: float = DEFAULT_WAIT_S) -> Client:
+        """The WebSocket bridge; ``url`` is ``ws://host:port``. One stream per model (for a
+        stateful model, one sequence: end it with ``parameters={"sequence_end": True}``)."""
+        return cls(_ThreadedTrio(url, wait_s))
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
               version: str | int | None = None, timeout: float | None = None,
@@ -354,6 +353,121 @@ class Client:
 
 def _version(version: str | int | None) -> str | None:
     return None if version is None else str(version)
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+
+
+class _TrioWebSocket:
+    """One stream per (model, version), opened on first use; frames answered in order.
+
+    For a stateful model the stream is one sequence: its first frame starts it, and a call
+    with ``parameters={"sequence_end": True}`` ends it (the stream then closes).
+    """
+
+    def __init__(self, url: str, nursery: trio.Nursery, wait_s: float) -> None:
+        self.url = url.rstrip("/")
+        self._nursery = nursery
+        self._wait_s = wait_s
+        self._streams: dict[tuple[str, str | None], Any] = {}
+        self._locks: collections.defaultdict[tuple[str, str | None], trio.Lock] = (
+            collections.defaultdict(trio.Lock))
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None,
+                    timeout: float | None, parameters: Mapping[str, Any] | None) -> Arrays:
+        from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+        from bridges.websocket.frames import decode_reply, encode_frame
+        from shm.datatypes import v2_datatype
+
+        params = dict(parameters or {})
+        end = bool(params.pop("sequence_end", False))
+        key = (model, version)
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/stream"
+        async with self._locks[key]:
+            ws = self._streams.get(key)
+            if ws is None:
+                try:
+                    ws = await self._nursery.start(_open_ws, open_websocket_url, self.url + path)
+                except ConnectionRejected as exc:
+                    message = orjson.loads(exc.body or b"{}").get("error", "") if exc.body else ""
+                    raise InferenceError(exc.status_code or 500, message) from None
+                self._streams[key] = ws
+            arrays = [np.ascontiguousarray(a) for a in inputs.values()]
+            header: dict[str, Any] = {
+                "inputs": [{"name": n, "datatype": v2_datatype(a.dtype), "shape": list(a.shape)}
+                           for n, a in zip(inputs, arrays, strict=True)],
+                "parameters": params,
+            }
+            if end:
+                header["end"] = True
+            try:
+                with trio.fail_after(_wait_s(timeout, self._wait_s)):
+                    await ws.send_message(encode_frame(header, arrays))
+                    reply, outputs = decode_reply(await ws.get_message())
+            except (ConnectionClosed, trio.TooSlowError) as exc:
+                self._streams.pop(key, None)
+                raise InferenceError(503, f"the stream closed: {exc}") from None
+            if end:
+                self._streams.pop(key, None)
+                await ws.aclose()
+        if "error" in reply:
+            raise InferenceError(int(reply.get("code", 500)), str(reply["error"]))
+        return {n: a.copy() for n, a in outputs.items()}  # the reply's buffer is not ours
+
+    async def aclose(self) -> None:
+        for ws in self._streams.values():
+            await ws.aclose()
+        self._streams.clear()
+
+
+async def _open_ws(open_websocket_url: Any, url: str, *,
+                   task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    """Hold one connection open inside the client's nursery until it is closed."""
+    async with open_websocket_url(url) as ws:
+        task_status.started(ws)
+        while not ws.closed:
+            await trio.sleep(0.05)
+
+
+class _ThreadedTrio:
+    """A blocking face for a Trio transport: its own thread runs ``trio.run``."""
+
+    def __init__(self, url: str, wait_s: float) -> None:
+        import threading
+
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._transport: _TrioWebSocket | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main, url, wait_s),
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    async def _main(self, url: str, wait_s: float) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self._cancel:
+            async with trio.open_nursery() as nursery:
+                self._transport = _TrioWebSocket(url, nursery, wait_s)
+                self._ready.set()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._transport.aclose()
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None,
+              timeout: float | None, parameters: Mapping[str, Any] | None) -> Arrays:
+        assert self._transport is not None
+        result: Arrays = trio.from_thread.run(self._transport.infer, model, inputs, version,
+                                              timeout, parameters, trio_token=self._token)
+        return result
+
+    def close(self) -> None:
+        if self._cancel is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
+        self._thread.join(timeout=10)
 
 
 # -- Trio ---------------------------------------------------------------------------------------
@@ -569,10 +683,18 @@ class AsyncClient:
             transport.close()
 
     @classmethod
-    def websocket(cls, url: str) -> AsyncClient:
-        raise NotImplementedError(
-            "AsyncClient.websocket is not implemented yet: use AsyncClient.http, .grpc or .zmq"
-        )
+    @asynccontextmanager
+    async def websocket(cls, url: str, *,
+                        wait_s: float = DEFAULT_WAIT_S) -> AsyncIterator[AsyncClient]:
+        """The WebSocket bridge (``ws://host:port``); streams live inside this block."""
+        async with trio.open_nursery() as nursery:
+            transport = _TrioWebSocket(url, nursery, wait_s)
+            try:
+                yield cls(transport)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await transport.aclose()
+                nursery.cancel_scope.cancel()
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *,
                     version: str | int | None = None, timeout: float | None = None,
