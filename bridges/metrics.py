@@ -1,7 +1,13 @@
 """The Prometheus endpoint (``/metrics`` on the metrics port), fed from the gateway's stats.
 
 A collector reads the same counters as the v2 statistics endpoint at scrape time, so the two
-always agree. Families follow Triton's names, which dashboards already graph.
+always agree. Families follow Triton's names, which dashboards already graph. Beside them,
+per model and version: histograms ``inferoxy_request_duration_seconds`` (submit to answer),
+``inferoxy_queue_duration_seconds`` and ``inferoxy_batch_size`` (rows per execution), fed by
+``gateway.stats.Histogram`` (fixed buckets, integer increments on the hot path); and
+``inferoxy_copies`` by state, ``inferoxy_shm_slots_in_use`` / ``inferoxy_shm_bytes_in_use``
+(the gateway's input slab) and ``inferoxy_bridge_responses_total`` by bridge and status class
+(REST, WebSocket and ZeroMQ infer answers).
 """
 
 from __future__ import annotations
@@ -11,7 +17,12 @@ from collections.abc import Iterator
 import trio
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from bridges.rest.app import hypercorn_config
@@ -23,7 +34,7 @@ class GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
         success = CounterMetricFamily("nv_inference_request_success",
                                       "Successful inference requests", labels=labels)
@@ -41,6 +52,14 @@ class GatewayCollector(Collector):
                                     "Requests queued or running", labels=labels)
         copies = GaugeMetricFamily("inferoxy_copies", "Model copies by state",
                                    labels=["model", "version", "state"])
+        latency = HistogramMetricFamily(
+            "inferoxy_request_duration_seconds",
+            "Request latency, from submit to answer (success or failure)", labels=labels)
+        queue_delay = HistogramMetricFamily(
+            "inferoxy_queue_duration_seconds", "Time requests waited before dispatch",
+            labels=labels)
+        batch_size = HistogramMetricFamily(
+            "inferoxy_batch_size", "Rows per model execution", labels=labels)
         for server in self.gateway.all_servers():  # one per (model, version)
             name, s, v = server.config.name, server.stats, server.config.version
             success.add_metric([name, v], s.success.count)
@@ -51,12 +70,28 @@ class GatewayCollector(Collector):
             queue_us.add_metric([name, v], s.queue.ns / 1000)
             compute_us.add_metric([name, v], s.compute_infer.ns / 1000)
             pending.add_metric([name, v], server.pending)
+            latency.add_metric([name, v], s.latency.cumulative(1e9), s.latency.sum / 1e9)
+            queue_delay.add_metric([name, v], s.queue_delay.cumulative(1e9),
+                                   s.queue_delay.sum / 1e9)
+            batch_size.add_metric([name, v], s.batch_size.cumulative(), s.batch_size.sum)
             states: dict[str, int] = {}
             for c in server.copies:
                 states[c.state.value] = states.get(c.state.value, 0) + 1
             for state, n in states.items():
                 copies.add_metric([name, v, state], n)
-        yield from (success, failure, count, execs, queue_us, compute_us, pending, copies)
+        yield from (success, failure, count, execs, queue_us, compute_us, pending, copies,
+                    latency, queue_delay, batch_size)
+        slab = self.gateway.slab
+        yield GaugeMetricFamily("inferoxy_shm_slots_in_use",
+                                "Input slots of the gateway's slab in use", value=slab.slots_in_use)
+        yield GaugeMetricFamily("inferoxy_shm_bytes_in_use",
+                                "Bytes of the gateway's slab in use", value=slab.bytes_in_use)
+        answers = CounterMetricFamily(
+            "inferoxy_bridge_responses", "Inference requests answered, by bridge and status class",
+            labels=["bridge", "status_class"])
+        for (bridge, status_class), n in list(self.gateway.bridge_answers.counts.items()):
+            answers.add_metric([bridge, status_class], n)
+        yield answers
 
 
 async def serve_metrics(gateway: Gateway, host: str, port: int, shutdown: trio.Event, *,

@@ -36,6 +36,7 @@ from gateway.runtimes import runtime_for
 from gateway.scaler import ModelScaler
 from gateway.settings import Settings
 from gateway.stateful_server import StatefulModelServer
+from gateway.stats import BridgeCounters
 from shm import wire
 from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, sweep_stale, unlink_matching
@@ -82,6 +83,7 @@ class Gateway:
         self._unloading: set[ModelServer] = set()  # still answering their last requests
         self._model_nurseries: dict[ModelServer, trio.Nursery] = {}  # where its copies run
         self._retiring: set[Copy] = set()  # scaled down: finishing their batches, then stop
+        self.bridge_answers = BridgeCounters()  # infer answers per bridge and status class
         self.alerts = Alerts(settings.alert_webhook,
                              AlertPolicy(recover_hold_s=settings.alert_recover_hold_s))
         self.regions = RegionRegistry(

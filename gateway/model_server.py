@@ -55,7 +55,8 @@ class InflightBatch:
 
 def _item(r: InferRequest) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "rows": r.rows, "inputs": {n: d.to_wire() for n, d in r.inputs.items()},
+        "rid": r.request_id, "rows": r.rows,
+        "inputs": {n: d.to_wire() for n, d in r.inputs.items()},
     }
     if r.region_inputs:
         item["regions"] = list(r.region_inputs)
@@ -124,7 +125,10 @@ class ModelServer:
             return req.result
         if req.error is not None:
             raise req.error
-        self.stats.record_failure("timeout", time.perf_counter_ns() - req.enqueued_ns)
+        elapsed = time.perf_counter_ns() - req.enqueued_ns
+        self.stats.latency.observe(elapsed)
+        self.stats.record_failure("timeout", elapsed)
+        self._log_failure(req, "timeout", "no answer within the request's timeout")
         raise DeadlineExceeded(
             f"model {self.config.name!r} did not answer within the request's timeout"
         )
@@ -142,16 +146,24 @@ class ModelServer:
 
     def _finish(self, req: InferRequest, *, result: RequestResult | None = None,
                 error: InferoxyError | None = None) -> None:
-        now = time.perf_counter_ns()
+        elapsed = time.perf_counter_ns() - req.enqueued_ns
+        self.stats.latency.observe(elapsed)
         if error is not None:
             req.error = error
             reason = {ModelError: "model_error", Unavailable: "unavailable"}.get(
                 type(error), "other")
-            self.stats.record_failure(reason, now - req.enqueued_ns)
+            self.stats.record_failure(reason, elapsed)
+            self._log_failure(req, reason, str(error))
         else:
             req.result = result
-            self.stats.success.add(now - req.enqueued_ns)
+            self.stats.success.add(elapsed)
         req.done.set()
+
+    def _log_failure(self, req: InferRequest, reason: str, message: str) -> None:
+        """One line per failed request: its id, model and reason, never tensor data."""
+        log.warning("request %r to %s version %s failed (%s): %s", req.request_id,
+                    self.config.name, self.config.version, reason,
+                    message.splitlines()[0][:300] if message else "")
 
     # -- the batcher task ------------------------------------------------------------------
 
@@ -222,6 +234,7 @@ class ModelServer:
             r.attempts += 1
             r.dispatched_ns = now_ns
             self.stats.queue.add(now_ns - r.enqueued_ns)
+            self.stats.queue_delay.observe(now_ns - r.enqueued_ns)
 
     # -- answers from workers ----------------------------------------------------------------
 

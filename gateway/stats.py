@@ -6,8 +6,59 @@ Durations are cumulative nanoseconds, as the v2 statistics extension reports the
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
+
+# Fixed bucket upper bounds (inclusive, Prometheus ``le``); one more bucket catches the rest.
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
+    int(ms * 1_000_000) for ms in
+    (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+)
+BATCH_SIZE_BOUNDS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Histogram:
+    """Counts per fixed bucket plus a sum: ``observe`` is one bisect and two integer adds."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[int, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0
+
+    def observe(self, value: int) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self, scale: float = 1.0) -> list[tuple[str, int]]:
+        """Prometheus buckets: ``(le, cumulative count)``, bounds divided by ``scale``."""
+        out: list[tuple[str, int]] = []
+        total = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            total += n
+            out.append((repr(bound / scale) if scale != 1.0 else str(bound), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+@dataclass(slots=True)
+class BridgeCounters:
+    """Answers per bridge and status class (2xx, 4xx, 5xx): plain integer increments."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def answered(self, bridge: str, status: int) -> None:
+        key = (bridge, _STATUS_CLASS[min(status // 100, 5)])
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+_STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 @dataclass(slots=True)
@@ -43,11 +94,15 @@ class ModelStats:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
     failures_by_reason: dict[str, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS_NS))
+    queue_delay: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS_NS))
+    batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
 
     def record_batch(self, requests: int, rows: int, timing: dict[str, int]) -> None:
         """A batch ran: per-request compute time is the batch's (as Triton reports it)."""
         self.execution_count += 1
         self.inference_count += rows
+        self.batch_size.observe(rows)
         self.last_inference_ms = int(time.time() * 1000)
         t_in, t_inf, t_out = (int(timing.get(k, 0)) for k in ("input_ns", "infer_ns", "output_ns"))
         self.compute_input.add(t_in * requests, requests)

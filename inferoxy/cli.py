@@ -127,6 +127,7 @@ def setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     os.environ.setdefault("INFEROXY_LOG_LEVEL", level.upper())  # workers inherit it
+    os.environ.setdefault("INFEROXY_LOG_FORMAT", fmt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,10 @@ Sockets (all ``ipc://`` in the gateway's run directory, all bound by the gateway
   client region, so no slab copy exists),
   ``ERROR {copy, id, message}``, ``FATAL {copy, message}`` (the model failed to load).
 * ``copy-<id>.sock`` (gateway PUSH, that worker PULL) — gateway to one worker:
-  ``BATCH {id, items: [{rows, inputs: {name: desc}, regions?: [input names in client
+  ``BATCH {id, items: [{rid, rows, inputs: {name: desc}, regions?: [input names in client
   regions, re-checked before use], outputs?: {name: [segment, offset, byte_size]}}],
-  parameters}`` (``outputs``: client regions the item's rows of that output go to),
+  parameters}`` (``rid``: the request's id, for log lines only — the client's v2 ``id``, or
+  one the gateway made up; ``outputs``: client regions the item's rows of that output go to),
   ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the gateway is done with),
   ``SEQUENCE_END {sequence_id, reason}`` (a sequence ended without a request saying so:
   ``evicted`` after idling, ``cancelled``, ``closed``, ``restarted``), ``STOP {}``.

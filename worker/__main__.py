@@ -160,6 +160,9 @@ class Worker:
     def run_batch(self, body: dict[str, Any]) -> None:
         batch_id = body["id"]
         items = body["items"]
+        rids = [item.get("rid", "") for item in items]  # request ids, for logs only
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch %s: requests %r", batch_id, rids)
         sequences = [item["sequence"] for item in items if "sequence" in item]
         parameters = dict(body.get("parameters") or {})
         if sequences:
@@ -191,7 +194,8 @@ class Worker:
             self.send(wire.ERROR, {"id": batch_id, "message": str(exc)})
             return
         except Exception as exc:  # the model's own failure: report it, keep serving
-            log.warning("model raised on batch %s: %s", batch_id, traceback.format_exc())
+            log.warning("model raised on batch %s: %s\n(requests %r)", batch_id,
+                        traceback.format_exc().rstrip(), rids)
             self.send(wire.ERROR, {"id": batch_id, "message": f"{type(exc).__name__}: {exc}"})
             return
         result: dict[str, Any] = {
@@ -209,6 +213,24 @@ class Worker:
         self.cache.close()
         self.inp.close()
         self.out.close()
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, like the gateway's ``--log-format json``."""
+
+    def __init__(self, copy: str) -> None:
+        super().__init__()
+        self.copy = copy
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "copy": self.copy,
+            "message": record.getMessage(),
+        })
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -231,10 +253,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("INFEROXY_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s worker[{args.model}#{args.copy_id}] %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if os.environ.get("INFEROXY_LOG_FORMAT") == "json":
+        handler.setFormatter(_JsonFormatter(f"{args.model}#{args.copy_id}"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s worker[{args.model}#{args.copy_id}] %(levelname)s %(message)s"))
+    logging.basicConfig(level=os.environ.get("INFEROXY_LOG_LEVEL", "INFO"), handlers=[handler])
     # SIGTERM unwinds through finally blocks so the output slab is unlinked.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ctx = zmq.Context()

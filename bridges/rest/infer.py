@@ -262,6 +262,7 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
         # and must find the memory its failed request took already given back.
         if admission is not None:
             admission.release()
+        gateway.bridge_answers.answered("rest", exc.http_status)
         await send_error(send, exc)
         return
     except _Disconnected:
@@ -269,6 +270,7 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
     finally:
         if admission is not None:
             admission.release()
+    gateway.bridge_answers.answered("rest", 200)
     if json_len is None:
         await send_json(send, 200, payload)
     else:

@@ -29,6 +29,7 @@ from gateway.errors import Conflict, InferoxyError, InvalidArgument
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest
 from gateway.stateful_server import StatefulModelServer
+from gateway.stats import BridgeCounters
 
 log = logging.getLogger("inferoxy.websocket")
 
@@ -75,19 +76,22 @@ def _error_reply(frame_id: str, exc: InferoxyError) -> bytes:
 
 
 async def _writer(ws: WebSocketConnection, server: ModelServer,
-                  pending: trio.MemoryReceiveChannel[Pending]) -> None:
+                  pending: trio.MemoryReceiveChannel[Pending], answers: BridgeCounters) -> None:
     """Answers frames in order; keeps draining (and freeing) after the client is gone."""
     datatypes = output_datatypes(server.config)
     closed = False
     async for frame_id, item in pending:
         if isinstance(item, InferoxyError):
+            answers.answered("ws", item.http_status)
             reply = _error_reply(frame_id, item)
         else:
             try:
                 result = await server.wait(item)
             except InferoxyError as exc:
+                answers.answered("ws", exc.http_status)
                 reply = _error_reply(frame_id, exc)
             else:
+                answers.answered("ws", 200)
                 try:
                     outputs = [(n, a) for n, a in result.outputs.items()]
                     reply = encode_reply(
@@ -129,7 +133,7 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
     send, receive = trio.open_memory_channel[Pending](max_inflight)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_writer, ws, server, receive)
+            nursery.start_soon(_writer, ws, server, receive, gateway.bridge_answers)
             async with send:
                 while True:
                     try:

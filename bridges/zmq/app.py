@@ -204,11 +204,15 @@ class ZmqBridge:
                 prepared = prepare(self.gateway, header, frame.buffer)
                 del frame  # the request's bytes are in slots now: free the ZeroMQ frame
                 parts = await prepared.run()
+                status = 200
             except InferoxyError as exc:
+                status = exc.http_status
                 parts = [wire.encode_error(header.id, exc.http_status, exc.message)]
             except Exception:
                 log.exception("ZeroMQ request %r of model %r failed", header.id, header.model)
+                status = 500
                 parts = [wire.encode_error(header.id, 500, "internal error")]
+            self.gateway.bridge_answers.answered("zmq", status)
             await self._reply_send.send((envelope, parts))
             self._wake()
         finally:
@@ -222,6 +226,7 @@ class ZmqBridge:
 
     def _send_error(self, envelope: Envelope, rid: wire.RequestId | None, code: int,
                     message: str) -> None:
+        self.gateway.bridge_answers.answered("zmq", code)
         self._send(envelope, [wire.encode_error(rid, code, message)])
 
     def _send(self, envelope: Envelope, parts: list[Any]) -> None:
