@@ -97,13 +97,6 @@ def test_zmq_infer_many_splits_beyond_batch_size(gateway: RunningGateway) -> Non
                                       sent[:5])
 
 
-def test_websocket_is_not_there_yet() -> None:
-    with pytest.raises(NotImplementedError):
-        Client.websocket("ws://127.0.0.1:1")
-    with pytest.raises(NotImplementedError):
-        AsyncClient.websocket("ws://127.0.0.1:1")
-
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_client(gateway: RunningGateway, protocol: str) -> None:
     url = _url(gateway, protocol)
