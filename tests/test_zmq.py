@@ -401,7 +401,9 @@ def test_client_that_never_reads(zgw: RunningGateway, connect: Connect) -> None:
     deadline = time.monotonic() + 10
     while "is not reading its replies" not in zgw.log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert zgw.log().count("is not reading its replies") == 1  # logged once, not per reply
+    # Logged once per episode, not once per dropped reply (hundreds were dropped). A slow
+    # machine may see the episode end between two waves and log it again.
+    assert 1 <= zgw.log().count("is not reading its replies") <= 3
 
     received = 0  # what the hog finds when it reads at last: bounded, far from all it asked
     while hog.poll(1000):

@@ -46,7 +46,10 @@ log = logging.getLogger("inferoxy.zmq")
 
 MAX_INFLIGHT_PER_PEER = 32
 MAX_INFLIGHT = 1024
-SNDHWM = 16  # replies queued per connection that does not read them
+# Replies queued per connection that does not read them. As many as a connection may have in
+# flight: a client within its allowance never loses a reply, however bursty the answers are
+# (with 16, a burst of answers to a client that was still sending its 32 got dropped).
+SNDHWM = MAX_INFLIGHT_PER_PEER
 RCVHWM = 8  # requests queued per connection before the bridge reads them
 OVERSIZE_SLACK = 1 << 20  # frames this much over the limit still get a 413
 RECV_BURST = 64  # requests read before the I/O task lets the request tasks run...

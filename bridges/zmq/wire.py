@@ -68,8 +68,8 @@ deadline exceeded. ``id`` is null when the header could not be read.
 **Ordering and bounds.** Many requests may be in flight on one connection; replies come back
 as they finish, not necessarily in request order: correlate them by ``id``. The gateway takes
 at most 32 requests in flight per connection and 1024 in all (beyond: 503). It queues at most
-16 replies for a connection that does not read them; further replies to it are dropped (and
-logged once), so a client that keeps at most 16 requests unanswered never loses a reply.
+32 replies for a connection that does not read them; further replies to it are dropped (and
+logged once), so a client that keeps at most 32 requests unanswered never loses a reply.
 Frames up to 1 MiB over ``--max-body-bytes`` are answered with 413; a larger frame makes the
 gateway close that connection. Nothing is ever unpickled: unknown extension types,
 dictionaries, nested lists, unions, maps, structs, compressed buffers, tensor messages and
