@@ -191,9 +191,11 @@ def test_copy_death_mid_sequence(own_gateway: RunningGateway) -> None:
 
     for pid in _worker_pids(own_gateway.process.pid, "running_sum"):
         os.kill(pid, signal.SIGKILL)
-    _wait_for(lambda: "running_sum (pid" in own_gateway.log() and "exited" in own_gateway.log())
+    _wait_for(lambda: own_gateway.log().count("of model running_sum (pid") >= 2)  # both exits
+    # 500 if it reached the copy's queue before the gateway saw the copy go, else 400 (the
+    # sequence is already over): either way a clear error, never another copy's fresh state.
     late = _frame(own_gateway, "d1", 1.0)
-    assert late.status == 400 and "died" in late.json()["error"], late.data
+    assert late.status in (400, 500) and "died" in late.json()["error"], late.data
     # The copies come back; a new sequence starts from nothing (no state leaked).
     def fresh() -> bool:
         r = _frame(own_gateway, "d2", 4.0, start=True)
