@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -39,7 +40,7 @@ from gateway.stateful_server import StatefulModelServer
 from gateway.stats import BridgeCounters
 from shm import wire
 from shm.regions import RegionRegistry
-from shm.segment import SegmentCache, sweep_stale, unlink_matching
+from shm.segment import SegmentCache, pid_alive, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.alerts import AlertKind, AlertPolicy, Alerts
 from supervisor.autoscale import ScalePolicy, copy_bounds
@@ -189,7 +190,9 @@ class Gateway:
         if swept:
             log.info("swept %d shared-memory segment(s) left by dead gateways", len(swept))
         await self.runtime.sweep_orphans()  # containers of dead gateways (docker runtime)
+        _sweep_run_dirs()
         run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
+        log.info("run directory (worker sockets): %s", run_dir)
         self.slab = SlabAllocator(
             f"{self.shm_prefix}-g", limit_bytes=self.settings.shm_limit_bytes,
             segment_bytes=64 << 20,
@@ -646,3 +649,11 @@ class Gateway:
         prefix = f"{self.shm_prefix}-w{pid}-"
         self.cache.forget(prefix)
         unlink_matching(prefix)
+
+
+def _sweep_run_dirs() -> None:
+    """Remove the socket directories of gateways that were killed (their pid is gone)."""
+    for path in Path(tempfile.gettempdir()).glob("inferoxy-*-*"):
+        pid = path.name.split("-")[1]
+        if path.is_dir() and pid.isdecimal() and 0 < int(pid) < 2**22 and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)

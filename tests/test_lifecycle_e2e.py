@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def test_shutdown_drains_and_leaves_no_segments(tmp_path: Path) -> None:
             np.testing.assert_allclose(f.result(timeout=20), i * 2 + 1)
         assert gw.process.wait(timeout=30) == 0
     assert shm_names(gw.shm_prefix) == []
-    assert not list(Path("/tmp").glob(f"inferoxy-{gw.process.pid}-*"))
+    run_dir = re.search(r"run directory \(worker sockets\): (\S+)", gw.log())
+    assert run_dir and not Path(run_dir[1]).exists()
     assert "stopped; shared memory released" in gw.log()
 
 
