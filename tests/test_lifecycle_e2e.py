@@ -103,20 +103,21 @@ def test_in_flight_requests_survive_a_worker_death(own_gateway: RunningGateway) 
     """Requests running on a copy that dies are retried once on the restarted copy."""
     [pid] = _worker_pids(own_gateway.process.pid, "synthetic")
 
-    def call(i: int) -> np.ndarray:
+    def call(i: int) -> list[np.ndarray]:
         c = httpclient.InferenceServerClient(own_gateway.url)
-        try:
-            return _synthetic(c, float(i))
+        try:  # a few in a row, so the copy stays busy long enough to be killed mid-batch
+            return [_synthetic(c, float(i * 10 + k)) for k in range(6)]
         finally:
             c.close()
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(call, i) for i in range(8)]
-        _wait_for(lambda: _pending(own_gateway, "synthetic") > 0)
+        _wait_for(lambda: _pending(own_gateway, "synthetic") > 0 or all(f.done() for f in futures))
         os.kill(pid, signal.SIGKILL)
         results = [f.result(timeout=30) for f in futures]
-    for i, out in enumerate(results):
-        np.testing.assert_allclose(out, i * 2 + 1)
+    for i, outs in enumerate(results):  # every request answered, each with its own rows
+        for k, out in enumerate(outs):
+            np.testing.assert_allclose(out, (i * 10 + k) * 2 + 1)
 
 
 def test_model_that_kills_its_copy_gets_a_clear_error(own_gateway: RunningGateway) -> None:
