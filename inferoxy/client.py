@@ -37,7 +37,7 @@ import concurrent.futures
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -649,23 +649,25 @@ class AsyncClient:
 
     @classmethod
     @asynccontextmanager
-    async def http(cls, url: str, *, wait_s: float = DEFAULT_WAIT_S,
-                   threads: int = 8) -> AsyncIterator[AsyncClient]:
-        threaded = _Threaded(lambda: _TritonTransport("http", url, wait_s), threads)
+    async def _threaded(cls, protocol: str, url: str, wait_s: float,
+                        threads: int) -> AsyncIterator[AsyncClient]:
+        threaded = _Threaded(lambda: _TritonTransport(protocol, url, wait_s), threads)
         try:
             yield cls(threaded)
         finally:
             threaded.close()
 
     @classmethod
-    @asynccontextmanager
-    async def grpc(cls, url: str, *, wait_s: float = DEFAULT_WAIT_S,
-                   threads: int = 8) -> AsyncIterator[AsyncClient]:
-        threaded = _Threaded(lambda: _TritonTransport("grpc", url, wait_s), threads)
-        try:
-            yield cls(threaded)
-        finally:
-            threaded.close()
+    def http(cls, url: str, *, wait_s: float = DEFAULT_WAIT_S,
+             threads: int = 8) -> AbstractAsyncContextManager[AsyncClient]:
+        """REST through ``threads`` worker threads (tritonclient is blocking)."""
+        return cls._threaded("http", url, wait_s, threads)
+
+    @classmethod
+    def grpc(cls, url: str, *, wait_s: float = DEFAULT_WAIT_S,
+             threads: int = 8) -> AbstractAsyncContextManager[AsyncClient]:
+        """gRPC through ``threads`` worker threads (tritonclient is blocking)."""
+        return cls._threaded("grpc", url, wait_s, threads)
 
     @classmethod
     @asynccontextmanager

@@ -30,6 +30,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ROOT, RunningGateway, free_port, start_gateway
+from tests.test_lifecycle_e2e import _worker_pids
 
 SCALING_MODELS = ROOT / "tests" / "models_scaling.yaml"
 
@@ -95,19 +96,7 @@ def index_entry(gw: RunningGateway, model: str) -> dict[str, Any]:
 
 
 def worker_pids(gw: RunningGateway, model: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
-        if ppid == gw.process.pid and b"worker" in argv and model.encode() in argv:
-            pids.append(int(proc.name))
-    return pids
+    return _worker_pids(gw.process.pid, model)
 
 
 def pending(gw: RunningGateway, model: str) -> float:
