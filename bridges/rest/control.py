@@ -37,6 +37,13 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     app = QuartTrio("inferoxy")
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20  # control requests are small
 
+    @app.before_request
+    async def _read_body_first() -> None:
+        # hypercorn + quart: a response sent before the request body has arrived can hang the
+        # next request on that keep-alive connection (seen with early 401s). Control bodies
+        # are small (MAX_CONTENT_LENGTH), so read them before any handler answers.
+        await request.get_data()
+
     @app.errorhandler(InferoxyError)
     async def _typed(exc: InferoxyError) -> Response:
         return error_response(exc.http_status, exc.message, getattr(exc, "retry_after_s", None))
