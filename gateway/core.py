@@ -579,6 +579,7 @@ class Gateway:
                     elif now - idle_since >= quiet_s:
                         break
                     await trio.sleep(0.02)
+            server.closed = True  # from here on, a late request is refused, not stranded
             server.fail_all(Unavailable(f"model {name!r} version {version} {why}"))
             retiring = [c for c in self._retiring if self._copy_owner.get(c.id) is server]
             await self.supervisor.stop_copies(server.copies + retiring, timeout_s=5.0)

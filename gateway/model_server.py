@@ -86,6 +86,7 @@ class ModelServer:
         )
         self.inflight: dict[int, InflightBatch] = {}
         self.stats = ModelStats()
+        self.closed = False  # stopped for good: a request that still finds it is refused
         self._wake = trio.Event()
         self._out_dtypes = {t.name: numpy_dtype(t.datatype) for t in config.outputs}
 
@@ -103,8 +104,9 @@ class ModelServer:
 
     def submit(self, req: InferRequest) -> None:
         """Queue a request; its input slots now belong to the core. Raises when full."""
-        if not self.copies:
-            raise Unavailable(f"model {self.config.name!r} has no copies configured")
+        if self.closed or not self.copies:
+            raise Unavailable(f"model {self.config.name!r} version {self.config.version} is "
+                              f"not serving (it was stopped or has no copies)")
         req.enqueued_ns = time.perf_counter_ns()
         try:
             self.queue.push(req, req.rows, req.key, trio.current_time())

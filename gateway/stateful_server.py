@@ -66,8 +66,8 @@ class StatefulModelServer(ModelServer):
                 f"model {name!r} is stateful: every request needs parameters.sequence_id "
                 f"(and sequence_start on a sequence's first request)"
             )
-        if not self.copies:
-            raise Unavailable(f"model {name!r} has no copies configured")
+        if self.closed or not self.copies:
+            raise Unavailable(f"model {name!r} is not serving (it was stopped or has no copies)")
         if self.pending >= self.config.max_queue_size:
             self.stats.record_failure("rejected", 0)
             raise Unavailable(f"model {name!r} is overloaded: queue is full")
