@@ -27,12 +27,11 @@ import trio
 from hypercorn.trio import serve
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from bridges.auth import bearer_ok
 from bridges.rest.app import hypercorn_config
-from bridges.rest.control import error_response, unauthorized
-from gateway.errors import InferoxyError, InvalidArgument
+from bridges.rest.control import install_error_handlers, unauthorized
+from gateway.errors import InvalidArgument
 from gateway.manager import ModelManager
 
 log = logging.getLogger("inferoxy.admin")
@@ -53,13 +52,7 @@ def create_admin_app(manager: ModelManager, token: str | None) -> QuartTrio:
             return unauthorized()
         return None
 
-    @app.errorhandler(InferoxyError)
-    async def _typed(exc: InferoxyError) -> Response:
-        return error_response(exc.http_status, exc.message, getattr(exc, "retry_after_s", None))
-
-    @app.errorhandler(HTTPException)
-    async def _http(exc: HTTPException) -> Response:
-        return error_response(exc.code or 500, exc.description or exc.name)
+    install_error_handlers(app)
 
     async def body() -> Any:
         doc = await request.get_json(force=True, silent=True)

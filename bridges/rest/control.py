@@ -33,6 +33,18 @@ def unauthorized() -> Response:
     return response
 
 
+def install_error_handlers(app: QuartTrio) -> None:
+    """Every error as ``{"error": ...}`` with its status (typed errors and HTTP ones)."""
+
+    @app.errorhandler(InferoxyError)
+    async def _typed(exc: InferoxyError) -> Response:
+        return error_response(exc.http_status, exc.message, getattr(exc, "retry_after_s", None))
+
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException) -> Response:
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+
 def create_control_app(gateway: Gateway) -> QuartTrio:
     app = QuartTrio("inferoxy")
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20  # control requests are small
@@ -44,13 +56,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         # are small (MAX_CONTENT_LENGTH), so read them before any handler answers.
         await request.get_data()
 
-    @app.errorhandler(InferoxyError)
-    async def _typed(exc: InferoxyError) -> Response:
-        return error_response(exc.http_status, exc.message, getattr(exc, "retry_after_s", None))
-
-    @app.errorhandler(HTTPException)
-    async def _http(exc: HTTPException) -> Response:
-        return error_response(exc.code or 500, exc.description or exc.name)
+    install_error_handlers(app)
 
     @app.get("/v2/health/live")
     async def live() -> Response:
