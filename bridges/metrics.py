@@ -7,7 +7,7 @@ per model and version: histograms ``inferoxy_request_duration_seconds`` (submit 
 ``gateway.stats.Histogram`` (fixed buckets, integer increments on the hot path); and
 ``inferoxy_copies`` by state, ``inferoxy_shm_slots_in_use`` / ``inferoxy_shm_bytes_in_use``
 (the gateway's input slab) and ``inferoxy_bridge_responses_total`` by bridge and status class
-(REST, WebSocket and ZeroMQ infer answers).
+(REST, gRPC, WebSocket and ZeroMQ infer answers).
 """
 
 from __future__ import annotations

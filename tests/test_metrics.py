@@ -146,3 +146,31 @@ def test_request_id_in_gateway_and_worker_logs(tmp_path: Path) -> None:
     finally:
         gw.stop()
         gw.cleanup()
+
+
+def test_grpc_answers_are_counted(gateway: RunningGateway) -> None:
+    import tritonclient.grpc as grpcclient
+
+    answers = "inferoxy_bridge_responses"
+    ok = {"bridge": "grpc", "status_class": "2xx"}
+    bad = {"bridge": "grpc", "status_class": "4xx"}
+    before = _scrape(gateway)
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        image = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+        inp = grpcclient.InferInput("IMAGE", list(image.shape), "UINT8")
+        inp.set_data_from_numpy(image)
+        for _ in range(3):
+            client.infer("stub", [inp])
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.infer("no_such_model", [inp])
+    finally:
+        client.close()
+    after = _scrape(gateway)
+
+    def delta(labels: dict[str, str]) -> float:
+        return _sample(after, answers, f"{answers}_total", **labels) - \
+            _sample(before, answers, f"{answers}_total", **labels)
+
+    assert delta(ok) == 3
+    assert delta(bad) == 1

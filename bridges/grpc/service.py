@@ -163,7 +163,21 @@ class Service:
     # -- inference -----------------------------------------------------------------------------
 
     async def infer(self, wire: WireRequest, stream: bool = False) -> bytes:
-        """One infer request, from the received bytes to the serialized response."""
+        """One infer request, from the received bytes to the serialized response; counted in
+        ``inferoxy_bridge_responses_total`` by the HTTP status its gRPC code stands for."""
+        answers = self.gateway.bridge_answers
+        try:
+            response = await self._infer(wire, stream)
+        except InferoxyError as exc:
+            answers.answered("grpc", exc.http_status)
+            raise
+        except BaseException:
+            answers.answered("grpc", 500)  # cancelled (shutdown) or a bug: still an answer
+            raise
+        answers.answered("grpc", 200)
+        return response
+
+    async def _infer(self, wire: WireRequest, stream: bool) -> bytes:
         gateway = self.gateway
         if wire.error:
             raise InvalidArgument(wire.error)
