@@ -160,15 +160,17 @@ class Supervisor:
                         observer: CopyObserver) -> tuple[float, int | None]:
         """Run the copy's process once; how long it lived and its exit status."""
         self.channel.open_copy(copy.id)
-        started = trio.current_time()
-        copy.last_seen = started
+        copy.last_seen = trio.current_time()
         try:
+            # May pull an image first (minutes, with its own progress and errors): the
+            # startup timeout counts from when the copy's process exists, not from here.
             process = await self.runtime.start(spec)
         except OSError as exc:
             copy.last_error = f"could not start: {exc}"
             log.error("copy %d of model %s could not start: %s", copy.id, copy.model, exc)
             copy.apply(CopyEvent.EXITED)
             return 0.0, None
+        started = copy.last_seen = trio.current_time()
         copy.pid = process.pid
         copy.busy_s = 0.0
         self._processes[copy.id] = process

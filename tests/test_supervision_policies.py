@@ -13,9 +13,12 @@ import trio
 from gateway.config import ConfigError, parse_model
 from supervisor.alerts import Alert, AlertKind, AlertPolicy, Alerts
 from supervisor.autoscale import Action, Autoscaler, Load, ScalePolicy, copy_bounds
+from supervisor.copy import Copy
 from supervisor.crashloop import CrashLoop, CrashLoopPolicy
 from supervisor.gpus import discover_gpus, nvml_gpus, parse_gpu_list
-from supervisor.placement import env_for, next_placement
+from supervisor.placement import CPU, env_for, next_placement
+from supervisor.runtime import CopySpec
+from supervisor.supervisor import Supervisor
 
 
 class TestCrashLoop:
@@ -301,3 +304,89 @@ def test_scaling_fields_defaults() -> None:
     assert (m.min_copies, m.max_copies, m.scale_up_after_s, m.scale_down_idle_s) == (
         1, 2, 1.0, 300.0)
     assert m.scale_up_delay_s == pytest.approx(0.4)  # twice the batching delay, at least 100 ms
+
+
+# -- the startup timeout counts from the copy's start, not from an image pull -----------------
+
+class _Process:
+    """A started copy that never says HELLO: a real ``sleep`` process."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self._process = process
+        self.pid: int | None = process.pid
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+
+class _SlowPullRuntime:
+    """Stands in for the Docker engine: ``start`` first spends ``pull_s`` pulling an image."""
+
+    name = "slow-pull"
+
+    def __init__(self, pull_s: float) -> None:
+        self.pull_s = pull_s
+        self.started_at: list[float] = []
+
+    async def start(self, spec: CopySpec) -> _Process:
+        await trio.sleep(self.pull_s)
+        process = await trio.lowlevel.open_process(["sleep", "30"])
+        self.started_at.append(trio.current_time())
+        return _Process(process)
+
+    async def sweep_orphans(self) -> int:
+        return 0
+
+    def progress(self, image: str) -> str:
+        return ""
+
+
+class _Channel:
+    def open_copy(self, copy_id: int) -> None:
+        pass
+
+    def close_copy(self, copy_id: int) -> None:
+        pass
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.lost_at: list[float] = []
+
+    def on_copy_ready(self, copy: Copy) -> None:
+        pass
+
+    def on_copy_lost(self, copy: Copy) -> None:
+        self.lost_at.append(trio.current_time())
+
+
+def test_a_long_image_pull_does_not_count_against_the_startup_timeout() -> None:
+    # The pull takes longer than the whole startup timeout; the copy must still get its full
+    # timeout once its process exists, and be killed (it never says HELLO) only after that.
+    runtime = _SlowPullRuntime(pull_s=2.0)
+    observer = _Observer()
+    supervisor = Supervisor(runtime, _Channel(), on_worker_gone=lambda pid: None,
+                            startup_timeout_s=1.5)
+    copy = Copy(id=1, model="m", placement=CPU)
+    spec = CopySpec(copy_id=1, model="m", entrypoint="x:Y", image="registry/slow:1",
+                    parameters={}, placement=CPU, run_dir="/nonexistent", shm_prefix="ifx-0",
+                    heartbeat_s=1.0)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.run_copy, copy, spec, observer)
+            with trio.fail_after(30):
+                while not observer.lost_at:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    lived = observer.lost_at[0] - runtime.started_at[0]
+    assert lived >= 1.5, f"killed {lived:.2f}s after its start, before the startup timeout"
+    assert copy.last_error.startswith("did not start within")
