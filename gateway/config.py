@@ -63,6 +63,9 @@ class ModelConfig:
     scale_up_queue_delay_us: int | None = None  # None: max(100 ms, 2 x max_queue_delay_us)
     scale_up_after_s: float = 1.0  # the queue delay must stay over target this long
     scale_down_idle_s: float = 300.0  # a copy's worth of capacity idle this long goes
+    # One batch (or health check) running longer than this is a hang and the copy is replaced;
+    # None: the gateway's --hang-timeout-s. Per model: a detector and a tracker differ 100-fold.
+    hang_timeout_s: float | None = None
 
     @property
     def scale_up_delay_s(self) -> float:
@@ -83,7 +86,7 @@ _MODEL_FIELDS = {
     "run_on_gpu", "stateless", "copies", "inputs", "outputs", "parameters",
     "max_sequence_idle_us", "max_sequences_per_copy",
     "min_copies", "max_copies", "scale_up_queue_delay_us", "scale_up_after_s",
-    "scale_down_idle_s",
+    "scale_down_idle_s", "hang_timeout_s",
 }
 
 
@@ -182,6 +185,8 @@ def parse_model(name: Any, raw: Any) -> ModelConfig:
             name, "max_sequences_per_copy", raw.get("max_sequences_per_copy"), 1, 1, 4096
         ),
         parameters=dict(parameters),
+        hang_timeout_s=None if raw.get("hang_timeout_s") is None else _seconds(
+            name, "hang_timeout_s", raw.get("hang_timeout_s"), 0.0, 0.1, 24 * 3600.0),
         **_scaling(name, raw),
     )
 

@@ -311,6 +311,7 @@ class Gateway:
             run_dir=self._run_dir, shm_prefix=self.shm_prefix,
             heartbeat_s=self.settings.heartbeat_s,
             health_interval_s=self.settings.health_interval_s,
+            hang_timeout_s=config.hang_timeout_s,
         )
         nursery.start_soon(self.supervisor.run_copy, copy, spec, server)
 

@@ -23,6 +23,7 @@ class CopySpec:
     shm_prefix: str  # "<prefix>-<gateway pid>": the worker's segments live under it
     heartbeat_s: float
     health_interval_s: float = 5.0  # how often the worker calls the model's health()
+    hang_timeout_s: float | None = None  # the model's own; None: the supervisor's
 
 
 def worker_args(spec: CopySpec) -> list[str]:

@@ -177,7 +177,8 @@ class Supervisor:
         log.info("copy %d of model %s started on %s (pid %s, runtime %s)",
                  copy.id, copy.model, spec.placement.device, process.pid, self.runtime.name)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watchdog, copy, process, started)
+            hang_timeout_s = spec.hang_timeout_s or self.hang_timeout_s
+            nursery.start_soon(self._watchdog, copy, process, started, hang_timeout_s)
             status = await process.wait()
             nursery.cancel_scope.cancel()
         self._processes.pop(copy.id, None)
@@ -191,7 +192,8 @@ class Supervisor:
             self.on_worker_gone(process.pid)
         return trio.current_time() - started, status
 
-    async def _watchdog(self, copy: Copy, process: RunningCopy, started: float) -> None:
+    async def _watchdog(self, copy: Copy, process: RunningCopy, started: float,
+                        hang_timeout_s: float) -> None:
         while True:
             await trio.sleep(0.25)
             now = trio.current_time()
@@ -207,9 +209,9 @@ class Supervisor:
                           copy.last_error)
                 process.kill()
                 return
-            if copy.state is CopyState.READY and copy.busy_s > self.hang_timeout_s:
+            if copy.state is CopyState.READY and copy.busy_s > hang_timeout_s:
                 copy.last_error = (
-                    f"hung: one batch ran for more than {self.hang_timeout_s:g}s"
+                    f"hung: one batch ran for more than {hang_timeout_s:g}s"
                 )
                 log.error("copy %d of model %s %s; killing it", copy.id, copy.model,
                           copy.last_error)

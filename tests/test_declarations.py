@@ -46,6 +46,7 @@ def test_versions_share_the_model_fields_and_override_them() -> None:
     ({"versions": {"1": {}, "2": {"copies": -1}}}, "model 'm' version '2': copies"),
     ({"versions": {"1": {}}, "default_version": "2"}, "default_version '2' is not one of"),
     ({"parameters": {"when": object()}}, "plain JSON"),
+    ({"versions": {"1": {"hang_timeout_s": 0}}}, "hang_timeout_s must be a number of seconds"),
 ])
 def test_invalid_declarations_name_the_field(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -223,12 +223,13 @@ def test_killing_copies_under_load_loses_and_doubles_nothing(tmp_path: Path) -> 
 def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     tmp = tmp_path_factory.mktemp("fragile")
     gw = start_gateway(tmp, models_file(tmp, "fragile"), "--heartbeat-s", "0.2",
-                       "--hang-timeout-s", "1", "--health-interval-s", "0.2")
+                       "--hang-timeout-s", "600", "--health-interval-s", "0.2")
     yield gw
     gw.cleanup()
 
 
 def test_a_hung_copy_is_killed_and_replaced(fragile: RunningGateway) -> None:
+    # The model's own hang_timeout_s (1 s) applies, not the gateway's (600 s).
     client = httpclient.InferenceServerClient(fragile.url, network_timeout=60)
     [before] = worker_pids(fragile, "fragile")
     start = time.monotonic()
