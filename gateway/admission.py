@@ -82,18 +82,53 @@ def _shape_text(spec: TensorSpec) -> str:
     return "[" + ", ".join(["-1", *map(str, spec.shape)]) + "]"
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request may ask for, whatever its bridge (``--max-*`` settings).
+
+    Each is checked before anything is allocated for the request, and answers a clear
+    error: too many bytes is 413, the rest 400. The defaults never bind before the body
+    limit does for ordinary traffic; they bound the work a hostile header can cause.
+    """
+
+    max_tensor_bytes: int = 256 << 20  # all inputs of a request together
+    max_tensor_elements: int = 1 << 28  # one input, batch dimension included
+    max_inputs: int = 64
+    max_outputs: int = 64  # outputs a request names
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(settings.max_body_bytes, settings.max_tensor_elements, settings.max_inputs,
+                   settings.max_outputs)
+
+    def check_outputs(self, count: int) -> None:
+        if count > self.max_outputs:
+            raise InvalidArgument(
+                f"the request names {count} outputs, more than the limit of "
+                f"{self.max_outputs} (--max-outputs)"
+            )
+
+
 class InputChecker:
     """Checks a request's inputs one at a time against the model's declaration."""
 
-    def __init__(self, config: ModelConfig, max_tensor_bytes: int) -> None:
+    def __init__(self, config: ModelConfig, limits: Limits) -> None:
         self.config = config
-        self.max_tensor_bytes = max_tensor_bytes
+        self.limits = limits
+        self.max_tensor_bytes = limits.max_tensor_bytes
         self.rows: int | None = None
         self._seen: set[str] = set()
         self._total = 0
+        self._count = 0
 
     def check(self, where: str, name: object, datatype: object, shape: object) -> CheckedInput:
         config = self.config
+        self._count += 1
+        if self._count > self.limits.max_inputs:
+            raise InvalidArgument(
+                f"the request has more than the limit of {self.limits.max_inputs} inputs "
+                f"(--max-inputs)"
+            )
         spec = config.input(name) if isinstance(name, str) else None
         if spec is None:
             declared = ", ".join(t.name for t in config.inputs)
@@ -132,11 +167,17 @@ class InputChecker:
                 f"{self.rows}"
             )
         dtype = V2_TO_NUMPY[spec.datatype]
-        nbytes = math.prod(dims) * dtype.itemsize
+        elements = math.prod(dims)
+        nbytes = elements * dtype.itemsize
         self._total += nbytes
-        if self._total > self.max_tensor_bytes:
+        if self._total > self.max_tensor_bytes:  # too big in bytes says more: 413 first
             raise PayloadTooLarge(
                 f"input tensors take more than the limit of {self.max_tensor_bytes} bytes"
+            )
+        if elements > self.limits.max_tensor_elements:
+            raise InvalidArgument(
+                f"input {spec.name!r} has {elements} elements, more than the limit of "
+                f"{self.limits.max_tensor_elements} (--max-tensor-elements)"
             )
         return CheckedInput(spec, dims, dtype, nbytes)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from gateway.admission import Admission
+from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.errors import NotFound, Unavailable
@@ -84,6 +84,7 @@ class Gateway:
         self._unloading: set[ModelServer] = set()  # still answering their last requests
         self._model_nurseries: dict[ModelServer, trio.Nursery] = {}  # where its copies run
         self._retiring: set[Copy] = set()  # scaled down: finishing their batches, then stop
+        self.limits = Limits.of(settings)  # what one request may ask for (every bridge)
         self.bridge_answers = BridgeCounters()  # infer answers per bridge and status class
         self.alerts = Alerts(settings.alert_webhook,
                              AlertPolicy(recover_hold_s=settings.alert_recover_hold_s))
@@ -131,6 +132,11 @@ class Gateway:
             return versions[pinned]
         return max(versions.items(), key=lambda kv: (
             kv[1].ready, (name, kv[0]) not in self._leaving, int(kv[0])))[1]
+
+    def live_sequences(self) -> int:
+        """Sequences open or waiting, over every stateful server (``--max-live-sequences``)."""
+        return sum(s.sequences.live_count for s in self._running_servers()
+                   if isinstance(s, StatefulModelServer))
 
     def all_servers(self) -> list[ModelServer]:
         """Every (model, version) this gateway routes to, one server each."""
@@ -235,6 +241,9 @@ class Gateway:
     def _start_model(self, config: ModelConfig) -> ModelServer:
         kind = ModelServer if config.stateless else StatefulModelServer
         server = kind(config, self.link.send, self.slab, self.cache)
+        if isinstance(server, StatefulModelServer):
+            server.live_sequences = self.live_sequences
+            server.max_live_sequences = self.settings.max_live_sequences
         scope = trio.CancelScope()
         self._model_scopes[server] = scope
         policy = self._scale_policy(config)

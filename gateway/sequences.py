@@ -176,6 +176,14 @@ class SequenceTable:
         return sum(1 for s in self._open.values() if s.state is SequenceState.OPEN)
 
     @property
+    def live_count(self) -> int:
+        """Sequences open or waiting for a copy."""
+        return len(self._open)
+
+    def is_live(self, seq_id: SequenceId) -> bool:
+        return seq_id in self._open
+
+    @property
     def waiting_count(self) -> int:
         return len(self._waiting)
 

@@ -22,6 +22,13 @@ class Settings:
     max_body_bytes: int = 256 << 20
     allow_client_shm: bool = False  # the v2 system shared-memory extension
     max_client_regions: int = 256
+    # limits on what one request may ask for (gateway.admission.Limits); each a clear error
+    max_tensor_elements: int = 1 << 28  # elements of one input, batch dimension included
+    max_inputs: int = 64  # inputs of one request
+    max_outputs: int = 64  # outputs one request names
+    max_frame_header_bytes: int = 64 << 10  # JSON header of a WebSocket or ZeroMQ frame
+    max_grpc_metadata_bytes: int = 16 << 10  # gRPC request metadata (headers)
+    max_live_sequences: int = 4096  # sequences open or waiting, all stateful models together
     request_timeout_s: float = 60.0  # when a request names no timeout
     drain_timeout_s: float = 10.0
     startup_timeout_s: float = 120.0

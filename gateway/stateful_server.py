@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -49,6 +50,10 @@ class StatefulModelServer(ModelServer):
         self._queues: dict[int, BatchQueue[InferRequest]] = {}
         self._parked: dict[Sequence, deque[InferRequest]] = {}
         self._queued = 0
+        # Live sequences of every stateful model of the gateway, and their limit (the
+        # gateway sets both; alone, a server counts its own and has no limit).
+        self.live_sequences: Callable[[], int] = lambda: self.sequences.live_count
+        self.max_live_sequences: int | None = None
 
     @property
     def pending(self) -> int:
@@ -72,6 +77,13 @@ class StatefulModelServer(ModelServer):
             self.stats.record_failure("rejected", 0)
             raise Unavailable(f"model {name!r} is overloaded: queue is full")
         now = trio.current_time()
+        limit = self.max_live_sequences
+        if (req.sequence.start and limit is not None
+                and not self.sequences.is_live(req.sequence.id)
+                and self.live_sequences() >= limit):
+            self.stats.record_failure("rejected", 0)
+            raise Unavailable(f"the server has {limit} live sequences, its limit "
+                              f"(--max-live-sequences); end one or retry later")
         try:
             if req.sequence.start:
                 seq, released = self.sequences.start(req.sequence.id, now)

@@ -34,6 +34,7 @@ from tritonclient.grpc import service_pb2 as pb
 from gateway.admission import (
     CheckedInput,
     InputChecker,
+    Limits,
     RegionRef,
     check_output_name,
     check_timeout,
@@ -194,8 +195,7 @@ def parameters(params: Any) -> dict[str, Any]:
 
 
 
-def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
-                  ) -> ParsedRequest:
+def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> ParsedRequest:
     """Validate an infer request against the model; raises InvalidArgument.
 
     Inputs take their bytes, in order of preference, from a client region (parameters
@@ -213,7 +213,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
             "inputs carry typed 'contents' and the request also has raw_input_contents; "
             "use one or the other"
         )
-    checker = InputChecker(config, max_tensor_bytes)
+    checker = InputChecker(config, limits)
     inputs: list[InputTensor] = []
     raw_next = 0
     for i, tensor in enumerate(msg.inputs):
@@ -251,6 +251,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, max_tensor_bytes: int
             f"take their data from it"
         )
 
+    limits.check_outputs(len(msg.outputs))
     outputs: list[OutputRequest] = []
     if not msg.outputs:
         outputs = [OutputRequest(t.name) for t in config.outputs]

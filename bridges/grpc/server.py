@@ -229,6 +229,10 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         # A whole request (header and tensors) is one message: the HTTP body limit applies.
         ("grpc.max_receive_message_length", min(settings.max_body_bytes, 2**31 - 1)),
         ("grpc.max_send_message_length", -1),
+        # Request metadata (headers) beyond this: grpcio answers RESOURCE_EXHAUSTED. Soft
+        # and hard limit alike (between the two grpcio rejects only at random).
+        ("grpc.max_metadata_size", settings.max_grpc_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_grpc_metadata_bytes),
         # grpcio sets SO_REUSEPORT by default: a second server would share the port silently.
         ("grpc.so_reuseport", 0),
     ]

@@ -185,7 +185,7 @@ class Service:
         server = gateway.model(header.model_name, header.model_version or None)
         gateway.ensure_accepting(server)
         config = server.config
-        parsed = codec.parse_request(wire, config, gateway.settings.max_body_bytes)
+        parsed = codec.parse_request(wire, config, gateway.limits)
         admission: Admission = gateway.admission(server)
         try:
             for tensor in parsed.inputs:

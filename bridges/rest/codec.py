@@ -18,6 +18,7 @@ import orjson
 from gateway.admission import (
     CheckedInput,
     InputChecker,
+    Limits,
     RegionRef,
     check_output_name,
     check_timeout,
@@ -115,7 +116,7 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 
 
 def parse_request(
-    body: bytes | bytearray | memoryview, config: ModelConfig, max_tensor_bytes: int
+    body: bytes | bytearray | memoryview, config: ModelConfig, limits: Limits
 ) -> ParsedRequest:
     """Validate a v2 infer request header against the model; raises InvalidArgument."""
     doc = _loads(body)
@@ -128,7 +129,7 @@ def parse_request(
         raise InvalidArgument("'inputs' must be a non-empty array")
 
     inputs: list[InputTensor] = []
-    checker = InputChecker(config, max_tensor_bytes)
+    checker = InputChecker(config, limits)
     for i, raw in enumerate(raw_inputs):
         where = f"inputs[{i}]"
         if not isinstance(raw, dict):
@@ -167,6 +168,7 @@ def parse_request(
     else:
         if not isinstance(raw_outputs, list):
             raise InvalidArgument("'outputs' must be an array")
+        limits.check_outputs(len(raw_outputs))
         for i, raw in enumerate(raw_outputs):
             spec = check_output_name(
                 config, f"outputs[{i}]", raw.get("name") if isinstance(raw, dict) else None

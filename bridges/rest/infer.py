@@ -198,7 +198,7 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
                 header_len, "the JSON header (Inference-Header-Content-Length)"
             )
         try:
-            parsed = codec.parse_request(raw_header, server.config, limit)
+            parsed = codec.parse_request(raw_header, server.config, gateway.limits)
         except codec.InvalidJson as exc:
             # With binary data, a missing or wrong Inference-Header-Content-Length is what
             # makes the JSON part unparseable: say which bytes were parsed as JSON.

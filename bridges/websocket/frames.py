@@ -35,7 +35,7 @@ import orjson
 from gateway.errors import InvalidArgument
 
 _LEN = struct.Struct("<I")
-MAX_HEADER_BYTES = 1 << 20
+MAX_HEADER_BYTES = 64 << 10  # the default of --max-frame-header-bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +44,17 @@ class Frame:
     payload: memoryview  # the tensor bytes after the header
 
 
-def parse_frame(message: bytes | str) -> Frame:
+def parse_frame(message: bytes | str, max_header_bytes: int = MAX_HEADER_BYTES) -> Frame:
     if isinstance(message, str):
         raise InvalidArgument("frames are binary messages: [uint32 LE length][JSON][tensors]")
     view = memoryview(message)
     if len(view) < _LEN.size:
         raise InvalidArgument("frame is shorter than its 4-byte header length")
     (n,) = _LEN.unpack_from(view)
-    if n == 0 or n > MAX_HEADER_BYTES or _LEN.size + n > len(view):
+    if n > max_header_bytes:
+        raise InvalidArgument(f"frame header of {n} bytes is larger than the limit of "
+                              f"{max_header_bytes} (--max-frame-header-bytes)")
+    if n == 0 or _LEN.size + n > len(view):
         raise InvalidArgument(
             f"frame header length {n} does not fit the frame ({len(view)} bytes)"
         )

@@ -40,12 +40,12 @@ Pending = tuple[str, InferRequest | InferoxyError]
 def _admit(gateway: Gateway, server: ModelServer, message: bytes | str,
            parameters: dict[str, Any], incarnation: Any) -> tuple[str, InferRequest]:
     """Parse, check and queue one frame; raises InferoxyError with the frame's id."""
-    frame = parse_frame(message)
+    frame = parse_frame(message, gateway.settings.max_frame_header_bytes)
     frame_id = frame.header.get("id", "")
     params = {**frame.header.get("parameters", {}), **parameters}
     admission: Admission = gateway.admission(server)
     try:
-        checker = InputChecker(server.config, gateway.settings.max_body_bytes)
+        checker = InputChecker(server.config, gateway.limits)
         pos = 0
         for i, raw in enumerate(frame.header["inputs"]):
             if not isinstance(raw, dict):
@@ -146,7 +146,9 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
                                   "sequence_start": incarnation is None}
                     try:
                         if stateful and isinstance(message, bytes | bytearray):
-                            end = parse_frame(message).header.get("end") is True
+                            end = parse_frame(
+                                message, gateway.settings.max_frame_header_bytes
+                            ).header.get("end") is True
                             params["sequence_end"] = end
                         frame_id, req = _admit(gateway, server, message, params, incarnation)
                         incarnation = incarnation or req.seq

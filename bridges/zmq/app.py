@@ -68,6 +68,7 @@ class ZmqBridge:
         self.gateway = gateway
         self.endpoint = endpoint
         self.max_frame_bytes = gateway.settings.max_body_bytes
+        self.max_header_bytes = gateway.settings.max_frame_header_bytes
         self.max_inflight_per_peer = max_inflight_per_peer
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -169,13 +170,13 @@ class ZmqBridge:
             envelope.append(b"")
             body = body[1:]
         if len(body) != 2:
-            rid = wire.peek_request_id(body[0].buffer) if body else None
+            rid = wire.peek_request_id(body[0].buffer, self.max_header_bytes) if body else None
             self._send_error(envelope, rid, 400,
                              f"a request is 2 frames [header, arrow], got {len(body)}")
             return
         header_frame, arrow_frame = body
         try:
-            header = wire.parse_header(header_frame.buffer)
+            header = wire.parse_header(header_frame.buffer, self.max_header_bytes)
         except wire.FrameError as exc:
             self._send_error(envelope, exc.request_id, exc.http_status, exc.message)
             return

@@ -209,7 +209,7 @@ def prepare(gateway: Gateway, header: wire.Header, frame: memoryview) -> Prepare
     try:
         for start in range(0, rows, config.batch_size):
             n = min(config.batch_size, rows - start)
-            checker = InputChecker(config, gateway.settings.max_body_bytes)
+            checker = InputChecker(config, gateway.limits)
             admission = gateway.admission(server)
             parts.append((admission, n))
             for rows_of in inputs:

@@ -14,7 +14,8 @@ its empty delimiter frame). Every message is multipart::
     reply    [header, arrow]     success
              [header]            failure
 
-**Request header**: a UTF-8 JSON object of at most 64 KiB, with these keys and no others:
+**Request header**: a UTF-8 JSON object of at most ``--max-frame-header-bytes`` (64 KiB),
+with these keys and no others:
 
 =============  ==========================  ==================================================
 ``model``      string, required            the model's name
@@ -141,10 +142,11 @@ def _request_id(doc: dict[str, Any]) -> RequestId | None:
     return rid
 
 
-def parse_header(raw: bytes | memoryview) -> Header:
+def parse_header(raw: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES) -> Header:
     """The request header, validated; ``FrameError`` naming the field otherwise."""
-    if len(raw) > MAX_HEADER_BYTES:
-        raise FrameError(f"the header frame is larger than {MAX_HEADER_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise FrameError(f"the header frame of {len(raw)} bytes is larger than the limit of "
+                         f"{max_bytes} (--max-frame-header-bytes)")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -199,9 +201,10 @@ def parse_header(raw: bytes | memoryview) -> Header:
     return Header(rid, model, version, params, timeout or None, shapes)
 
 
-def peek_request_id(raw: bytes | memoryview) -> RequestId | None:
+def peek_request_id(raw: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES
+                    ) -> RequestId | None:
     """The id of a header that is otherwise unusable, if it has one (for error replies)."""
-    if len(raw) > MAX_HEADER_BYTES:
+    if len(raw) > max_bytes:
         return None
     try:
         doc = orjson.loads(raw)
