@@ -29,7 +29,7 @@ $(PERF_VENV)/.installed: | libb64
 	PERF_VENV=$(PERF_VENV) bench/perf_analyzer.sh --version
 	touch $@
 
-.PHONY: serve test lint perf-analyzer libb64 redis-server
+.PHONY: serve test lint perf-analyzer libb64 redis-server chromium
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
 
@@ -61,7 +61,19 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
+# The status page's test drives a real headless browser (Debian's chromium).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq chromium; }; \
+	  else \
+	    echo 'the tests need chromium: install it (Debian: sudo apt-get install chromium), then run make test again' >&2; \
+	    exit 1; \
+	  fi; }
+
 perf-analyzer: $(PERF_VENV)/.installed  ## perf_analyzer in .venv-perf (run it with bench/perf_analyzer.sh)
 
-test: lint perf-analyzer redis-server  ## lint, type-check and run the whole test suite
+test: lint perf-analyzer redis-server chromium  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,8 @@ route requires ``Authorization: Bearer <token>`` when ``--admin-token`` is set (
     PATCH  /v2/admin/models/{name}    change fields: a JSON merge patch (null removes) 200/404
     DELETE /v2/admin/models/{name}    remove a model: its versions drain and stop     204/404
     GET    /v2/admin/registry         where the registry is and whether it is reachable
+    GET    /                          the status page (HTML; ``bridges.status``), open
+    GET    /status.json               its data, open: read-only, no secrets, no token needed
 
 An invalid declaration is a 400 naming the model, version and field; a lost registry (Redis)
 is a 503 with Retry-After.
@@ -31,6 +33,7 @@ from quart_trio import QuartTrio
 from bridges.auth import bearer_ok
 from bridges.rest.app import hypercorn_config
 from bridges.rest.control import install_error_handlers, unauthorized
+from bridges.status import routes as status
 from gateway.errors import InvalidArgument
 from gateway.manager import ModelManager
 
@@ -48,11 +51,14 @@ def create_admin_app(manager: ModelManager, token: str | None) -> QuartTrio:
         # Read the (small, bounded) body first, even for an answer that ignores it: hypercorn
         # leaves a keep-alive connection hanging when the answer overtakes the body.
         await request.get_data()
+        if request.path in status.PATHS:
+            return None
         if not bearer_ok(token, request.headers.get("Authorization")):
             return unauthorized()
         return None
 
     install_error_handlers(app)
+    status.install_status(app, manager.gateway)
 
     async def body() -> Any:
         doc = await request.get_json(force=True, silent=True)

@@ -1,0 +1,1 @@
+"""The status page: ``/`` of the control-plane port (see ``bridges.status.routes``)."""
