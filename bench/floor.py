@@ -13,7 +13,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from bridges.rest.infer import lifespan
+from bridges.rest.asgi import lifespan
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

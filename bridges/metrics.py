@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bridges.rest.app import hypercorn_config
-from bridges.rest.infer import Receive, Scope, Send, lifespan, send_json
+from bridges.rest.asgi import Receive, Scope, Send, lifespan, send_json
 from gateway.core import Gateway
 
 

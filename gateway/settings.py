@@ -56,3 +56,7 @@ class Settings:
     docker_volumes: str = ""  # extra bind mounts for model containers: SRC:DST[:ro],...
     log_level: str = "INFO"
     log_format: str = "text"
+    # the HTTP data plane (bridges.rest.server)
+    max_header_bytes: int = 64 << 10  # request line and header fields; 431 beyond
+    header_timeout_s: float = 10.0  # a request head that takes longer: 408, connection closed
+    keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this

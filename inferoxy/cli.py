@@ -84,6 +84,9 @@ HELP = {
     "admin_host": "address the management API listens on (loopback unless told otherwise)",
     "admin_port": "management API: /v2/admin/models (add, replace, patch, delete)",
     "admin_token": "bearer token the management API and the v2 repository endpoints require",
+    "max_header_bytes": "largest HTTP request head (request line and headers; 431 beyond)",
+    "header_timeout_s": "an HTTP request head that takes longer is answered 408 (slow clients)",
+    "keepalive_timeout_s": "an idle HTTP keep-alive connection is closed after this",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }

@@ -1,27 +1,34 @@
-"""``POST /v2/models/{model}[/versions/{version}]/infer`` as a raw ASGI handler.
+"""``POST /v2/models/{model}[/versions/{version}]/infer``: the hot path.
 
-The hot path, kept thin: no framework objects. Body chunks are copied straight into the
-shared-memory slots of the binary inputs (the one copy: socket -> shared memory); JSON
-``data`` is converted straight into its slot. Every slot taken here is either handed to the
-core with the request or freed before the error answer goes out.
+Interface (bridge worker processes rely on it; keep it)::
+
+    async def handle_infer(gateway, request, body, model, version) -> HttpResponse
+
+``request`` is the head (``http11.HttpRequest``); ``body`` pulls the body on demand
+(``server.RequestBody``: ``read_into(memoryview) -> int`` and ``read(n) -> bytes``, 0 or b""
+at its end, ``ClientGone`` if the client leaves). Of the gateway it uses only
+``gateway.model(name, version)``, ``.ensure_accepting(server)``, ``.admission(server)``,
+``.settings`` (``max_body_bytes``, ``request_timeout_s``) and ``.bridge_answers`` -- the
+surface a bridge process's stand-in for the gateway must offer.
+
+Body bytes go straight into the shared-memory slots of the binary inputs (received into them
+once nothing is buffered: the one copy, socket -> shared memory); JSON ``data`` is converted
+straight into its slot. Every slot taken here is either handed to the core with the request or
+freed before the error answer goes out. A body that stalls longer than the request timeout is
+a 408, its slots freed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-import orjson
 import trio
 
 from bridges.rest import codec
+from bridges.rest.http11 import HttpRequest, HttpResponse, ProtocolError
+from bridges.rest.routes import JSON, typed_error
+from bridges.rest.server import RequestBody
 from gateway.admission import Admission, output_datatypes
 from gateway.core import Gateway
-from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge, Unavailable
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge
 
 HEADER_LENGTH = b"inference-header-content-length"
 MAX_HEADER_BYTES = 16 << 20  # the JSON part; JSON tensor data counts against max_body_bytes
@@ -34,94 +41,74 @@ class BodyTimeout(InvalidArgument):
 
 
 class BodyReader:
-    """Pulls an ASGI request body in order, with a hard limit on its total size and time.
+    """Pulls a request body in order, with a hard limit on its total size and time.
 
     The time limit matters because input slots are taken (at their declared size) before
     the bytes arrive: without it a client that sends a header and then stalls would hold
     its slot, up to the whole body limit, for as long as it keeps the connection open.
     """
 
-    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
-        self._receive = receive
+    def __init__(self, body: RequestBody, limit: int, timeout_s: float) -> None:
+        self._body = body
         self._limit = limit
         self._timeout_s = timeout_s
         self._deadline = trio.current_time() + timeout_s
-        self._chunk = memoryview(b"")
-        self._done = False
         self.total = 0
 
-    async def _next(self) -> bool:
-        while not self._chunk and not self._done:
-            message = None
-            with trio.move_on_at(self._deadline):
-                message = await self._receive()
-            if message is None:
-                raise BodyTimeout(
-                    f"the request body did not arrive within {self._timeout_s:g} s "
-                    f"(got {self.total} bytes)"
-                )
-            if message["type"] == "http.disconnect":
-                raise _Disconnected()
-            body = message.get("body", b"")
-            self.total += len(body)
-            if self.total > self._limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes")
-            self._chunk = memoryview(body)
-            self._done = not message.get("more_body", False)
-        return bool(self._chunk)
+    def _timed_out(self) -> BodyTimeout:
+        return BodyTimeout(
+            f"the request body did not arrive within {self._timeout_s:g} s "
+            f"(got {self.total} bytes)"
+        )
+
+    def _count(self, n: int) -> None:
+        self.total += n
+        if self.total > self._limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes")
+
+    async def _read(self, max_bytes: int) -> bytes:
+        data = None
+        with trio.move_on_at(self._deadline):
+            data = await self._body.read(max_bytes)
+        if data is None:
+            raise self._timed_out()
+        self._count(len(data))
+        return data
 
     async def read_exactly(self, n: int, what: str) -> bytes:
-        parts: list[memoryview] = []
-        need = n
-        while need:
-            if not await self._next():
-                raise InvalidArgument(
-                    f"request body ended early: {what} needs {n} bytes, got {n - need}"
-                )
-            take = self._chunk[:need]
-            self._chunk = self._chunk[len(take):]
-            parts.append(take)
-            need -= len(take)
-        return b"".join(parts)
+        buf = bytearray(n)
+        await self.read_into(memoryview(buf), what)
+        return bytes(buf)
 
     async def read_into(self, dest: memoryview, what: str) -> None:
         pos = 0
         while pos < len(dest):
-            if not await self._next():
+            got = None
+            with trio.move_on_at(self._deadline):
+                got = await self._body.read_into(dest[pos:])
+            if got is None:
+                raise self._timed_out()
+            if not got:
                 raise InvalidArgument(
                     f"request body ended early: {what} needs {len(dest)} bytes, got {pos}"
                 )
-            take = self._chunk[: len(dest) - pos]
-            dest[pos : pos + len(take)] = take
-            self._chunk = self._chunk[len(take):]
-            pos += len(take)
+            self._count(got)
+            pos += got
 
     async def read_rest(self) -> bytes:
-        parts = [bytes(self._chunk)]
-        self._chunk = memoryview(b"")
-        while not self._done:
-            await self._next()
-            parts.append(bytes(self._chunk))
-            self._chunk = memoryview(b"")
-        return b"".join(parts)
+        parts = []
+        while data := await self._read(1 << 20):
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def at_end(self) -> bool:
-        return not await self._next()
+        if self._body.done:
+            return True
+        return not await self._read(1)
 
 
-class _Disconnected(Exception):
-    pass
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _int_header(scope: Scope, name: bytes) -> int | None:
-    raw = _header(scope, name)
+def _int_header(request: HttpRequest, name: bytes) -> int | None:
+    raw = request.header(name)
     if raw is None:
         return None
     # ASCII digits only: int() would also take "+12", " 12 " and "1_2", which no HTTP
@@ -133,55 +120,20 @@ def _int_header(scope: Scope, name: bytes) -> int | None:
     return int(raw)
 
 
-async def send_json(send: Send, status: int, body: bytes,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    try:
-        await send({
-            "type": "http.response.start", "status": status, "headers": headers + (extra or []),
-        })
-        await send({"type": "http.response.body", "body": body})
-    except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
-        # The client hung up. Typical after an early error answer (sent before the request
-        # body was complete): the client reads it and closes, and hypercorn's close of the
-        # socket (send_eof, outside its send lock) races the end of our send. The answer
-        # has gone out or no one is left to read it; either way there is nothing to do,
-        # and letting it escape would log a traceback ("Error in ASGI Framework").
-        pass
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """The ASGI lifespan protocol for apps with nothing to set up."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def send_error(send: Send, exc: InferoxyError) -> None:
-    extra = []
-    if isinstance(exc, Unavailable):
-        extra.append((b"retry-after", str(exc.retry_after_s).encode()))
-    await send_json(send, exc.http_status, orjson.dumps({"error": exc.message}), extra)
-
-
-async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: Send,
-                       model: str, version: str | None) -> None:
+async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: RequestBody,
+                       model: str, version: str | None) -> HttpResponse:
     admission: Admission | None = None
     try:
         server = gateway.model(model, version)
         gateway.ensure_accepting(server)
         limit = gateway.settings.max_body_bytes
-        if _header(scope, b"content-encoding") not in (None, b"identity"):
+        if request.header(b"content-encoding") not in (None, b"identity"):
             raise InvalidArgument("compressed request bodies are not supported")
-        length = _int_header(scope, b"content-length")
+        length = request.content_length
         if length is not None and length > limit:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-        header_len = _int_header(scope, HEADER_LENGTH)
-        body = BodyReader(receive, limit, gateway.settings.request_timeout_s)
+        header_len = _int_header(request, HEADER_LENGTH)
+        body = BodyReader(request_body, limit, gateway.settings.request_timeout_s)
         if header_len is None:
             raw_header = await body.read_rest()
         else:
@@ -257,31 +209,25 @@ async def handle_infer(gateway: Gateway, scope: Scope, receive: Receive, send: S
             )
         finally:
             result.release()
+    except ProtocolError as exc:  # the body's framing is broken: answered, then closed
+        if admission is not None:
+            admission.release()
+        gateway.bridge_answers.answered("rest", exc.status)
+        raise
     except InferoxyError as exc:
         # Free before answering, not after: a client that sees the error may retry at once,
         # and must find the memory its failed request took already given back.
         if admission is not None:
             admission.release()
         gateway.bridge_answers.answered("rest", exc.http_status)
-        await send_error(send, exc)
-        return
-    except _Disconnected:
-        return
+        return typed_error(exc)
     finally:
         if admission is not None:
-            admission.release()
+            admission.release()  # ClientGone and cancellation too
     gateway.bridge_answers.answered("rest", 200)
     if json_len is None:
-        await send_json(send, 200, payload)
-    else:
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/octet-stream"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"inference-header-content-length", str(json_len).encode()),
-            ],
-        })
-        await send({"type": "http.response.body", "body": payload})
-
+        return HttpResponse(200, JSON, payload)
+    return HttpResponse(200, (
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(json_len).encode()),
+    ), payload)

@@ -1,0 +1,310 @@
+"""A thin HTTP/1.1 server on Trio sockets: the I/O around ``bridges.rest.http11``.
+
+One task per connection, owned by the server's nursery; the connection task reads a request
+head, calls the handler, writes its answer, and goes round again (keep-alive), so pipelined
+requests are answered in order. Everything it holds is bounded: the receive buffer (one
+``recv`` plus one head), the time a head may take (``header_timeout_s`` -> 408 and close), the
+time an idle keep-alive connection is kept (``keepalive_timeout_s``), the time an answer may
+take to be sent (``send_timeout_s``). Body bytes are pulled by the handler through
+``RequestBody``: once nothing is buffered they are received straight into the handler's memory
+(a shared-memory slot), the one copy. A client that closes mid-request raises ``ClientGone``
+in the handler, which frees what it took; nothing is answered.
+
+Shutdown (``shutdown`` set): the listeners close, idle connections close, and requests in
+flight are answered (with ``Connection: close``) before their connections close; ``serve``
+returns when the last connection is gone.
+
+After an answer that closes the connection, the socket is shut for writing and what the
+client still sends is read and dropped for a moment (``LINGER_S``): closing a socket with
+unread bytes makes the kernel send a reset, which can destroy the answer before the client
+reads it (an early 413 while the client is still sending its body, say).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as stdsocket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from bridges.rest.http11 import (
+    CONTINUE,
+    Connection,
+    HttpRequest,
+    HttpResponse,
+    Limits,
+    ProtocolError,
+    State,
+    error_response,
+)
+
+log = logging.getLogger("inferoxy.http")
+
+RECV_BYTES = 64 << 10
+LINGER_S = 2.0
+SMALL_BODY = 64 << 10  # answers up to this size go out with their head in one send
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    limits: Limits = field(default_factory=Limits)
+    header_timeout_s: float = 10.0  # from a head's first byte to its blank line
+    keepalive_timeout_s: float = 75.0  # an idle connection is closed after this
+    send_timeout_s: float = 60.0  # a client that does not read its answer is dropped
+
+
+class RequestBody:
+    """The body of the request being handled, read on demand.
+
+    ``read_into`` fills the caller's memory (0 at the end of the body), ``read`` returns bytes
+    (``b""`` at the end). Either raises ``ClientGone`` if the client closes first, and
+    ``http11.ProtocolError`` if the body's framing is broken. Neither has a deadline of its
+    own: the handler knows how long its route may wait.
+    """
+
+    __slots__ = ("_conn", "_sock")
+
+    def __init__(self, sock: trio.socket.SocketType, conn: Connection) -> None:
+        self._sock = sock
+        self._conn = conn
+
+    @property
+    def done(self) -> bool:
+        return self._conn.state is not State.BODY
+
+    @property
+    def received(self) -> int:
+        return self._conn.body_received
+
+    async def read_into(self, dest: memoryview) -> int:
+        conn = self._conn
+        while True:
+            n = conn.read_body_into(dest)
+            if n or conn.state is not State.BODY:
+                return n
+            span = conn.direct_span()
+            if span:
+                await self._continue()
+                got = await self._sock.recv_into(dest[:span] if len(dest) > span else dest)
+                if not got:
+                    raise ClientGone()
+                conn.direct_received(got)
+                return got
+            await self._fill()
+
+    async def read(self, max_bytes: int = RECV_BYTES) -> bytes:
+        conn = self._conn
+        while True:
+            data = conn.read_body(max_bytes)
+            if data or conn.state is not State.BODY:
+                return data
+            await self._fill()
+
+    async def _continue(self) -> None:
+        if self._conn.continue_needed():
+            await _send_all(self._sock, CONTINUE)
+
+    async def _fill(self) -> None:
+        await self._continue()
+        data = await self._sock.recv(RECV_BYTES)
+        if not data:
+            raise ClientGone()
+        self._conn.feed(data)
+
+
+Handler = Callable[[HttpRequest, RequestBody], Awaitable[HttpResponse]]
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+        self._handler = handler
+        self._config = config or ServerConfig()
+        self._connections: set[Connection] = set()
+        self._idle: set[trio.CancelScope] = set()
+        self._closing = False
+
+    async def serve(self, listeners: list[trio.socket.SocketType], shutdown: trio.Event, *,
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Serve until ``shutdown``; reports the listeners' URLs once they accept."""
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept, listener, connections)
+                    task_status.started(bound_urls(listeners))
+                    await shutdown.wait()
+                    acceptors.cancel_scope.cancel()
+                for listener in listeners:
+                    listener.close()
+                self._closing = True
+                for conn in self._connections:
+                    conn.closing = True
+                for scope in self._idle:
+                    scope.cancel()
+        finally:
+            for listener in listeners:
+                listener.close()
+
+    async def _accept(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, _ = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept a connection (%s); retrying", exc.strerror)
+                    await trio.sleep(0.1)
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            nursery.start_soon(self._connection, sock)
+
+    async def _connection(self, sock: trio.socket.SocketType) -> None:
+        conn = Connection(self._config.limits)
+        conn.closing = self._closing
+        self._connections.add(conn)
+        try:
+            while True:
+                try:
+                    request = await self._read_head(sock, conn)
+                except ProtocolError as exc:
+                    await self._answer(sock, conn, error_response(exc.status, exc.message))
+                    await _linger(sock)
+                    return
+                if request is None:
+                    return
+                try:
+                    response = await self._handler(request, RequestBody(sock, conn))
+                except ClientGone:
+                    return
+                except ProtocolError as exc:
+                    response = error_response(exc.status, exc.message)
+                except Exception:
+                    log.exception("error answering %s %s", request.method, request.path)
+                    response = error_response(500, "internal error")
+                if not await self._answer(sock, conn, response):
+                    await _linger(sock)
+                    return
+                conn.next_request()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client reset or went away mid-answer: nothing left to say
+        except Exception:
+            log.exception("HTTP connection failed")
+        finally:
+            self._connections.discard(conn)
+            sock.close()
+
+    async def _read_head(self, sock: trio.socket.SocketType, conn: Connection
+                         ) -> HttpRequest | None:
+        """The next request's head; None when the connection is to close quietly."""
+        head_deadline: float | None = None
+        while True:
+            request = conn.next_head()
+            if request is not None:
+                return request
+            if conn.state is State.IDLE:
+                if self._closing:
+                    return None
+                scope = trio.CancelScope(
+                    deadline=trio.current_time() + self._config.keepalive_timeout_s)
+                self._idle.add(scope)
+                try:
+                    with scope:
+                        data = await sock.recv(RECV_BYTES)
+                finally:
+                    self._idle.discard(scope)
+                if scope.cancelled_caught:
+                    return None
+            else:
+                if head_deadline is None:
+                    head_deadline = trio.current_time() + self._config.header_timeout_s
+                data = None
+                with trio.move_on_at(head_deadline):
+                    data = await sock.recv(RECV_BYTES)
+                if data is None:
+                    conn.state = State.ERROR
+                    raise ProtocolError(
+                        408, f"the request head did not arrive within "
+                             f"{self._config.header_timeout_s:g} s")
+            if not data:
+                return None
+            conn.feed(data)
+
+    async def _answer(self, sock: trio.socket.SocketType, conn: Connection,
+                      response: HttpResponse) -> bool:
+        head, keep = conn.response(response)
+        body = response.body if conn.sends_body() else b""
+        with trio.move_on_after(self._config.send_timeout_s) as scope:
+            if len(body) <= SMALL_BODY:
+                await _send_all(sock, head + body if body else head)
+            else:
+                await _send_all(sock, head)
+                await _send_all(sock, body)
+        return keep and not scope.cancelled_caught
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def _linger(sock: trio.socket.SocketType) -> None:
+    """Shut the socket for writing, then drop what the client still sends, briefly."""
+    try:
+        sock.shutdown(stdsocket.SHUT_WR)
+        with trio.move_on_after(LINGER_S):
+            while await sock.recv(RECV_BYTES):
+                pass
+    except OSError:
+        pass
+
+
+async def open_listeners(host: str, port: int, *, reuse_port: bool = False,
+                         backlog: int = 1024) -> list[trio.socket.SocketType]:
+    """Listening sockets for ``host:port`` (every address it resolves to).
+
+    ``reuse_port`` sets SO_REUSEPORT, so several processes can listen on the same port and
+    the kernel spreads connections between them.
+    """
+    infos = await trio.socket.getaddrinfo(host or None, port, type=stdsocket.SOCK_STREAM,
+                                          flags=stdsocket.AI_PASSIVE)
+    listeners: list[trio.socket.SocketType] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, addr in infos:
+            if addr in seen:
+                continue
+            seen.add(addr)
+            sock = trio.socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+            if family == stdsocket.AF_INET6:
+                sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
+            await sock.bind(addr)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def bound_urls(listeners: list[trio.socket.SocketType]) -> list[str]:
+    urls = []
+    for sock in listeners:
+        host, port = sock.getsockname()[:2]
+        urls.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    return urls
