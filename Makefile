@@ -29,7 +29,25 @@ $(PERF_VENV)/.installed: | libb64
 	PERF_VENV=$(PERF_VENV) bench/perf_analyzer.sh --version
 	touch $@
 
-.PHONY: serve test lint perf-analyzer libb64 redis-server chromium
+# The benchmark's peers, each in a venv of its own (never the main one): Triton and PyTriton
+# from the nvidia-pytriton wheel (numpy 1.x: the Python backend's stub gives empty outputs with
+# numpy 2), MLServer, Ray Serve. `make bench` installs them, then runs the quick suite.
+BENCH_PEERS := triton mlserver ray
+BENCH_PINS_triton := nvidia-pytriton==0.7.0 'numpy>=1.26,<2'
+BENCH_PINS_mlserver := 'mlserver>=1.7,<1.8'
+BENCH_PINS_ray := 'ray[serve]>=2.40'
+
+.venv-bench-%/.installed:
+	rm -rf .venv-bench-$*
+	$(PYTHON) -m venv .venv-bench-$*
+	.venv-bench-$*/bin/pip install --quiet $(BENCH_PINS_$*)
+	touch $@
+
+$(VENV)/.bench-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[examples,test,bench]'
+	touch $@
+
+.PHONY: serve test lint perf-analyzer libb64 redis-server chromium bench bench-peers wrk
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
 
@@ -73,7 +91,24 @@ chromium:
 	    exit 1; \
 	  fi; }
 
+bench-peers: $(foreach p,$(BENCH_PEERS),.venv-bench-$(p)/.installed)  ## the peers' venvs
+
+# wrk drives every system's v2 JSON over HTTP (Debian's wrk package).
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq wrk >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq wrk; }; \
+	  else \
+	    echo 'the benchmark needs wrk: install it (Debian/Ubuntu: sudo apt-get install wrk)' >&2; \
+	    exit 1; \
+	  fi; }
+
+bench: $(VENV)/.bench-deps perf-analyzer wrk bench-peers  ## quick benchmark against the peers
+	$(BIN)/inferoxy bench --quick
+
 perf-analyzer: $(PERF_VENV)/.installed  ## perf_analyzer in .venv-perf (run it with bench/perf_analyzer.sh)
 
-test: lint perf-analyzer redis-server chromium  ## lint, type-check and run the whole test suite
+test: lint perf-analyzer redis-server chromium wrk  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,7 @@ import os
 import statistics
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import orjson
@@ -34,7 +35,7 @@ from bridges.zmq import wire
 from shm.slab import SlabAllocator
 
 
-def sender(ctx: zmq.Context[zmq.Socket[bytes]], url: str, frames: list[object], count: int,
+def sender(ctx: zmq.Context[zmq.Socket[bytes]], url: str, frames: list[Any], count: int,
            window: int) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.connect(url)
@@ -74,7 +75,7 @@ def run(mode: str, images: int, count: int) -> tuple[list[float], float]:
                 values = wire.tensor_column("IMAGE", wire.read_batch(frame.buffer)
                                             .column(0)).values
                 slot = slab.allocate(values.nbytes)
-                np.copyto(slot.view(np.uint8, values.shape), values)
+                np.copyto(slot.view(np.dtype(np.uint8), values.shape), values)
                 del values, frame
             else:
                 peer = sock.recv(copy=False)
@@ -84,11 +85,11 @@ def run(mode: str, images: int, count: int) -> tuple[list[float], float]:
                 assert got == need
                 column = wire.read_batch(slot.memory(need)).column(0)
                 values = wire.tensor_column("IMAGE", column).values
-                offset = values.ctypes.data - slot.view(np.uint8, (1,)).ctypes.data
+                offset = values.ctypes.data - slot.view(np.dtype(np.uint8), (1,)).ctypes.data
                 assert 0 < offset < need
                 del values, column
             times.append(time.perf_counter() - t0)
-            checksum += int(slot.view(np.uint8, (16,))[7])
+            checksum += int(slot.view(np.dtype(np.uint8), (16,))[7])
             slab.free(slot)
             sock.send_multipart([peer.bytes if hasattr(peer, "bytes") else peer, b"ok"])
         elapsed = time.perf_counter() - start

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the models of a models.yaml",
         description="Every flag can also be set with INFEROXY_<FLAG> (e.g. INFEROXY_HTTP_PORT).",
     )
+    sub.add_parser("bench", add_help=False,
+                   help="benchmark Inferoxy beside Triton, PyTriton, MLServer and Ray Serve "
+                        "(inferoxy bench --help)")
     for f in fields(Settings):
         default = _env(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
@@ -140,6 +143,11 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: bench/suite/runner.py
+        from bench.suite.runner import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     setup_logging(settings.log_level, settings.log_format)
