@@ -81,11 +81,19 @@ class GatewayCollector(Collector):
                 copies.add_metric([name, v, state], n)
         yield from (success, failure, count, execs, queue_us, compute_us, pending, copies,
                     latency, queue_delay, batch_size)
-        slab = self.gateway.slab
-        yield GaugeMetricFamily("inferoxy_shm_slots_in_use",
-                                "Input slots of the gateway's slab in use", value=slab.slots_in_use)
-        yield GaugeMetricFamily("inferoxy_shm_bytes_in_use",
-                                "Bytes of the gateway's slab in use", value=slab.bytes_in_use)
+        slab, reports = self.gateway.slab, self.gateway.bridge_reports
+        yield GaugeMetricFamily(
+            "inferoxy_shm_slots_in_use", "Input slots in use (the gateway's slab and its "
+            "bridge processes')", value=slab.slots_in_use + sum(reports.slots_in_use.values()))
+        yield GaugeMetricFamily(
+            "inferoxy_shm_bytes_in_use", "Bytes of input slabs in use (the gateway's and its "
+            "bridge processes')", value=slab.bytes_in_use + sum(reports.bytes_in_use.values()))
+        per_worker = CounterMetricFamily(
+            "inferoxy_bridge_worker_responses", "Infer requests answered by each bridge process "
+            "(--bridge-workers)", labels=["worker"])
+        for index, n in sorted(reports.answers.items()):
+            per_worker.add_metric([str(index)], n)
+        yield per_worker
         answers = CounterMetricFamily(
             "inferoxy_bridge_responses", "Inference requests answered, by bridge and status class",
             labels=["bridge", "status_class"])

@@ -31,6 +31,7 @@ from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.errors import NotFound, Unavailable
+from gateway.intake import BridgeReports
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
 from gateway.runtimes import runtime_for
@@ -86,6 +87,7 @@ class Gateway:
         self._retiring: set[Copy] = set()  # scaled down: finishing their batches, then stop
         self.limits = Limits.of(settings)  # what one request may ask for (every bridge)
         self.bridge_answers = BridgeCounters()  # infer answers per bridge and status class
+        self.bridge_reports = BridgeReports()  # what --bridge-workers processes report
         self.alerts = Alerts(settings.alert_webhook,
                              AlertPolicy(recover_hold_s=settings.alert_recover_hold_s))
         self.regions = RegionRegistry(

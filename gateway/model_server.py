@@ -145,6 +145,9 @@ class ModelServer:
         slots, req.slots = req.slots, []
         for slot in slots:
             self._slab.free(slot)
+        if req.on_inputs_freed is not None:
+            notify, req.on_inputs_freed = req.on_inputs_freed, None
+            notify()
 
     def _finish(self, req: InferRequest, *, result: RequestResult | None = None,
                 error: InferoxyError | None = None) -> None:

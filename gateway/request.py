@@ -60,6 +60,8 @@ class InferRequest:
     sequence: SequenceRef | None = None
     seq: Any = None  # the gateway.sequences.Sequence incarnation it belongs to
     seq_expect: Any = None  # a stream's own incarnation: anything else is refused
+    # Called once when no worker can read the inputs any more (inputs a bridge process owns).
+    on_inputs_freed: Callable[[], None] | None = None
     serial: int = field(default_factory=lambda: next(_ids))
     # Set by the core:
     enqueued_ns: int = 0

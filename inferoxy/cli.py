@@ -87,6 +87,8 @@ HELP = {
     "max_header_bytes": "largest HTTP request head (request line and headers; 431 beyond)",
     "header_timeout_s": "an HTTP request head that takes longer is answered 408 (slow clients)",
     "keepalive_timeout_s": "an idle HTTP keep-alive connection is closed after this",
+    "bridge_workers": "serve HTTP from N processes sharing the port, feeding one batcher per "
+                      "model (0: in the gateway process)",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         models = load_declarations(settings.models) if settings.models else {}
     except ConfigError as exc:
         log.error("%s", exc)
+        return EXIT_CONFIG
+    if settings.bridge_workers < 0:
+        log.error("--bridge-workers must be 0 (HTTP in the gateway process) or more")
         return EXIT_CONFIG
     try:
         parse_gpu_list(settings.gpus or "")

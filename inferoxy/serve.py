@@ -10,6 +10,7 @@ import trio
 
 from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
+from bridges.procs.pool import BridgePool
 from bridges.rest.admin import serve_admin
 from bridges.rest.app import serve_rest
 from bridges.websocket.server import serve_websocket
@@ -34,6 +35,7 @@ async def serve(settings: Settings,
     gateway = Gateway(settings, await open_registry(registry, as_declarations(models)))
     manager = ModelManager(gateway, registry)
     http_stop = trio.Event()
+    pool = BridgePool(gateway, settings.bridge_workers) if settings.bridge_workers > 0 else None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
@@ -49,8 +51,14 @@ async def serve(settings: Settings,
                 ("ZeroMQ (Arrow batches)", settings.zmq_port, serve_zmq),
                 ("metrics (Prometheus)", settings.metrics_port, serve_metrics),
             ):
+                if runner is serve_rest and pool is not None:
+                    continue  # HTTP is served by bridge processes, started last (below)
                 binds = await nursery.start(runner, gateway, settings.host, port, http_stop)
                 log.info("listening: %s on %s", name, ", ".join(binds))
+            if pool is not None:  # last: a bridge answering "ready" means all else listens
+                await nursery.start(pool.run)
+                log.info("listening: HTTP (Open Inference Protocol v2) on %s:%d in %d bridge "
+                         "processes", settings.host, settings.http_port, pool.count)
 
             async def stop_now_on_second_signal() -> None:
                 async for signum in signals:
@@ -62,6 +70,8 @@ async def serve(settings: Settings,
                 break
             nursery.start_soon(stop_now_on_second_signal)
             await gateway.drain()
+            if pool is not None:
+                await pool.stop(settings.drain_timeout_s)
             http_stop.set()  # hypercorn closes its listeners and finishes open responses
             with trio.move_on_after(settings.drain_timeout_s):
                 await trio.sleep(0.05)

@@ -60,6 +60,16 @@ class Segment:
         self.size = size
         self.buf = buf
         self.inode = inode  # tells a re-created segment of the same name from this one
+        self._address = 0
+
+    @property
+    def address(self) -> int:
+        """Where the mapping starts in this process's memory."""
+        if not self._address:
+            probe = np.frombuffer(self.buf, dtype=np.uint8, count=1)
+            self._address = probe.__array_interface__["data"][0]
+            del probe  # its export of the mapping ends here
+        return self._address
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
@@ -196,6 +206,25 @@ class SegmentCache:
             if cached is not None and (cached.inode != st.st_ino or cached.size < end):
                 self._segments.pop(desc.segment).close()
         return self.get(desc.segment).view(desc.offset, desc.dtype, desc.shape)
+
+    def locate(self, arr: np.ndarray) -> Descriptor | None:
+        """The descriptor of a C-contiguous array that lies in a cached segment, else None
+        (lets a view of a peer's slot travel on as a descriptor instead of as bytes)."""
+        if not arr.flags.c_contiguous:
+            return None
+        start = arr.__array_interface__["data"][0]
+        for name, segment in self._segments.items():
+            if segment.closed:
+                continue
+            base = segment.address
+            if base <= start and start + arr.nbytes <= base + segment.size:
+                return Descriptor(name, start - base, arr.dtype.name, tuple(arr.shape))
+        return None
+
+    def prune(self) -> None:
+        """Close and drop the cached segments whose owner has unlinked them."""
+        for name in [n for n in self._segments if not os.path.exists(_path(n))]:
+            self._segments.pop(name).close()
 
     def forget(self, name_prefix: str) -> None:
         """Close and drop every cached segment whose name starts with ``name_prefix``."""

@@ -33,7 +33,9 @@ log = logging.getLogger("inferoxy.rest")
 CONTROL_BODY_BYTES = 1 << 20  # register/index/load bodies are small
 
 
-def create_handler(gateway: Gateway) -> Handler:
+def create_handler(gateway: Gateway, answer: routes.Answer = routes.answer) -> Handler:
+    """``answer``: the non-infer route layer (a bridge process forwards to the core's)."""
+
     async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
         target = routes.infer_target(request)
         if target is not None:
@@ -46,7 +48,7 @@ def create_handler(gateway: Gateway) -> Handler:
             if isinstance(data, HttpResponse):
                 return data
             request = replace(request, body=data)
-        return await routes.answer(gateway, request)
+        return await answer(gateway, request)
 
     return handle
 

@@ -18,7 +18,7 @@ answered wherever GET is (the glue drops the body).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from shm.regions import RegionError
 JSON = ((b"content-type", b"application/json"),)
 OK = HttpResponse(200)
 
+Answer = Callable[[Gateway, HttpRequest], Awaitable[HttpResponse]]
 Route = Callable[[Gateway, HttpRequest, dict[str, str]], Coroutine[Any, Any, HttpResponse]]
 
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"

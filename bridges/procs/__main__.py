@@ -1,0 +1,3 @@
+from bridges.procs.process import main
+
+main()

@@ -1,0 +1,328 @@
+"""The gateway as a bridge process sees it: a façade over messages to the core.
+
+The REST infer handler touches a small surface of the gateway — ``model(name, version)``,
+``ensure_accepting(server)``, ``admission(server)``, ``settings``, ``bridge_answers`` — and
+``RemoteGateway`` implements exactly that, so the same handler runs in the core and in a
+bridge process. Models resolve against the routing table the core pushes
+(``gateway.intake.routing_table``); admissions take slots from the bridge's own slab, and
+``run`` sends one INFER message of descriptors and waits for its one ANSWER.
+
+Slot ownership (``gateway.intake`` has the core's side): before INFER is sent, slots belong
+to the admission (``release`` frees them); after, to ``CoreLink``, which frees them when the
+core says no worker can read them (``freed`` in the ANSWER, or a later FREE) — even when the
+client went away in between. Nothing else ever frees them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import trio
+import zmq
+
+from gateway import bridge_wire as bw
+from gateway import intake
+from gateway.admission import CheckedInput, Limits
+from gateway.config import ModelConfig, TensorSpec
+from gateway.errors import InferoxyError, NotFound, Unavailable
+from gateway.settings import Settings
+from gateway.stats import BridgeCounters
+from shm.segment import SegmentCache
+from shm.slab import ShmExhausted, SlabAllocator, Slot
+
+log = logging.getLogger("inferoxy.bridge")
+
+MAX_IN_FLIGHT = 4096  # requests of this process in the core at once; more get 503
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    slots: list[Slot]
+    answer: tuple[dict[str, Any], list[Any]] | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    waiting: bool = True  # a handler still wants the answer
+
+
+class CoreLink:
+    """The bridge's two sockets to the core: PUSH (sent NOBLOCK) and PULL (one reader task)."""
+
+    def __init__(self, index: int, run_dir: str, slab: SlabAllocator) -> None:
+        self.index = index
+        self.slab = slab
+        self.cache = SegmentCache()  # workers' output segments (large outputs)
+        self._ctx = zmq.Context()
+        self._out = self._ctx.socket(zmq.PUSH)
+        self._out.setsockopt(zmq.LINGER, 0)
+        self._out.setsockopt(zmq.SNDHWM, 100_000)
+        self._out.connect(bw.intake_address(run_dir))
+        self._in = self._ctx.socket(zmq.PULL)
+        self._in.setsockopt(zmq.LINGER, 0)
+        self._in.setsockopt(zmq.RCVHWM, 100_000)
+        self._in.connect(f"ipc://{run_dir}/bridge-{index}.sock")
+        self._ids = itertools.count(1)
+        self._infers: dict[int, _Pending] = {}
+        self._unfreed: dict[int, list[Slot]] = {}  # answered, a worker may still read
+        self._calls: dict[int, _Pending] = {}
+        self.table: dict[str, Any] = {}
+        self.table_gen = 0
+        self.got_table = trio.Event()
+        self.stop_requested = trio.Event()
+
+    def send(self, kind: bytes, body: dict[str, Any], *blobs: Any) -> None:
+        body["b"] = self.index
+        try:
+            self._out.send_multipart(bw.encode(kind, body, *blobs), zmq.NOBLOCK)
+        except zmq.Again:
+            # 100 000 messages queued to the core: it is gone or wedged.
+            raise Unavailable("the gateway core is not taking requests") from None
+
+    async def run(self) -> None:
+        """The PULL socket's one reader."""
+        sock = self._in
+        fd = int(sock.getsockopt(zmq.FD))
+        handled = 0
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    continue
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            try:
+                kind, body, blobs = bw.decode(frames, bw.TO_BRIDGE)
+                self._on_message(kind, body, blobs)
+            except (bw.WireError, KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a malformed message from the core: %s", exc)
+            handled += 1
+            if handled % 64 == 0:
+                await trio.lowlevel.checkpoint()
+
+    def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
+        if kind == bw.ANSWER:
+            msg_id = body["id"]
+            pending = self._infers.pop(msg_id, None)
+            if pending is None:
+                return
+            if body.get("freed"):
+                self._free(pending.slots)
+            else:
+                self._unfreed[msg_id] = pending.slots
+            pending.slots = []
+            if pending.waiting:
+                pending.answer = (body, blobs)
+                pending.done.set()
+            elif body.get("held"):
+                self.send(bw.DONE, {"ids": [msg_id]})
+        elif kind == bw.FREE:
+            self._free(self._unfreed.pop(body["id"], []))
+        elif kind == bw.REPLY:
+            call = self._calls.pop(body["id"], None)
+            if call is not None:
+                call.answer = (body, blobs)
+                call.done.set()
+        elif kind == bw.TABLE:
+            if body["gen"] > self.table_gen:
+                self.table = {
+                    name: entry if "missing" in entry else {
+                        "default": entry["default"],
+                        "versions": {
+                            v: RemoteModel(intake.config_from_wire(e["config"]), e["refuse"])
+                            for v, e in entry["versions"].items()
+                        },
+                    }
+                    for name, entry in body["models"].items()
+                }
+                self.table_gen = body["gen"]
+                self.got_table.set()
+        elif kind == bw.STOP:
+            self.stop_requested.set()
+
+    def _free(self, slots: list[Slot]) -> None:
+        for slot in slots:
+            self.slab.free(slot)
+
+    def submit(self, body: dict[str, Any], slots: list[Slot]) -> int:
+        """Send an INFER; from now on ``slots`` are the link's. Raises before that."""
+        if len(self._infers) >= MAX_IN_FLIGHT:
+            raise Unavailable("this bridge process has too many requests in flight")
+        msg_id = next(self._ids)
+        body["id"] = msg_id
+        self.send(bw.INFER, body)
+        self._infers[msg_id] = _Pending(slots)
+        return msg_id
+
+    async def wait(self, msg_id: int) -> tuple[dict[str, Any], list[Any]]:
+        """The ANSWER (body, frames) to an INFER; a cancelled wait tells the core."""
+        pending = self._infers[msg_id]
+        try:
+            await pending.done.wait()
+        except BaseException:
+            if pending.answer is None:  # the client went away: the core abandons it
+                pending.waiting = False
+                try:
+                    self.send(bw.CANCEL, {"id": msg_id})
+                except Unavailable:
+                    pass
+            raise
+        assert pending.answer is not None
+        return pending.answer
+
+    async def call(self, body: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        """A non-infer HTTP request, answered by the core's route layer."""
+        msg_id = next(self._ids)
+        body["id"] = msg_id
+        pending = self._calls[msg_id] = _Pending([])
+        try:
+            self.send(bw.CALL, body, payload)
+            await pending.done.wait()
+        finally:
+            self._calls.pop(msg_id, None)
+        assert pending.answer is not None
+        answer, blobs = pending.answer
+        return answer, bytes(blobs[0]) if blobs else b""
+
+    def fail_all(self, error: InferoxyError) -> None:
+        """The core is gone: wake every waiting handler with ``error``."""
+        body = {"status": error.http_status, "error": intake.error_to_wire(error),
+                "headers": [["content-type", "application/json"]]}
+        payload = orjson.dumps({"error": error.message})
+        for table in (self._infers, self._calls):
+            for pending in table.values():
+                if pending.answer is None:
+                    pending.answer = (body, [payload] if table is self._calls else [])
+                    pending.done.set()
+
+    def report(self, answers: list[list[Any]]) -> None:
+        self.send(bw.REPORT, {"answers": answers, "slots_in_use": self.slab.slots_in_use,
+                              "bytes_in_use": self.slab.bytes_in_use})
+
+    def close(self) -> None:
+        self.cache.close()
+        self._out.close(linger=0)
+        self._in.close(linger=0)
+        self._ctx.term()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    """What a bridge knows of one (model, version): its configuration, and whether it
+    refuses requests now (the core's ``ensure_accepting`` message)."""
+
+    config: ModelConfig
+    refuse: list[Any] | None
+
+
+class RemoteResult:
+    """The ``RequestResult`` surface: ``outputs``, ``in_regions``, ``release()``."""
+
+    def __init__(self, outputs: dict[str, np.ndarray], in_regions: dict[str, tuple[int, ...]],
+                 on_release: Callable[[], None] | None) -> None:
+        self.outputs = outputs
+        self.in_regions = in_regions
+        self._on_release = on_release
+
+    def release(self) -> None:
+        self.outputs = {}
+        if self._on_release is not None:
+            on_release, self._on_release = self._on_release, None
+            on_release()
+
+
+class RemoteAdmission:
+    """The ``Admission`` surface, in a bridge process: slots from its own slab; client
+    regions are resolved (and refused) by the core, which keeps the registry."""
+
+    def __init__(self, link: CoreLink, server: RemoteModel) -> None:
+        self._link = link
+        self.server = server
+        self.slots: list[Slot] = []
+        self._inputs: list[list[Any]] = []
+        self._outputs: dict[str, list[Any]] = {}
+        self._submitted = False
+
+    def slot(self, tensor: CheckedInput) -> Slot:
+        try:
+            slot = self._link.slab.allocate(tensor.nbytes)
+        except ShmExhausted as exc:
+            raise Unavailable(f"out of request memory: {exc}") from None
+        self.slots.append(slot)
+        desc = slot.descriptor(tensor.dtype.name, tensor.shape)
+        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.shape),
+                             desc.to_wire(), None])
+        return slot
+
+    def region_input(self, tensor: CheckedInput, region: object, offset: object,
+                     byte_size: object) -> None:
+        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.shape),
+                             None, [region, offset, byte_size]])
+
+    def region_output(self, spec: TensorSpec, region: object, offset: object,
+                      byte_size: object) -> None:
+        self._outputs[spec.name] = [region, offset, byte_size]
+
+    def release(self) -> None:
+        if not self._submitted:
+            while self.slots:
+                self._link.slab.free(self.slots.pop())
+
+    async def run(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
+                  request_id: str) -> RemoteResult:
+        config = self.server.config
+        body = {
+            "model": config.name, "version": config.version, "rows": rows,
+            "inputs": self._inputs, "outputs": self._outputs, "parameters": parameters,
+            "timeout_us": timeout_us, "request_id": request_id,
+        }
+        msg_id = self._link.submit(body, self.slots)  # raises while the slots are ours
+        self.slots, self._submitted = [], True
+        answer, frames = await self._link.wait(msg_id)
+        if "error" in answer:
+            raise intake.error_from_wire(answer["error"])
+        link = self._link
+        outputs = intake.read_outputs(answer.get("outputs") or {}, frames,
+                                      lambda d: link.cache.view(d))
+        in_regions = {n: tuple(s) for n, s in (answer.get("in_regions") or {}).items()}
+        on_release = (lambda: link.send(bw.DONE, {"ids": [msg_id]})) if answer.get(
+            "held") else None
+        return RemoteResult(outputs, in_regions, on_release)
+
+
+class RemoteGateway:
+    """What the REST handlers use of ``gateway.core.Gateway``, in a bridge process."""
+
+    def __init__(self, settings: Settings, link: CoreLink) -> None:
+        self.settings = settings
+        self.limits = Limits.of(settings)
+        self.link = link
+        self.bridge_answers = BridgeCounters()
+        self.draining = False
+
+    def model(self, name: str, version: str | None = None) -> RemoteModel:
+        entry = self.link.table.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model {name!r}")
+        if "missing" in entry:
+            raise NotFound(entry["missing"])
+        versions = entry["versions"]
+        if version:
+            model = versions.get(version)
+            if model is None:
+                raise NotFound(f"unknown version {version!r} of model {name!r}")
+            return model
+        return versions[entry["default"]]
+
+    def ensure_accepting(self, server: RemoteModel) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        if server.refuse is not None:
+            raise intake.error_from_wire(server.refuse)
+
+    def admission(self, server: RemoteModel) -> RemoteAdmission:
+        return RemoteAdmission(self.link, server)

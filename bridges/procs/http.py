@@ -1,0 +1,63 @@
+"""The HTTP server of a bridge process: the REST layer's own handler over a ``RemoteGateway``.
+
+Infer requests run the same handler as in the core (``bridges.rest.infer``); every other
+route is forwarded to the core as one CALL message and answered there by
+``bridges.rest.routes.answer`` (the registry of client regions and the statistics live in
+the core).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from bridges.procs.facade import RemoteGateway
+from bridges.rest.app import create_handler, server_config
+from bridges.rest.http11 import HttpRequest, HttpResponse
+from bridges.rest.server import HttpServer, open_listeners
+
+
+def request_to_wire(request: HttpRequest) -> dict[str, Any]:
+    return {
+        "method": request.method, "path": request.path, "query": request.query,
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers],
+    }
+
+
+def request_from_wire(body: dict[str, Any], payload: bytes) -> HttpRequest:
+    return HttpRequest(
+        method=str(body["method"]), path=str(body["path"]), query=str(body.get("query", "")),
+        headers=tuple((str(k).encode("latin-1"), str(v).encode("latin-1"))
+                      for k, v in body.get("headers") or []),
+        content_length=len(payload), body=payload,
+    )
+
+
+def response_to_wire(response: HttpResponse) -> dict[str, Any]:
+    return {"status": response.status,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in response.headers]}
+
+
+def response_from_wire(body: dict[str, Any], payload: bytes) -> HttpResponse:
+    return HttpResponse(
+        int(body["status"]),
+        tuple((str(k).encode("latin-1"), str(v).encode("latin-1"))
+              for k, v in body.get("headers") or []),
+        payload,
+    )
+
+
+async def serve_http(gateway: RemoteGateway, host: str, port: int, shutdown: trio.Event, *,
+                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+    link = gateway.link
+
+    async def forward(_: Any, request: HttpRequest) -> HttpResponse:
+        answer, payload = await link.call(request_to_wire(request), request.body)
+        return response_from_wire(answer, payload)
+
+    listeners = await open_listeners(host, port, reuse_port=True)
+    server = HttpServer(create_handler(gateway, answer=forward),  # type: ignore[arg-type]
+                        server_config(gateway.settings))
+    await server.serve(listeners, shutdown, task_status=task_status)

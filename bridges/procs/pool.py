@@ -1,0 +1,323 @@
+"""The core's Trio adapter for bridge processes: spawn, supervise, and serve their messages.
+
+``BridgePool.run`` binds the intake (a PULL socket every bridge pushes to) and one PUSH
+socket per bridge (``bridge-<i>.sock``, fresh for each process), starts ``N`` processes of
+``python -m bridges.procs`` and restarts any that dies (with back-off). Each socket has one
+owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent to, with
+``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s business; here
+each INFER becomes a task that submits the request and waits for its answer.
+
+A bridge process dies with the core (it watches its parent), and on
+SIGTERM the core drains first (its bridges' new requests get 503), then tells every bridge to
+``STOP``: close its listener, finish open responses, exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import trio
+import zmq
+
+from gateway import bridge_wire as bw
+from gateway import intake
+from gateway.core import Gateway
+from gateway.errors import InferoxyError, InvalidArgument, Unavailable
+from gateway.intake import BridgeBook
+from gateway.request import InferRequest, RequestResult
+from shm.segment import unlink_matching
+from supervisor.backoff import Backoff
+
+log = logging.getLogger("inferoxy.bridges")
+
+TABLE_EVERY_S = 0.1  # how often the routing table is compared with what bridges have
+QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for workers to let go
+HELLO_TIMEOUT_S = 60.0
+
+
+
+class BridgePool:
+    def __init__(self, gateway: Gateway, count: int) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.count = count
+        self.run_dir = ""
+        self._ctx = zmq.Context()
+        self._outs: dict[int, zmq.Socket[bytes]] = {}
+        self._books: dict[int, BridgeBook] = {}
+        self._procs: dict[int, trio.Process] = {}
+        self._sizes: dict[int, dict[str, int]] = {}  # per bridge: its segments' sizes
+        self._listening: set[int] = set()
+        self._all_listening = trio.Event()
+        self._table: dict[str, Any] = {}
+        self._table_gen = 0
+        self._sent_gen: dict[int, int] = {}
+        self._stopping = False
+        self._nursery: trio.Nursery
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        self.run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{os.getpid()}-bridges-")
+        intake_sock = self._ctx.socket(zmq.PULL)
+        intake_sock.setsockopt(zmq.LINGER, 0)
+        intake_sock.setsockopt(zmq.RCVHWM, 100_000)
+        intake_sock.bind(bw.intake_address(self.run_dir))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._refresh_table()
+                nursery.start_soon(self._read_intake, intake_sock)
+                nursery.start_soon(self._push_tables)
+                for index in range(self.count):
+                    nursery.start_soon(self._supervise, index)
+                with trio.fail_after(HELLO_TIMEOUT_S):
+                    await self._all_listening.wait()
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                for proc in self._procs.values():
+                    if proc.returncode is None:
+                        proc.kill()
+                for proc in self._procs.values():
+                    await proc.wait()
+                for book in self._books.values():
+                    book.die()
+                    unlink_matching(book.prefix)
+                for sock in self._outs.values():
+                    sock.close(linger=0)
+                intake_sock.close(linger=0)
+                self._ctx.term()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Drain: every bridge stops accepting, finishes its open responses and exits."""
+        self._stopping = True
+        for index in list(self._procs):
+            self._send(index, bw.STOP, {})
+        with trio.move_on_after(timeout_s):
+            for proc in list(self._procs.values()):
+                await proc.wait()
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                log.warning("bridge process %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+
+    def _spawn_env(self, index: int) -> dict[str, str]:
+        settings = json.dumps(dataclasses.asdict(self.settings))
+        return dict(os.environ, INFEROXY_BRIDGE_SETTINGS=settings)
+
+    async def _supervise(self, index: int) -> None:
+        backoff = Backoff(initial_s=0.1, max_s=5.0, stable_after_s=10.0)
+        while not self._stopping:
+            sock = self._outs.pop(index, None)
+            if sock is not None:
+                sock.close(linger=0)
+            out = self._ctx.socket(zmq.PUSH)
+            out.setsockopt(zmq.LINGER, 0)
+            out.setsockopt(zmq.SNDHWM, 100_000)
+            out.bind(f"ipc://{self.run_dir}/bridge-{index}.sock")
+            self._outs[index] = out
+            self._sent_gen.pop(index, None)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "bridges.procs", "--index", str(index),
+                 "--core-pid", str(os.getpid()), "--run-dir", self.run_dir],
+                env=self._spawn_env(index), stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the core, which stops them in order
+            )
+            started = time.monotonic()
+            self._procs[index] = proc
+            prefix = f"{self.settings.shm_prefix}-{proc.pid}-b-"
+            book = self._books[index] = BridgeBook(index, proc.pid, prefix)
+            self._sizes[index] = {}
+            code = await proc.wait()
+            self._listening.discard(index)
+            book.die()
+            self.gateway.bridge_reports.gone(index)
+            self._nursery.start_soon(self._unlink_when_quiet, book)
+            if self._stopping:
+                return
+            delay = backoff.on_exit(time.monotonic() - started)
+            log.warning("bridge process %d (pid %d) exited with status %s; restarting in "
+                        "%.1fs", index, proc.pid, code, delay)
+            await trio.sleep(delay)
+
+    async def _unlink_when_quiet(self, book: BridgeBook) -> None:
+        """A dead bridge's segments go once no worker can still be reading an input there."""
+        with trio.move_on_after(QUIET_WAIT_S):
+            while not book.quiet:
+                await trio.sleep(0.05)
+        unlink_matching(book.prefix)
+
+    # -- the routing table ----------------------------------------------------------------
+
+    def _refresh_table(self) -> None:
+        table = intake.routing_table(self.gateway)
+        if intake.table_fingerprint(table) != intake.table_fingerprint(self._table) or (
+            not self._table_gen
+        ):
+            self._table = table
+            self._table_gen += 1
+            self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table)}
+
+    async def _push_tables(self) -> None:
+        while True:
+            self._refresh_table()
+            for index in self._procs:
+                if self._sent_gen.get(index, -1) not in (-1, self._table_gen):
+                    if self._send(index, bw.TABLE, self._table_wire):
+                        self._sent_gen[index] = self._table_gen
+            await trio.sleep(TABLE_EVERY_S)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _send(self, index: int, kind: bytes, body: dict[str, Any], *blobs: Any) -> bool:
+        sock = self._outs.get(index)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(bw.encode(kind, body, *blobs), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    async def _read_intake(self, sock: zmq.Socket[bytes]) -> None:
+        fd = int(sock.getsockopt(zmq.FD))
+        handled = 0
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    continue
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            try:
+                kind, body, blobs = bw.decode(frames, bw.TO_CORE)
+                self._on_message(kind, body, blobs)
+            except (bw.WireError, KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a malformed bridge message: %s", exc)
+            handled += 1
+            if handled % 64 == 0:
+                await trio.lowlevel.checkpoint()
+
+    def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
+        index = body["b"]
+        book = self._books.get(index)
+        if book is None or book.dead:
+            return
+        if kind == bw.INFER:
+            msg_id = body["id"]
+            entry = book.open(msg_id) if isinstance(msg_id, int) else None
+            if entry is not None:
+                self._nursery.start_soon(self._infer, book, msg_id, body)
+        elif kind == bw.DONE:
+            for msg_id in body["ids"]:
+                book.done(msg_id)
+        elif kind == bw.CANCEL:
+            book.cancel(body["id"])
+        elif kind == bw.CALL:
+            self._nursery.start_soon(self._forward_call, index, body, bytes(blobs[0]))
+        elif kind == bw.REPORT:
+            for bridge, status_class, n in self.gateway.bridge_reports.report(index, body):
+                counts = self.gateway.bridge_answers.counts
+                counts[(bridge, status_class)] = counts.get((bridge, status_class), 0) + n
+        elif kind == bw.HELLO:
+            if body.get("pid") != book.pid:
+                log.warning("bridge %d says it is pid %s, not %d", index, body.get("pid"),
+                            book.pid)
+                return
+            self._sent_gen[index] = 0  # send it the table now
+            if self._send(index, bw.TABLE, self._table_wire):
+                self._sent_gen[index] = self._table_gen
+            if body.get("listening"):
+                self._listening.add(index)
+                if len(self._listening) == self.count:
+                    self._all_listening.set()
+
+    def _segment_size(self, index: int, name: str) -> int:
+        sizes = self._sizes[index]
+        size = sizes.get(name)
+        if size is None:
+            if len(sizes) > 4096:  # dedicated (one-request) segments come and go
+                sizes.clear()
+            size = sizes[name] = os.stat(f"/dev/shm/{name}").st_size
+        return size
+
+    async def _infer(self, book: BridgeBook, msg_id: int, body: dict[str, Any]) -> None:
+        gateway = self.gateway
+        request: InferRequest | None = None
+        result: RequestResult | None = None
+        error: InferoxyError | None = None
+        with trio.CancelScope() as scope:
+            entry = book.entries[msg_id]
+            entry.cancel = scope.cancel
+            try:
+                if book.dead:
+                    raise Unavailable("the bridge process is gone")
+                server = gateway.model(body["model"], body["version"])
+                gateway.ensure_accepting(server)
+                admission = gateway.admission(server)
+                rows = intake.admit(
+                    admission, body, gateway.limits, book.prefix,
+                    lambda name: self._segment_size(book.index, name),
+                )
+                parameters = body.get("parameters") or {}
+                timeout_us = body.get("timeout_us")
+                if not isinstance(parameters, dict) or not (
+                    timeout_us is None or isinstance(timeout_us, int)
+                ):
+                    raise InvalidArgument("malformed parameters in a bridge message")
+                request = admission.submit(rows, parameters, timeout_us,
+                                           str(body.get("request_id") or ""))
+                request.on_inputs_freed = lambda: self._inputs_freed(book, msg_id)
+                result = await server.wait(request)
+            except InferoxyError as exc:
+                error = exc
+        if scope.cancelled_caught and error is None and result is None:
+            error = Unavailable("the request was cancelled")
+        freed = request is None or request.on_inputs_freed is None
+        if request is None:
+            book.inputs_freed(msg_id)
+        answer: dict[str, Any] = {"id": msg_id, "freed": freed}
+        frames: list[bytes] = []
+        held: RequestResult | None = None
+        if result is not None:
+            outputs, frames, is_held = intake.answer_outputs(result, gateway.cache.locate)
+            answer["outputs"] = outputs
+            answer["in_regions"] = {n: list(s) for n, s in result.in_regions.items()}
+            if is_held:
+                held = result
+                answer["held"] = True
+            else:
+                result.release()
+            answer["status"] = 200
+        else:
+            assert error is not None
+            answer["status"] = error.http_status
+            answer["error"] = intake.error_to_wire(error)
+        book.answered(msg_id, held)
+        if not self._send(book.index, bw.ANSWER, answer, *frames) and held is not None:
+            book.done(msg_id)  # nobody will read it
+
+    def _inputs_freed(self, book: BridgeBook, msg_id: int) -> None:
+        if book.inputs_freed(msg_id) and not book.dead:
+            self._send(book.index, bw.FREE, {"id": msg_id})
+
+    async def _forward_call(self, index: int, body: dict[str, Any], payload: bytes) -> None:
+        from bridges.procs.http import request_from_wire, response_to_wire
+        from bridges.rest.routes import answer
+
+        response = await answer(self.gateway, request_from_wire(body, payload))
+        self._send(index, bw.REPLY, {"id": body["id"], **response_to_wire(response)},
+                   response.body)

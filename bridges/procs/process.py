@@ -1,0 +1,141 @@
+"""One bridge process (``python -m bridges.procs``): HTTP on the shared port, the rest by message.
+
+Started by the core's ``BridgePool`` with its settings in ``INFEROXY_BRIDGE_SETTINGS``. It
+listens on the HTTP port with SO_REUSEPORT (the kernel spreads connections over the
+processes), serves infer requests with the same handler as the core (over a
+``RemoteGateway``), and forwards every other route to the core in one message.
+
+Lifecycle: connect to the core, say HELLO, wait for the routing table, listen, say HELLO
+again (``listening``). STOP (the core drains), or SIGTERM while the core lives: close the
+listener, finish open responses, exit. The core gone (our parent changed, seen by
+our parent watch): every waiting request is answered 503 at once, then exit. Our slab's
+segments are unlinked on the way out; those of a killed process are unlinked by the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+import trio
+
+from bridges.procs.facade import CoreLink, RemoteGateway
+from gateway import bridge_wire as bw
+from gateway.errors import Unavailable
+from gateway.settings import Settings
+from shm.segment import segment_name
+from shm.slab import SlabAllocator
+
+log = logging.getLogger("inferoxy.bridge")
+
+REPORT_EVERY_S = 0.25
+# The core gone is noticed by polling our parent: PR_SET_PDEATHSIG fires when the *thread*
+# that spawned us exits, and Trio spawns from a worker thread that idles out after seconds.
+PARENT_CHECK_S = 0.2
+PRUNE_EVERY_S = 5.0  # output segments of workers that are gone are unmapped this often
+SEGMENT_BYTES = 16 << 20  # smaller than the core's: workers keep a dead bridge's mapped
+
+
+async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settings) -> None:
+    from bridges.procs.http import serve_http  # the REST layer, imported in the child only
+
+    pid = os.getpid()
+    slab = SlabAllocator(
+        segment_name(settings.shm_prefix, pid, "b"),
+        limit_bytes=max(SEGMENT_BYTES, settings.shm_limit_bytes // 2),
+        segment_bytes=SEGMENT_BYTES,
+    )
+    link = CoreLink(index, run_dir, slab)
+    facade = RemoteGateway(settings, link)
+    sent: dict[tuple[str, str], int] = {}
+
+    def report() -> None:
+        counts = facade.bridge_answers.counts
+        delta = [[b, c, n - sent.get((b, c), 0)] for (b, c), n in list(counts.items())
+                 if n != sent.get((b, c), 0)]
+        sent.update(counts)
+        try:
+            link.report(delta)
+        except Unavailable:
+            pass
+
+    core_gone = False
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                link.send(bw.HELLO, {"pid": pid, "listening": False})
+                with trio.fail_after(30):
+                    await link.got_table.wait()
+                shutdown, http_done = trio.Event(), trio.Event()
+
+                async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await serve_http(facade, settings.host, settings.http_port, shutdown,
+                                         task_status=task_status)
+                    finally:
+                        http_done.set()
+
+                await nursery.start(run_http)
+                link.send(bw.HELLO, {"pid": pid, "listening": True})
+                nursery.start_soon(_every, REPORT_EVERY_S, report)
+                nursery.start_soon(_every, PRUNE_EVERY_S, link.cache.prune)
+
+                async def watch_parent() -> None:
+                    nonlocal core_gone
+                    while os.getppid() == core_pid:
+                        await trio.sleep(PARENT_CHECK_S)
+                    core_gone = True
+
+                async def watch_signals() -> None:
+                    nonlocal core_gone
+                    async for _ in signals:
+                        core_gone = os.getppid() != core_pid
+                        return
+
+                async with trio.open_nursery() as watchers:  # the first to return wins
+                    for watch in (watch_parent, watch_signals, link.stop_requested.wait):
+                        watchers.start_soon(_then_cancel, watch, watchers.cancel_scope)
+                if core_gone:
+                    log.warning("bridge %d: the gateway core is gone; exiting", index)
+                    link.fail_all(Unavailable("the gateway core stopped"))
+                    await trio.sleep(0.2)  # let the handlers write their 503s
+                else:
+                    shutdown.set()  # the listener closes; open responses go out
+                    with trio.move_on_after(settings.drain_timeout_s):
+                        await http_done.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        if not core_gone:
+            report()
+        link.close()
+        slab.close()
+
+
+async def _every(period_s: float, fn: Any) -> None:
+    while True:
+        await trio.sleep(period_s)
+        fn()
+
+
+async def _then_cancel(wait: Any, scope: trio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bridges.procs")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--core-pid", type=int, required=True)
+    parser.add_argument("--run-dir", required=True)
+    args = parser.parse_args(argv)
+    if os.getppid() != args.core_pid:  # the core died before we could ask
+        return
+    settings = Settings(**json.loads(os.environ["INFEROXY_BRIDGE_SETTINGS"]))
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    trio.run(serve_bridge, args.index, args.core_pid, args.run_dir, settings)

@@ -1,0 +1,343 @@
+"""The core's side of bridge processes (``--bridge-workers N``): what their messages mean.
+
+I/O-free: the Trio adapter (``bridges.procs.pool``) owns the sockets and the processes and
+calls in here. A bridge process parses HTTP, checks the request against its copy of the
+model's configuration and writes tensor bytes into its *own* slab; the core receives only
+descriptors. Theory of operation:
+
+- **Never trust a bridge blindly.** ``admit`` re-checks every input against the core's own
+  configuration of the model (``InputChecker``: name, datatype, shape, batch, total size)
+  and every descriptor against the sending bridge: its segment must be named
+  ``{prefix}-{bridge pid}-b-...`` (the pid the core spawned, not one the bridge claims) and
+  the byte range must lie inside the segment. Client-region references are resolved here,
+  where the region registry lives.
+- **Slots are the bridge's, freed once, by the bridge.** An input slot may be reused only when
+  no worker can read it any more. The model server tells us (``InferRequest.on_inputs_freed``):
+  usually before the answer (``freed: true`` in it), else later (a ``FREE`` message) — a
+  request abandoned at its deadline may still be running on a worker.
+- **Outputs.** Small outputs travel inline in the answer (one copy of a few KB costs less
+  than the ``DONE`` message a descriptor would need); large ones travel as descriptors of the
+  worker's output slot, which the core holds (``held``) until the bridge says ``DONE``.
+- **A bridge that dies** has its requests abandoned and its held outputs released; its
+  segments are unlinked once none of its inputs can still be read (``BridgeBook.quiet``).
+- **The routing table** (``routing_table``) is what a bridge needs to resolve and check a
+  request without asking the core: every routed model's versions with their configuration,
+  the default version, and why a model refuses requests now. The core re-resolves and
+  re-checks anyway; the table only spares round trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway import errors
+from gateway.admission import Admission, InputChecker, Limits
+from gateway.config import ModelConfig, TensorSpec
+from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
+from gateway.request import RequestResult
+from shm.datatypes import V2_TO_NUMPY
+from shm.descriptor import Descriptor
+
+INLINE_OUTPUT_BYTES = 64 << 10  # larger outputs go back as descriptors (held until DONE)
+
+_ERRORS: dict[str, type[InferoxyError]] = {
+    cls.__name__: cls for cls in (
+        errors.InferoxyError, errors.InvalidArgument, errors.PayloadTooLarge, errors.NotFound,
+        errors.Forbidden, errors.Conflict, errors.Unavailable, errors.DeadlineExceeded,
+        errors.ModelError,
+    )
+}
+
+
+# -- errors and configurations on the wire --------------------------------------------------
+
+def error_to_wire(exc: InferoxyError) -> list[Any]:
+    # A subclass the other side cannot name (BodyTimeout, ...) travels as its nearest base.
+    name = next(c.__name__ for c in type(exc).__mro__ if _ERRORS.get(c.__name__) is c)
+    return [name, exc.message, getattr(exc, "retry_after_s", 1)]
+
+
+def error_from_wire(raw: Any) -> InferoxyError:
+    try:
+        name, message, retry_after = raw
+        cls = _ERRORS.get(name, InferoxyError)
+        if cls is Unavailable:
+            return Unavailable(str(message), int(retry_after))
+        return cls(str(message))
+    except (TypeError, ValueError):
+        return InferoxyError("the gateway core sent a malformed answer")
+
+
+def config_to_wire(config: ModelConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_wire(raw: dict[str, Any]) -> ModelConfig:
+    def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items)
+
+    return ModelConfig(**(raw | {"inputs": specs(raw["inputs"]),
+                                 "outputs": specs(raw["outputs"])}))
+
+
+# -- the routing table ------------------------------------------------------------------------
+
+def routing_table(gateway: Any) -> dict[str, Any]:
+    """``{name: {"default": v, "versions": {v: {"config", "refuse"}}} | {"missing": why}}``.
+
+    ``refuse`` is the message ``ensure_accepting`` would raise now (or null), so a bridge
+    can refuse at once, as the in-process bridge does, without asking.
+    """
+    table: dict[str, Any] = {}
+    for server in gateway.all_servers():
+        name = server.config.name
+        entry = table.setdefault(name, {"versions": {}})
+        try:
+            gateway.ensure_accepting(server)
+            refuse = None
+        except InferoxyError as exc:
+            refuse = error_to_wire(exc)
+        entry["versions"][server.config.version] = {
+            "config": server.config, "refuse": refuse,
+        }
+    for name, entry in table.items():
+        entry["default"] = gateway.model(name).config.version
+    for name in gateway.declarations:
+        if name not in table:
+            try:
+                gateway.model(name)
+            except NotFound as exc:
+                table[name] = {"missing": exc.message}
+    return table
+
+
+def table_fingerprint(table: dict[str, Any]) -> tuple[Any, ...]:
+    """Cheap to compare: configuration objects by identity, the rest by value."""
+    return tuple(sorted(
+        (name, entry.get("default"), entry.get("missing"), tuple(sorted(
+            (v, id(e["config"]), repr(e["refuse"])) for v, e in entry.get("versions", {}).items()
+        )))
+        for name, entry in table.items()
+    ))
+
+
+def table_to_wire(table: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: entry if "missing" in entry else {
+            "default": entry["default"],
+            "versions": {v: {"config": config_to_wire(e["config"]), "refuse": e["refuse"]}
+                         for v, e in entry["versions"].items()},
+        }
+        for name, entry in table.items()
+    }
+
+
+# -- admitting a bridge's request --------------------------------------------------------------
+
+def _region(raw: Any) -> tuple[Any, Any, Any]:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise InvalidArgument("malformed shared-memory region reference")
+    return raw[0], raw[1], raw[2]
+
+
+def admit(admission: Admission, body: dict[str, Any], limits: Limits,
+          segment_prefix: str, segment_size: Callable[[str], int]) -> int:
+    """Fill ``admission`` from an INFER body; the request's rows. Raises InvalidArgument.
+
+    ``segment_size(name)`` maps a bridge segment (raising ``OSError``/``ValueError`` when it
+    cannot); only names that start with ``segment_prefix`` are ever asked for.
+    """
+    config = admission.server.config
+    checker = InputChecker(config, limits)
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidArgument("'inputs' must be a non-empty array")
+    for i, raw in enumerate(raw_inputs):
+        if not isinstance(raw, list) or len(raw) != 5:
+            raise InvalidArgument("malformed input in a bridge message")
+        name, datatype, shape, desc, region = raw
+        checked = checker.check(f"inputs[{i}]", name, datatype, shape)
+        if region is not None:
+            admission.region_input(checked, *_region(region))
+            continue
+        try:
+            d = Descriptor.from_wire(desc)
+        except (AssertionError, TypeError, ValueError):
+            raise InvalidArgument("malformed descriptor in a bridge message") from None
+        if (not d.segment.startswith(segment_prefix) or d.dtype != checked.dtype.name
+                or d.shape != checked.shape or d.offset < 0):
+            raise InvalidArgument("a bridge descriptor does not match its input")
+        try:
+            size = segment_size(d.segment)
+        except (OSError, ValueError):
+            raise InvalidArgument("a bridge descriptor names no segment of the bridge") from None
+        if d.offset + checked.nbytes > size:
+            raise InvalidArgument("a bridge descriptor lies outside its segment")
+        admission.inputs[checked.spec.name] = d
+    rows = checker.finish()
+    outputs = body.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        raise InvalidArgument("malformed outputs in a bridge message")
+    for name, region in outputs.items():
+        spec = config.output(name)
+        if spec is None:
+            raise InvalidArgument(f"{name!r} is not an output of model {config.name!r}")
+        admission.region_output(spec, *_region(region))
+    return rows
+
+
+def answer_outputs(result: RequestResult, locate: Callable[[np.ndarray], Descriptor | None]
+                   ) -> tuple[dict[str, Any], list[bytes], bool]:
+    """The ANSWER's ``outputs``, its inline frames, and whether the result must be held.
+
+    Inline frames are copies (``tobytes``): once they exist, the worker may reuse its slot.
+    """
+    outputs: dict[str, Any] = {}
+    frames: list[bytes] = []
+    held = False
+    for name, arr in result.outputs.items():
+        desc = locate(arr) if arr.nbytes > INLINE_OUTPUT_BYTES else None
+        if desc is not None:
+            outputs[name] = [arr.dtype.name, list(arr.shape), desc.to_wire()]
+            held = True
+        else:
+            outputs[name] = [arr.dtype.name, list(arr.shape), len(frames)]
+            frames.append(arr.tobytes())
+    return outputs, frames, held
+
+
+def read_outputs(outputs: dict[str, Any], frames: list[Any],
+                 view: Callable[[Descriptor], np.ndarray]) -> dict[str, np.ndarray]:
+    """The bridge's side of ``answer_outputs``: arrays over the frames or the worker's slots."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, shape, where) in outputs.items():
+        if isinstance(where, int):
+            dt = np.dtype(dtype)
+            arrays[name] = np.frombuffer(frames[where], dtype=dt,
+                                         count=math.prod(shape)).reshape(shape)
+        else:
+            arrays[name] = view(Descriptor.from_wire(where))
+    return arrays
+
+
+# -- the book of one bridge's requests ---------------------------------------------------------
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One INFER of a bridge, from arrival until its inputs are free and its outputs let go."""
+
+    cancel: Callable[[], None] | None = None  # abandons the request (client went away)
+    answered: bool = False
+    inputs_freed: bool = False
+    held: RequestResult | None = None
+
+
+@dataclass(eq=False, slots=True)
+class BridgeBook:
+    """The requests one bridge process has in the core, by the bridge's message id."""
+
+    index: int
+    pid: int
+    prefix: str  # its segments' names start with this
+    entries: dict[int, Entry] = field(default_factory=dict)
+    dead: bool = False
+
+    def open(self, msg_id: int) -> Entry | None:
+        """A new request; None when the id is in use (a confused bridge: drop it)."""
+        if msg_id in self.entries:
+            return None
+        entry = self.entries[msg_id] = Entry()
+        return entry
+
+    def _settle(self, msg_id: int, entry: Entry) -> None:
+        if entry.answered and entry.inputs_freed and entry.held is None:
+            self.entries.pop(msg_id, None)
+
+    def answered(self, msg_id: int, held: RequestResult | None) -> None:
+        entry = self.entries.get(msg_id)
+        if entry is not None:
+            entry.answered, entry.held, entry.cancel = True, held, None
+            self._settle(msg_id, entry)
+
+    def inputs_freed(self, msg_id: int) -> bool:
+        """Mark the inputs free; whether the answer went out already (then say FREE)."""
+        entry = self.entries.get(msg_id)
+        if entry is None:
+            return False
+        entry.inputs_freed = True
+        was_answered = entry.answered
+        self._settle(msg_id, entry)
+        return was_answered
+
+    def done(self, msg_id: int) -> None:
+        """The bridge copied a held answer's outputs."""
+        entry = self.entries.get(msg_id)
+        if entry is not None and entry.held is not None:
+            held, entry.held = entry.held, None
+            held.release()
+            self._settle(msg_id, entry)
+
+    def cancel(self, msg_id: int) -> None:
+        entry = self.entries.get(msg_id)
+        if entry is not None and entry.cancel is not None:
+            entry.cancel()
+
+    def die(self) -> None:
+        """The process is gone: abandon its requests, release what it held."""
+        self.dead = True
+        for msg_id, entry in list(self.entries.items()):
+            if entry.cancel is not None:
+                entry.cancel()
+            if entry.held is not None:
+                held, entry.held = entry.held, None
+                held.release()
+            self._settle(msg_id, entry)
+
+    @property
+    def quiet(self) -> bool:
+        """No worker can still read an input slot of this bridge."""
+        return all(e.inputs_freed for e in self.entries.values())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(slots=True)
+class BridgeReports:
+    """What bridge processes report: answers per worker and their slabs' use (metrics)."""
+
+    answers: dict[int, int] = field(default_factory=dict)  # worker index -> answers
+    slots_in_use: dict[int, int] = field(default_factory=dict)
+    bytes_in_use: dict[int, int] = field(default_factory=dict)
+
+    def report(self, index: int, body: dict[str, Any]) -> list[tuple[str, str, int]]:
+        """Record a REPORT; the answer counts it carried, ``(bridge, status_class, n)``."""
+        counts: list[tuple[str, str, int]] = []
+        for item in body.get("answers") or []:
+            if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], int)
+                    and 0 < item[2] < 1 << 40):
+                counts.append((item[0], item[1], item[2]))
+                self.answers[index] = self.answers.get(index, 0) + item[2]
+        for key, book in (("slots_in_use", self.slots_in_use),
+                          ("bytes_in_use", self.bytes_in_use)):
+            value = body.get(key)
+            if isinstance(value, int) and value >= 0:
+                book[index] = value
+        return counts
+
+    def gone(self, index: int) -> None:
+        """A process died: its slab went with it."""
+        self.slots_in_use.pop(index, None)
+        self.bytes_in_use.pop(index, None)
+
+
+def numpy_dtype_name(datatype: str) -> str:
+    return V2_TO_NUMPY[datatype].name

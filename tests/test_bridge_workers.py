@@ -1,0 +1,303 @@
+"""``--bridge-workers 2``: HTTP served by two bridge processes sharing the port, one core.
+
+Real gateways, real clients (tritonclient, perf_analyzer, raw sockets): infers in JSON, in
+the binary extension and through client shared memory; requests land on both processes; a
+bridge process killed under load costs only its own clients their connections, is restarted,
+and leaks neither slots nor segments; SIGTERM drains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+import urllib3
+
+from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
+from tests.test_perf_analyzer import WRAPPER, _run
+
+BRIDGES = "2"
+
+
+def bridge_pids(gw: RunningGateway) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+        if ppid == gw.process.pid and b"bridges.procs" in argv:
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def metric(gw: RunningGateway, line_prefix: str) -> float:
+    """The value of the first /metrics line that starts with ``line_prefix`` (0 if none)."""
+    text = urllib3.request("GET", f"{gw.metrics_url}/metrics", timeout=10).data.decode()
+    for line in text.splitlines():
+        if line.startswith(line_prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def stub_infer(client: httpclient.InferenceServerClient, seed: int, binary: bool = True
+               ) -> None:
+    image = np.random.default_rng(seed).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    inp = httpclient.InferInput("IMAGE", list(image.shape), "UINT8")
+    inp.set_data_from_numpy(image, binary_data=binary)
+    out = httpclient.InferRequestedOutput("IMAGE", binary_data=binary)
+    result = client.infer("stub", [inp], outputs=[out])
+    np.testing.assert_array_equal(result.as_numpy("IMAGE"), image)
+
+
+@pytest.fixture(scope="module")
+def bw_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("bridges"), TEST_MODELS, "--allow-client-shm",
+                       "--bridge-workers", BRIDGES)
+    try:
+        yield gw
+        assert gw.stop() == 0, gw.log()
+        assert shm_names(gw.shm_prefix) == [], gw.log()
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()
+
+
+def test_json_binary_and_metadata(bw_gateway: RunningGateway) -> None:
+    client = httpclient.InferenceServerClient(bw_gateway.url)
+    assert len(bridge_pids(bw_gateway)) == 2
+    assert client.is_server_ready()
+    assert client.get_model_metadata("synthetic")["inputs"][0]["name"] == "INPUT"
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)  # v2 JSON both ways
+    result = client.infer("synthetic", [inp], outputs=[
+        httpclient.InferRequestedOutput("OUTPUT", binary_data=False)])
+    np.testing.assert_allclose(result.as_numpy("OUTPUT"), x * 2 + 1)
+    stub_infer(client, 1, binary=True)
+    stub_infer(client, 2, binary=False)
+    # A large output (over the inline limit) comes back through the worker's slot.
+    big = np.random.default_rng(3).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    inp = httpclient.InferInput("IMAGE", list(big.shape), "UINT8")
+    inp.set_data_from_numpy(big)
+    np.testing.assert_array_equal(client.infer("stub", [inp]).as_numpy("IMAGE"), big)
+    # Errors come from the bridge's own checks and from the core's, as in one process.
+    bad = httpclient.InferInput("INPUT", [1, 15], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 15), np.float32))
+    with pytest.raises(Exception, match="expected"):
+        client.infer("synthetic", [bad])
+    with pytest.raises(Exception, match="unknown model"):
+        client.get_model_metadata("nope")
+
+
+def test_client_shared_memory(bw_gateway: RunningGateway) -> None:
+    """Regions are registered with the core (a forwarded call); the bridges' requests name
+    them, and the core resolves them."""
+    client = httpclient.InferenceServerClient(bw_gateway.url)
+    image = np.random.default_rng(7).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    key_in, key_out = f"/bw-in-{os.getpid()}", f"/bw-out-{os.getpid()}"
+    h_in = shm.create_shared_memory_region("bw_in", key_in, image.nbytes)
+    h_out = shm.create_shared_memory_region("bw_out", key_out, image.nbytes)
+    try:
+        shm.set_shared_memory_region(h_in, [image])
+        client.register_system_shared_memory("bw_in", key_in, image.nbytes)
+        client.register_system_shared_memory("bw_out", key_out, image.nbytes)
+        for _ in range(6):  # several connections: both processes serve some
+            c = httpclient.InferenceServerClient(bw_gateway.url)
+            inp = httpclient.InferInput("IMAGE", list(image.shape), "UINT8")
+            inp.set_shared_memory("bw_in", image.nbytes)
+            out = httpclient.InferRequestedOutput("IMAGE")
+            out.set_shared_memory("bw_out", image.nbytes)
+            result = c.infer("stub", [inp], outputs=[out])
+            assert result.get_output("IMAGE")["shape"] == list(image.shape)
+            got = shm.get_contents_as_numpy(h_out, np.uint8, list(image.shape))
+            np.testing.assert_array_equal(got, image)
+            c.close()
+        client.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+
+
+def test_requests_land_on_both_processes(bw_gateway: RunningGateway) -> None:
+    def answered(worker: str) -> float:
+        return metric(bw_gateway, f'inferoxy_bridge_worker_responses_total{{worker="{worker}"}}')
+
+    before = [answered("0"), answered("1")]
+
+    def one(seed: int) -> None:  # a fresh connection each: the kernel spreads them
+        c = httpclient.InferenceServerClient(bw_gateway.url)
+        try:
+            stub_infer(c, seed)
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(40)))
+    # Processes report every 0.25 s.
+    wait_for(lambda: answered("0") + answered("1") >= sum(before) + 40)
+    assert answered("0") > before[0] and answered("1") > before[1]
+    # One batcher per model: the core batched requests of both processes together.
+    assert metric(bw_gateway, 'nv_inference_request_failure_total{model="stub"') == 0
+
+
+@pytest.mark.timeout(120)
+def test_perf_analyzer(bw_gateway: RunningGateway, tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    image = [(i * 7 + 3) % 256 for i in range(32 * 32 * 3)]
+    tensor = {"content": image, "shape": [32, 32, 3]}
+    data.write_text(json.dumps({"data": [{"IMAGE": tensor}],
+                                "validation_data": [{"IMAGE": tensor}]}))
+    args = [str(WRAPPER), "-m", "stub", "-u", bw_gateway.url, "-i", "http",
+            "--input-data", str(data), "--shape", "IMAGE:32,32,3",
+            "--concurrency-range", "4:4", "--measurement-interval", "500",
+            "--max-trials", "10", "--stability-percentage", "100"]
+    status, output, _ = _run(args, tmp_path, None, b"")
+    assert status == 0, output
+    assert "Throughput:" in output and "error" not in output.lower(), output
+
+
+def _raw_infer(port: int, sock: socket.socket | None) -> tuple[socket.socket, bytes]:
+    """One keep-alive v2 JSON infer on ``sock`` (a new connection if None); its status line."""
+    if sock is None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 16],
+                                   "data": [1.0] * 16}]}).encode()
+    sock.sendall(b"POST /v2/models/synthetic/infer HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n")
+                      if ln.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        rest += chunk
+    return sock, head.split(b"\r\n")[0]
+
+
+@pytest.mark.timeout(120)
+def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES,
+                       env={"SYNTHETIC_A_MS": "2"})
+    try:
+        port = int(gw.url.rsplit(":", 1)[1])
+        victim, survivor = bridge_pids(gw)
+        stop_at = time.monotonic() + 60
+
+        def client(i: int) -> tuple[int, str]:
+            """(answers, how it ended): each client keeps one connection until it breaks."""
+            sock: socket.socket | None = None
+            n = 0
+            try:
+                while time.monotonic() < stop_at and n < 120:
+                    sock, status = _raw_infer(port, sock)
+                    assert status == b"HTTP/1.1 200 OK", status
+                    n += 1
+                return n, "ok"
+            except (ConnectionError, OSError) as exc:
+                return n, f"broken: {exc!r}"
+            finally:
+                if sock is not None:
+                    sock.close()
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(client, i) for i in range(16)]
+            wait_for(lambda: metric(gw, 'inferoxy_bridge_worker_responses_total{worker="0"}')
+                     + metric(gw, 'inferoxy_bridge_worker_responses_total{worker="1"}') > 50)
+            os.kill(victim, signal.SIGKILL)
+            results = [f.result(timeout=90) for f in futures]
+        broken = [r for r in results if r[1] != "ok"]
+        whole = [r for r in results if r[1] == "ok"]
+        assert broken, results  # the clients of the killed process lost their connections
+        assert whole, results  # the others never noticed
+        # The process is restarted (a new pid beside the survivor) and serves again.
+        wait_for(lambda: len(bridge_pids(gw)) == 2 and victim not in bridge_pids(gw))
+        assert survivor in bridge_pids(gw)
+        assert "bridge process 0" in gw.log() or "bridge process 1" in gw.log()
+        for _ in range(8):
+            sock, status = _raw_infer(port, None)
+            sock.close()
+            assert status == b"HTTP/1.1 200 OK"
+        # Nothing leaked: no slot in use anywhere, no segment of the dead process.
+        wait_for(lambda: metric(gw, "inferoxy_shm_slots_in_use ") == 0)
+        wait_for(lambda: not [n for n in shm_names(gw.shm_prefix)
+                              if n.startswith(f"{gw.shm_prefix}-{victim}-")])
+        assert gw.stop() == 0, gw.log()
+        assert shm_names(gw.shm_prefix) == []
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()
+
+
+def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES)
+    try:
+        pids = bridge_pids(gw)
+        assert len(pids) == 2
+
+        def slow(value: float) -> np.ndarray:
+            c = httpclient.InferenceServerClient(gw.url, network_timeout=30)
+            inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+            inp.set_data_from_numpy(np.full((1, 16), value, dtype=np.float32))
+            return c.infer("slow", [inp]).as_numpy("OUTPUT")
+
+        def pending() -> float:
+            return metric(gw, 'nv_inference_pending_request_count{model="slow"')
+
+        def received() -> float:
+            stats = httpclient.InferenceServerClient(gw.url).get_inference_statistics("slow")
+            return stats["model_stats"][0]["inference_stats"]["success"]["count"] + pending()
+
+        with ThreadPoolExecutor(2) as pool:  # slow: 300 ms each, a queue of two
+            futures = [pool.submit(slow, float(i)) for i in range(2)]
+            wait_for(lambda: received() == 2 and pending() > 0)
+            gw.process.send_signal(signal.SIGTERM)
+            for i, f in enumerate(futures):
+                np.testing.assert_allclose(f.result(timeout=20), i * 2 + 1)
+            assert gw.process.wait(timeout=30) == 0
+        assert not any(Path(f"/proc/{p}").exists() for p in pids)
+        assert shm_names(gw.shm_prefix) == []
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()
+
+
+def test_bridge_processes_die_with_a_killed_core(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES)
+    try:
+        pids = bridge_pids(gw)
+        gw.stop(signal.SIGKILL)
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
+    finally:
+        gw.cleanup()
