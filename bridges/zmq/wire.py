@@ -335,7 +335,10 @@ def read_batch(data: bytes | memoryview | pa.Buffer) -> pa.RecordBatch:
         schema = pa.ipc.read_schema(first)
     except Exception as exc:
         raise FrameError(f"the arrow schema is unreadable: {_describe(exc)}") from None
-    check_schema(schema)
+    try:
+        check_schema(schema)
+    except UnicodeDecodeError:  # pyarrow decodes names when read: found by fuzzing
+        raise FrameError("the arrow schema has a name that is not UTF-8") from None
     try:
         message = reader.read_next_message()
     except StopIteration:
