@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.suite import loadgen, observe, plots, procs, report
+from bench.suite import loadgen, observe, plots, procs, profile, report
 from bench.suite.ideal import formula_for
 from bench.suite.loadgen import LoadError, Measurement
 from bench.suite.procs import Pinning
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not pin server and load generator to separate cores")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory the stamped result directory is made in")
+    parser.add_argument("--profile", metavar="SCENARIOS", default=None,
+                        help="py-spy the gateway during these scenarios' headline windows "
+                             "(profile-SCENARIO.md: the top costs)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -121,6 +124,10 @@ class Bench:
                                 self.mode)
         self.systems = parse_systems(args.systems)
         self.duration = args.duration
+        self.profile = {p.strip() for p in (args.profile or "").split(",") if p.strip()}
+        unknown = self.profile - {s.name for s in self.scenarios}
+        if unknown:
+            raise ScenarioError(f"--profile {sorted(unknown)}: not among the scenarios run")
         self.pinning = Pinning.split(os.cpu_count() or 1, not args.no_pin)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.out = args.out / stamp
@@ -228,6 +235,8 @@ class Bench:
                 try:
                     verify(running, model, path)
                 except Exception as exc:
+                    with (self.logs / "failures.log").open("a") as log:
+                        log.write(f"== {name} {s.name} {path}: verification\n{exc}\n\n")
                     self.rows.append(Row(s.name, name, path, loadgen.loadgen_for(path),
                                          s.headline, note=f"wrong answers: {_short(exc)}"))
                     self.say(f"{name} {s.name}: not measured, wrong answers: {_short(exc)}")
@@ -248,6 +257,8 @@ class Bench:
                          f"{row.items_per_s:.0f} items/s, p99 {row.p99_ms:.2f} ms")
             except (LoadError, RuntimeError, OSError) as exc:
                 row.note = f"failed: {_short(exc)}"
+                with (self.logs / "failures.log").open("a") as log:
+                    log.write(f"== {running.name} {s.name} {path} c={conc}\n{exc}\n\n")
                 self.say(f"{running.name} {s.name} c={conc}: {row.note}")
             self.rows.append(row)
 
@@ -258,6 +269,12 @@ class Bench:
         stats0 = observe.v2_stats(running.http or "", model.name) if running.v2_stats else None
         hist0 = observe.batch_histogram(observe.metrics_text(running.metrics), model.name) \
             if running.name == "inferoxy" else {}
+        spy = None
+        if s.name in self.profile and running.name == "inferoxy" and conc == s.headline:
+            raw = self.out / f"profile-{s.name}.txt"
+            spy = profile.record(running.pid, duration, raw, self.logs / "py-spy.log")
+            self.commands.append({"system": "py-spy", "scenario": s.name,
+                                  "command": profile.command(running.pid, duration, raw)})
         cpu0 = procs.tree_cpu(running.pid)
         m: Measurement
         if path == "http-json":
@@ -281,6 +298,8 @@ class Bench:
         else:
             raise LoadError(f"no load generator for {path}")
         cpu1 = procs.tree_cpu(running.pid)
+        if spy is not None:
+            self.finish_profile(spy, s, m)
         stats1 = observe.v2_stats(running.http or "", model.name) if stats0 else None
         row.requests_per_s, row.items_per_s = m.requests_per_s, m.items_per_s
         row.p50_ms, row.p90_ms, row.p99_ms = m.p50_ms, m.p90_ms, m.p99_ms
@@ -300,6 +319,21 @@ class Bench:
                 self.histograms[s.name] = observe.histogram_delta(hist0, hist1)
         self.commands.append({"system": running.name, "scenario": s.name, "concurrency": conc,
                               "command": m.command})
+
+    def finish_profile(self, spy: subprocess.Popen[bytes], s: Scenario, m: Measurement) -> None:
+        try:
+            spy.wait(timeout=self.window(s) + 30)
+        except subprocess.TimeoutExpired:
+            procs.stop_group(spy, 5)
+        raw = self.out / f"profile-{s.name}.txt"
+        if not raw.exists():
+            self.say(f"py-spy wrote no profile (see {self.logs / 'py-spy.log'})")
+            return
+        text = (f"# py-spy profile of the Inferoxy gateway: {s.name}\n\n{s.title}; "
+                f"{m.loadgen} at concurrency {s.headline}, {m.items_per_s:.0f} items/s while "
+                f"sampled.\n\n" + profile.summarize(raw.read_text()))
+        (self.out / f"profile-{s.name}.md").write_text(text)
+        self.say(f"profile: {self.out / f'profile-{s.name}.md'}")
 
     # -- the report -------------------------------------------------------------------------
     def write(self) -> None:
