@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="SCENARIOS", default=None,
                         help="py-spy the gateway during these scenarios' headline windows "
                              "(profile-SCENARIO.md: the top costs)")
+    parser.add_argument("--inferoxy-args", default="",
+                        help="extra flags for inferoxy serve, e.g. '--bridge-workers 2'")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -124,6 +127,7 @@ class Bench:
                                 self.mode)
         self.systems = parse_systems(args.systems)
         self.duration = args.duration
+        self.inferoxy_args = tuple(shlex.split(args.inferoxy_args))
         self.profile = {p.strip() for p in (args.profile or "").split(",") if p.strip()}
         unknown = self.profile - {s.name for s in self.scenarios}
         if unknown:
@@ -208,7 +212,8 @@ class Bench:
             self.say(f"{name}: skipped ({why})")
             return
         needed = tuple({s.model: self.models[s.model] for s in scenarios}.values())
-        ctx = StartContext(needed, self.work / name, self.pinning)
+        ctx = StartContext(needed, self.work / name, self.pinning,
+                           extra_args=self.inferoxy_args if name == "inferoxy" else ())
         with contextlib.ExitStack() as stack:
             t0 = time.monotonic()
             try:

@@ -29,6 +29,7 @@ class StartContext:
     work: Path  # this system's own directory under the run's (configs, logs)
     pinning: Pinning
     startup_timeout_s: float = 180.0
+    extra_args: tuple[str, ...] = ()  # appended to the server's command line (Inferoxy only)
 
 
 @dataclass

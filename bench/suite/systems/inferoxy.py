@@ -34,6 +34,7 @@ class Inferoxy:
                    "--simulate-gpus", str(gpus)]
         for name, port in ports.items():
             command += [f"--{name}-port", str(port)]
+        command += ctx.extra_args
         command = procs.pinned(command, ctx.pinning.server)
         log = ctx.work / "server.log"
         proc = stack.enter_context(procs.owned(command, log=log, env=base_env(), cwd=ROOT))
