@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.suite import ideal, loadgen, observe, report
+from bench.suite import ideal, loadgen, observe, profile, report
 from bench.suite.procs import Pinning
 from bench.suite.report import Row
 from bench.suite.scenario import (
@@ -140,6 +140,37 @@ def test_ratios_are_inferoxy_over_each_peer_and_each_over_the_ideal() -> None:
         {"triton": 0.5, "pytriton": None, "mlserver": 4.0, "ray": None, "ideal": 0.2})
     md = report.summary_markdown([summary])
     assert "| s | 16 | 2000 | 3.00 | 0.50 | — | 4.00 | — | 0.20 |" in md
+
+
+def test_grpc_takes_perf_analyzer_where_it_works_and_one_client_for_the_rest() -> None:
+    both = ("inferoxy", "triton", "mlserver")
+    assert loadgen.loadgens_for("grpc", "triton", both) == ("perf_analyzer",)
+    assert loadgen.loadgens_for("grpc", "mlserver", both) == ("grpc_load",)
+    assert loadgen.loadgens_for("grpc", "inferoxy", both) == ("perf_analyzer", "grpc_load")
+    assert loadgen.loadgens_for("grpc", "inferoxy", ("inferoxy", "triton")) == (
+        "perf_analyzer",)
+    assert loadgen.loadgens_for("http-json", "mlserver", both) == ("wrk",)
+    rows = [Row("g", "inferoxy", "grpc", "perf_analyzer", 16, 3000.0, 3000.0),
+            Row("g", "inferoxy", "grpc", "grpc_load", 16, 1000.0, 1000.0),
+            Row("g", "triton", "grpc", "perf_analyzer", 16, 6000.0, 6000.0),
+            Row("g", "mlserver", "grpc", "grpc_load", 16, 500.0, 500.0)]
+    report.add_ratios(rows)
+    assert [r.inferoxy_x for r in rows] == [1.0, 1.0, 0.5, 2.0]  # same load generator
+
+
+def test_a_profile_names_the_top_costs_and_leaves_idle_and_scaffolding_out() -> None:
+    top = "<module> (runpy.py:1);run (trio/_core/_run.py:2);"
+    collapsed = "\n".join([
+        top + "send (zmq/sugar/socket.py:3) 60",
+        top + "parse (bridges/rest/codec.py:4) 30",
+        top + "get_events (trio/_core/_io_epoll.py:5) 100",
+        "<module> (runpy.py:1);handle (bridges/rest/infer.py:6) 10",
+    ])
+    text = profile.summarize(collapsed)
+    assert "200 samples, 100 idle (50 %)" in text
+    assert text.index("`send (zmq/sugar/") < text.index("`parse (bridges/rest/codec.py)`")
+    assert "| 60.0 % | `send (zmq/sugar/socket.py)` |" in text
+    assert "runpy.py` |" not in text  # on every busy stack: scaffolding
 
 
 def test_rows_survive_a_csv_round_trip_and_the_markdown_has_every_row() -> None:

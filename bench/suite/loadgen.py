@@ -48,6 +48,22 @@ class Measurement:
     command: list[str] = field(default_factory=list)
 
 
+PA_SYSTEMS = ("inferoxy", "triton", "pytriton")  # Triton's full v2 surface: perf_analyzer works
+
+
+def loadgens_for(path: str, system: str, scenario_systems: tuple[str, ...]) -> tuple[str, ...]:
+    """The load generators a system is measured with on ``path``. gRPC: perf_analyzer where
+    it works (the strongest client) and our gRPC client for the others — and for Inferoxy too
+    when one of those is in the scenario, so every ratio compares one load generator."""
+    if path != "grpc" or system == "ceiling":
+        return (loadgen_for(path),)
+    if system not in PA_SYSTEMS:
+        return ("grpc_load",)
+    if system == "inferoxy" and any(s not in PA_SYSTEMS for s in scenario_systems):
+        return ("perf_analyzer", "grpc_load")
+    return ("perf_analyzer",)
+
+
 def loadgen_for(path: str) -> str:
     return {"http-json": "wrk", "http-binary": "perf_analyzer", "http-shm": "perf_analyzer",
             "grpc": "grpc_load", "grpc-shm": "perf_analyzer", "zmq": "zmq_load",

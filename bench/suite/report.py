@@ -53,8 +53,10 @@ def add_ratios(rows: list[Row]) -> None:
                       and r.measured), None)
         if ideal is not None and ideal.items_per_s:
             row.vs_ideal = row.items_per_s / ideal.items_per_s  # type: ignore[operator]
-        ours = next((r for r in rows if r.scenario == row.scenario and r.system == "inferoxy"
-                     and r.concurrency == row.concurrency and r.measured), None)
+        same = [r for r in rows if r.scenario == row.scenario and r.system == "inferoxy"
+                and r.concurrency == row.concurrency and r.measured]
+        # the same load generator where Inferoxy was measured with it
+        ours = next((r for r in same if r.loadgen == row.loadgen), same[0] if same else None)
         if ours is not None and row.system not in ("ideal", "ceiling"):
             row.inferoxy_x = ours.items_per_s / row.items_per_s  # type: ignore[operator]
 

@@ -254,11 +254,12 @@ class Bench:
 
     def measure_all(self, running: Running, s: Scenario, path: str, model: Model,
                     points: tuple[int, ...] | None = None, note: str = "") -> None:
-        for conc in points or self.points(s):
-            row = Row(s.name, running.name, path, loadgen.loadgen_for(path), conc, note=note)
+        gens = loadgen.loadgens_for(path, running.name, s.systems)
+        for conc, gen in ((c, g) for c in points or self.points(s) for g in gens):
+            row = Row(s.name, running.name, path, gen, conc, note=note)
             try:
                 self.measure(running, s, path, model, conc, row)
-                self.say(f"{running.name} {s.name} {path} c={conc}: "
+                self.say(f"{running.name} {s.name} {path} ({gen}) c={conc}: "
                          f"{row.items_per_s:.0f} items/s, p99 {row.p99_ms:.2f} ms")
             except (LoadError, RuntimeError, OSError) as exc:
                 row.note = f"failed: {_short(exc)}"
@@ -290,12 +291,12 @@ class Bench:
             if running.name == "ceiling":
                 url = f"http://{running.http}/"
             m = loadgen.wrk(url, body, conc, duration, cores, self.work)
-        elif path in ("http-binary", "http-shm", "grpc-shm", "sequence-http"):
+        elif row.loadgen == "perf_analyzer":
             protocol = "grpc" if path.startswith("grpc") else "http"
             target = running.grpc if protocol == "grpc" else running.http
             m = loadgen.perf_analyzer(target or "", protocol, s, model, conc, duration, cores,
                                       self.work, shm=path.endswith("shm"))
-        elif path == "grpc":
+        elif row.loadgen == "grpc_load":
             m = loadgen.grpc_load(running.grpc or "", model, conc, duration, cores)
         elif path == "zmq":
             m = loadgen.zmq_load(running.zmq or "", model, s.items_per_request, conc,
