@@ -127,8 +127,10 @@ def parse_wrk(out: str, returncode: int, command: list[str]) -> Measurement:
         raise LoadError(f"socket errors:\n{out}")
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
-    if not rps or not total or int(total[1]) == 0:
-        raise LoadError(f"wrk completed no request:\n{out}")
+    if not rps or not total:
+        raise LoadError(f"wrk printed no throughput:\n{out}")
+    if int(total[1]) == 0:
+        raise LoadError(f"no request completed within the {total[2]}{total[3]} window")
     seconds = float(total[2]) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[total[3]]
     value = float(rps[1])
     return Measurement("wrk", value, value, _wrk_ms(out, "50%"), _wrk_ms(out, "90%"),

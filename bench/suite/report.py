@@ -73,6 +73,11 @@ def _fmt(value: object, digits: int = 2) -> str:
     return str(value)
 
 
+def _note(text: str, limit: int = 120) -> str:
+    text = text.replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 COLUMNS = [
     ("system", "system"), ("path", "path"), ("loadgen", "load generator"),
     ("concurrency", "conc."), ("items_per_s", "items/s"), ("requests_per_s", "req/s"),
@@ -87,8 +92,8 @@ COLUMNS = [
 def scenario_markdown(title: str, rows: list[Row]) -> str:
     head = "| " + " | ".join(label for _, label in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)
-    body = ["| " + " | ".join(_fmt(getattr(r, key)) for key, _ in COLUMNS) + " |"
-            for r in rows]
+    body = ["| " + " | ".join(_fmt(getattr(r, key)) if key != "note" else _note(r.note)
+                              for key, _ in COLUMNS) + " |" for r in rows]
     return "\n".join([f"### {title}", "", head, rule, *body, ""])
 
 
