@@ -2,18 +2,22 @@
 
 Bridge processes parse HTTP and write tensor bytes into shared memory themselves; what
 crosses this wire is JSON (never pickle) and, for small outputs and forwarded HTTP bodies,
-raw byte frames. Every message is ``[kind, body, *blobs]``: ``kind`` one of the byte strings
-below, ``body`` a JSON object. The core's ROUTER socket sees the bridge's identity in front.
+one raw byte frame. Every message is ``[kind, body, *blobs]``: ``kind`` one of the byte
+strings below, ``body`` a JSON object that names its sender (``b``: the bridge's index).
+Requests and answers travel in batches: whatever one side queued during one round of its
+event loop goes in one message, so a busy core wakes once per batch, not once per request.
 
 Bridge -> core:
 
-* ``HELLO {index, pid}`` once connected; the core answers with a ``TABLE``.
-* ``INFER {id, model, version, rows, inputs, outputs, parameters, timeout_us, request_id}``:
-  ``inputs`` is ``[[name, datatype, shape, desc | null, region | null], ...]`` where ``desc``
-  is a ``Descriptor.to_wire()`` into one of the bridge's own slab segments and ``region`` a
-  client region reference ``[name, offset, byte_size]`` (resolved by the core, which keeps
-  the registry); ``outputs`` maps output names to client region references. Exactly one
-  ``ANSWER`` follows, whatever happens.
+* ``HELLO {pid, listening}`` once connected (the core answers with a ``TABLE``), and again
+  once its HTTP listener is open.
+* ``INFER {items: [{id, model, version, rows, inputs, outputs, parameters, timeout_us,
+  request_id}, ...]}``: in each item ``inputs`` is ``[[name, datatype, shape, desc | null,
+  region | null], ...]`` where ``desc`` is a ``Descriptor.to_wire()`` into one of the
+  bridge's own slab segments and ``region`` a client region reference ``[name, offset,
+  byte_size]`` (resolved by the core, which keeps the registry); ``outputs`` maps output
+  names to client region references. Exactly one answer to each item follows, whatever
+  happens.
 * ``CANCEL {id}``: the client went away; the core abandons the request (an ``ANSWER`` still
   follows).
 * ``DONE {ids}``: the bridge has copied the outputs of these held answers; the core lets the
@@ -27,11 +31,11 @@ Core -> bridge:
 
 * ``TABLE {gen, models}``: the routing table (see ``gateway.intake.routing_table``), sent
   on HELLO and whenever it changes.
-* ``ANSWER {id, status, error?, outputs?, in_regions?, freed, held}`` + one frame per inline
-  output: ``error`` is ``[type, message, retry_after_s]``; ``outputs`` maps names to
-  ``[dtype, shape, frame_index]`` (bytes in that frame) or ``[dtype, shape, desc]`` (bytes in
-  a worker's output slot: the bridge reads them and sends ``DONE``, since ``held`` is true).
-  ``freed`` false: a worker may still read the inputs; a ``FREE`` follows.
+* ``ANSWER {items: [{id, status, error?, outputs?, in_regions?, freed, held?}, ...]}`` + one
+  byte frame: ``error`` is ``[type, message, retry_after_s]``; ``outputs`` maps names to
+  ``[dtype, shape, offset]`` (the bytes at that offset of the frame) or ``[dtype, shape,
+  desc]`` (bytes in a worker's output slot: the bridge reads them and sends ``DONE``, since
+  ``held`` is true). ``freed`` false: a worker may still read the inputs; a ``FREE`` follows.
 * ``FREE {id}``: no worker reads this request's input slots any more: the bridge frees them.
 * ``REPLY {id, status, headers}`` + body frame.
 * ``STOP {}``: drain: stop accepting connections, finish what is open, exit.
@@ -58,7 +62,7 @@ STOP = b"STOP"
 TO_CORE = frozenset({HELLO, INFER, CANCEL, DONE, CALL, REPORT})
 TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP})
 
-MAX_BLOBS = 64  # more frames than any message carries: a malformed peer
+MAX_BLOBS = 1  # more frames than any message carries: a malformed peer
 
 
 class WireError(ValueError):

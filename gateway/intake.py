@@ -192,14 +192,15 @@ def admit(admission: Admission, body: dict[str, Any], limits: Limits,
     return rows
 
 
-def answer_outputs(result: RequestResult, locate: Callable[[np.ndarray], Descriptor | None]
-                   ) -> tuple[dict[str, Any], list[bytes], bool]:
-    """The ANSWER's ``outputs``, its inline frames, and whether the result must be held.
+def answer_outputs(result: RequestResult, locate: Callable[[np.ndarray], Descriptor | None],
+                   blob: bytearray) -> tuple[dict[str, Any], bool]:
+    """An answer's ``outputs``, and whether the result must be held until DONE.
 
-    Inline frames are copies (``tobytes``): once they exist, the worker may reuse its slot.
+    Small outputs are appended to ``blob`` (the message's one byte frame; the copy is made
+    now, so the worker may reuse its slot once this returns) and named by their offset there;
+    large ones by the descriptor of the worker's slot (``locate``), which stays held.
     """
     outputs: dict[str, Any] = {}
-    frames: list[bytes] = []
     held = False
     for name, arr in result.outputs.items():
         desc = locate(arr) if arr.nbytes > INLINE_OUTPUT_BYTES else None
@@ -207,20 +208,19 @@ def answer_outputs(result: RequestResult, locate: Callable[[np.ndarray], Descrip
             outputs[name] = [arr.dtype.name, list(arr.shape), desc.to_wire()]
             held = True
         else:
-            outputs[name] = [arr.dtype.name, list(arr.shape), len(frames)]
-            frames.append(arr.tobytes())
-    return outputs, frames, held
+            outputs[name] = [arr.dtype.name, list(arr.shape), len(blob)]
+            blob += np.ascontiguousarray(arr).data
+    return outputs, held
 
 
-def read_outputs(outputs: dict[str, Any], frames: list[Any],
+def read_outputs(outputs: dict[str, Any], blob: Any,
                  view: Callable[[Descriptor], np.ndarray]) -> dict[str, np.ndarray]:
-    """The bridge's side of ``answer_outputs``: arrays over the frames or the worker's slots."""
+    """The bridge's side of ``answer_outputs``: arrays over the blob or the worker's slots."""
     arrays: dict[str, np.ndarray] = {}
     for name, (dtype, shape, where) in outputs.items():
         if isinstance(where, int):
-            dt = np.dtype(dtype)
-            arrays[name] = np.frombuffer(frames[where], dtype=dt,
-                                         count=math.prod(shape)).reshape(shape)
+            arrays[name] = np.frombuffer(blob, dtype=np.dtype(dtype), count=math.prod(shape),
+                                         offset=where).reshape(shape)
         else:
             arrays[name] = view(Descriptor.from_wire(where))
     return arrays

@@ -127,11 +127,24 @@ class ModelServer:
             return req.result
         if req.error is not None:
             raise req.error
+        raise self._timed_out(req)
+
+    def expire(self, req: InferRequest) -> DeadlineExceeded:
+        """``wait`` without a task (``InferRequest.on_done`` callers): the deadline passed,
+        the request is abandoned; the error to answer with."""
+        self._abandon(req)
+        return self._timed_out(req)
+
+    def cancel(self, req: InferRequest) -> None:
+        """``wait`` without a task: the client went away; no answer is due."""
+        self._abandon(req)
+
+    def _timed_out(self, req: InferRequest) -> DeadlineExceeded:
         elapsed = time.perf_counter_ns() - req.enqueued_ns
         self.stats.latency.observe(elapsed)
         self.stats.record_failure("timeout", elapsed)
         self._log_failure(req, "timeout", "no answer within the request's timeout")
-        raise DeadlineExceeded(
+        return DeadlineExceeded(
             f"model {self.config.name!r} did not answer within the request's timeout"
         )
 
@@ -163,6 +176,8 @@ class ModelServer:
             req.result = result
             self.stats.success.add(elapsed)
         req.done.set()
+        if req.on_done is not None:
+            req.on_done(req)
 
     def _log_failure(self, req: InferRequest, reason: str, message: str) -> None:
         """One line per failed request: its id, model and reason, never tensor data."""

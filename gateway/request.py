@@ -62,6 +62,8 @@ class InferRequest:
     seq_expect: Any = None  # a stream's own incarnation: anything else is refused
     # Called once when no worker can read the inputs any more (inputs a bridge process owns).
     on_inputs_freed: Callable[[], None] | None = None
+    # Called once answered (result or error), for callers that do not ``await wait()``.
+    on_done: Callable[[InferRequest], None] | None = None
     serial: int = field(default_factory=lambda: next(_ids))
     # Set by the core:
     enqueued_ns: int = 0

@@ -45,6 +45,14 @@ def bridge_pids(gw: RunningGateway) -> list[int]:
     return sorted(pids)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def metric(gw: RunningGateway, line_prefix: str) -> float:
     """The value of the first /metrics line that starts with ``line_prefix`` (0 if none)."""
     text = urllib3.request("GET", f"{gw.metrics_url}/metrics", timeout=10).data.decode()
@@ -286,7 +294,7 @@ def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
             for i, f in enumerate(futures):
                 np.testing.assert_allclose(f.result(timeout=20), i * 2 + 1)
             assert gw.process.wait(timeout=30) == 0
-        assert not any(Path(f"/proc/{p}").exists() for p in pids)
+        assert not any(running(p) for p in pids)
         assert shm_names(gw.shm_prefix) == []
         assert "Traceback" not in gw.log(), gw.log()
     finally:
@@ -298,6 +306,55 @@ def test_bridge_processes_die_with_a_killed_core(tmp_path: Path) -> None:
     try:
         pids = bridge_pids(gw)
         gw.stop(signal.SIGKILL)
-        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
+        wait_for(lambda: not any(running(p) for p in pids), timeout=10)
     finally:
         gw.cleanup()
+
+
+# -- the core's book of a bridge's requests (gateway.intake), without processes ------------
+
+def test_book_settles_each_request_once() -> None:
+    from gateway.intake import BridgeBook
+    from gateway.request import BatchOutputs, RequestResult
+
+    released: list[str] = []
+    book = BridgeBook(0, 1234, "ifx-1234-b-")
+    assert book.open(1) is not None and book.open(1) is None  # an id is used once
+    # Answered before its inputs were free (deadline passed mid-batch): FREE is due later.
+    book.answered(1, None)
+    assert not book.quiet and book.inputs_freed(1) is True
+    assert book.quiet and book.in_flight == 0
+    # Inputs free first (the usual order): the answer carries it; nothing to say later.
+    book.open(2)
+    assert book.inputs_freed(2) is False
+    batch = BatchOutputs({}, 1, lambda: released.append("2"))
+    book.answered(2, RequestResult({}, batch))  # a held (large) output
+    assert book.in_flight == 1 and released == []
+    book.done(2)
+    book.done(2)  # a repeated DONE changes nothing
+    assert released == ["2"] and book.in_flight == 0
+    # The process dies: open requests are cancelled, held outputs released, once each.
+    cancelled: list[int] = []
+    entry = book.open(3)
+    assert entry is not None
+    entry.cancel = lambda: cancelled.append(3)
+    book.open(4)
+    book.inputs_freed(4)
+    book.answered(4, RequestResult({}, BatchOutputs({}, 1, lambda: released.append("4"))))
+    book.die()
+    assert cancelled == [3] and released == ["2", "4"] and book.dead
+
+
+def test_errors_cross_the_wire_with_their_status() -> None:
+    from gateway.errors import DeadlineExceeded, InvalidArgument, PayloadTooLarge, Unavailable
+    from gateway.intake import error_from_wire, error_to_wire
+
+    for exc in (InvalidArgument("bad"), PayloadTooLarge("big"), DeadlineExceeded("late"),
+                Unavailable("busy", retry_after_s=3)):
+        back = error_from_wire(error_to_wire(exc))
+        assert type(back) is type(exc) and back.message == exc.message
+        assert back.http_status == exc.http_status
+    busy = error_from_wire(error_to_wire(Unavailable("x", 3)))
+    assert isinstance(busy, Unavailable) and busy.retry_after_s == 3
+    assert error_from_wire(["Nope", "m", 1]).http_status == 500
+    assert error_from_wire("garbage").http_status == 500

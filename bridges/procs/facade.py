@@ -44,7 +44,7 @@ MAX_IN_FLIGHT = 4096  # requests of this process in the core at once; more get 5
 @dataclass(eq=False, slots=True)
 class _Pending:
     slots: list[Slot]
-    answer: tuple[dict[str, Any], list[Any]] | None = None
+    answer: tuple[dict[str, Any], Any] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     waiting: bool = True  # a handler still wants the answer
 
@@ -69,6 +69,8 @@ class CoreLink:
         self._infers: dict[int, _Pending] = {}
         self._unfreed: dict[int, list[Slot]] = {}  # answered, a worker may still read
         self._calls: dict[int, _Pending] = {}
+        self._outbox: list[dict[str, Any]] = []
+        self._flush_wake = trio.Event()
         self.table: dict[str, Any] = {}
         self.table_gen = 0
         self.got_table = trio.Event()
@@ -106,26 +108,15 @@ class CoreLink:
 
     def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
         if kind == bw.ANSWER:
-            msg_id = body["id"]
-            pending = self._infers.pop(msg_id, None)
-            if pending is None:
-                return
-            if body.get("freed"):
-                self._free(pending.slots)
-            else:
-                self._unfreed[msg_id] = pending.slots
-            pending.slots = []
-            if pending.waiting:
-                pending.answer = (body, blobs)
-                pending.done.set()
-            elif body.get("held"):
-                self.send(bw.DONE, {"ids": [msg_id]})
+            blob = blobs[0] if blobs else b""
+            for item in body["items"]:
+                self._on_answer(item, blob)
         elif kind == bw.FREE:
             self._free(self._unfreed.pop(body["id"], []))
         elif kind == bw.REPLY:
             call = self._calls.pop(body["id"], None)
             if call is not None:
-                call.answer = (body, blobs)
+                call.answer = (body, blobs[0] if blobs else b"")
                 call.done.set()
         elif kind == bw.TABLE:
             if body["gen"] > self.table_gen:
@@ -144,6 +135,22 @@ class CoreLink:
         elif kind == bw.STOP:
             self.stop_requested.set()
 
+    def _on_answer(self, item: dict[str, Any], blob: Any) -> None:
+        msg_id = item["id"]
+        pending = self._infers.pop(msg_id, None)
+        if pending is None:
+            return
+        if item.get("freed"):
+            self._free(pending.slots)
+        else:
+            self._unfreed[msg_id] = pending.slots
+        pending.slots = []
+        if pending.waiting:
+            pending.answer = (item, blob)
+            pending.done.set()
+        elif item.get("held"):
+            self.send(bw.DONE, {"ids": [msg_id]})
+
     def _free(self, slots: list[Slot]) -> None:
         for slot in slots:
             self.slab.free(slot)
@@ -154,12 +161,31 @@ class CoreLink:
             raise Unavailable("this bridge process has too many requests in flight")
         msg_id = next(self._ids)
         body["id"] = msg_id
-        self.send(bw.INFER, body)
+        if not self._outbox:
+            self._flush_wake.set()
+        self._outbox.append(body)
         self._infers[msg_id] = _Pending(slots)
         return msg_id
 
-    async def wait(self, msg_id: int) -> tuple[dict[str, Any], list[Any]]:
-        """The ANSWER (body, frames) to an INFER; a cancelled wait tells the core."""
+    async def run_flusher(self) -> None:
+        """Every INFER of one scheduling round goes to the core in one message."""
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            items, self._outbox = self._outbox, []
+            try:
+                self.send(bw.INFER, {"items": items})
+            except Unavailable as exc:  # never reached the core: the slots are still ours
+                for item in items:
+                    pending = self._infers.pop(item["id"])
+                    self._free(pending.slots)
+                    pending.slots = []
+                    pending.answer = ({"status": exc.http_status,
+                                       "error": intake.error_to_wire(exc)}, b"")
+                    pending.done.set()
+
+    async def wait(self, msg_id: int) -> tuple[dict[str, Any], Any]:
+        """The answer (item, byte blob) to an INFER; a cancelled wait tells the core."""
         pending = self._infers[msg_id]
         try:
             await pending.done.wait()
@@ -185,8 +211,8 @@ class CoreLink:
         finally:
             self._calls.pop(msg_id, None)
         assert pending.answer is not None
-        answer, blobs = pending.answer
-        return answer, bytes(blobs[0]) if blobs else b""
+        answer, payload = pending.answer
+        return answer, bytes(payload)
 
     def fail_all(self, error: InferoxyError) -> None:
         """The core is gone: wake every waiting handler with ``error``."""
@@ -196,7 +222,7 @@ class CoreLink:
         for table in (self._infers, self._calls):
             for pending in table.values():
                 if pending.answer is None:
-                    pending.answer = (body, [payload] if table is self._calls else [])
+                    pending.answer = (body, payload if table is self._calls else b"")
                     pending.done.set()
 
     def report(self, answers: list[list[Any]]) -> None:
@@ -282,11 +308,11 @@ class RemoteAdmission:
         }
         msg_id = self._link.submit(body, self.slots)  # raises while the slots are ours
         self.slots, self._submitted = [], True
-        answer, frames = await self._link.wait(msg_id)
+        answer, blob = await self._link.wait(msg_id)
         if "error" in answer:
             raise intake.error_from_wire(answer["error"])
         link = self._link
-        outputs = intake.read_outputs(answer.get("outputs") or {}, frames,
+        outputs = intake.read_outputs(answer.get("outputs") or {}, blob,
                                       lambda d: link.cache.view(d))
         in_regions = {n: tuple(s) for n, s in (answer.get("in_regions") or {}).items()}
         on_release = (lambda: link.send(bw.DONE, {"ids": [msg_id]})) if answer.get(

@@ -4,8 +4,11 @@
 socket per bridge (``bridge-<i>.sock``, fresh for each process), starts ``N`` processes of
 ``python -m bridges.procs`` and restarts any that dies (with back-off). Each socket has one
 owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent to, with
-``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s business; here
-each INFER becomes a task that submits the request and waits for its answer.
+``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s business.
+Per request the core does as little as it can, since it is the part that does not scale with
+N: an INFER item is checked and submitted synchronously in the intake task (no task per
+request); its answer comes from the model server's ``on_done`` callback; one task keeps every
+deadline in a heap; answers queued in one round of the event loop leave in one message.
 
 A bridge process dies with the core (it watches its parent), and on
 SIGTERM the core drains first (its bridges' new requests get 503), then tells every bridge to
@@ -15,14 +18,18 @@ SIGTERM the core drains first (its bridges' new requests get 503), then tells ev
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -33,6 +40,7 @@ from gateway import intake
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
 from gateway.intake import BridgeBook
+from gateway.model_server import ModelServer
 from gateway.request import InferRequest, RequestResult
 from shm.segment import unlink_matching
 from supervisor.backoff import Backoff
@@ -43,6 +51,17 @@ TABLE_EVERY_S = 0.1  # how often the routing table is compared with what bridges
 QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for workers to let go
 HELLO_TIMEOUT_S = 60.0
 
+
+
+@dataclass(eq=False, slots=True)
+class _Remote:
+    """A bridge's request in the core, until it is answered."""
+
+    book: BridgeBook
+    msg_id: int
+    server: ModelServer | None
+    request: InferRequest | None
+    answered: bool = False
 
 
 class BridgePool:
@@ -63,6 +82,11 @@ class BridgePool:
         self._sent_gen: dict[int, int] = {}
         self._stopping = False
         self._nursery: trio.Nursery
+        self._outbox: dict[BridgeBook, tuple[list[dict[str, Any]], bytearray]] = {}
+        self._flush_wake = trio.Event()
+        self._deadlines: list[tuple[float, int, _Remote]] = []  # a heap
+        self._deadline_wake = trio.Event()
+        self._live = 0  # requests with a deadline in the heap, not yet answered
 
     # -- running --------------------------------------------------------------------------
 
@@ -79,6 +103,8 @@ class BridgePool:
                 self._refresh_table()
                 nursery.start_soon(self._read_intake, intake_sock)
                 nursery.start_soon(self._push_tables)
+                nursery.start_soon(self._flush_answers)
+                nursery.start_soon(self._expire_due)
                 for index in range(self.count):
                     nursery.start_soon(self._supervise, index)
                 with trio.fail_after(HELLO_TIMEOUT_S):
@@ -217,10 +243,9 @@ class BridgePool:
         if book is None or book.dead:
             return
         if kind == bw.INFER:
-            msg_id = body["id"]
-            entry = book.open(msg_id) if isinstance(msg_id, int) else None
-            if entry is not None:
-                self._nursery.start_soon(self._infer, book, msg_id, body)
+            for item in body["items"]:
+                if isinstance(item, dict):
+                    self._admit(book, item)
         elif kind == bw.DONE:
             for msg_id in body["ids"]:
                 book.done(msg_id)
@@ -254,61 +279,121 @@ class BridgePool:
             size = sizes[name] = os.stat(f"/dev/shm/{name}").st_size
         return size
 
-    async def _infer(self, book: BridgeBook, msg_id: int, body: dict[str, Any]) -> None:
+    # -- infer requests: admitted synchronously, answered by callback, batched per bridge ---
+
+    def _admit(self, book: BridgeBook, item: dict[str, Any]) -> None:
+        """Submit one request of an INFER message; its answer comes by ``_finished``."""
+        msg_id = item.get("id")
+        entry = book.open(msg_id) if isinstance(msg_id, int) else None
+        if entry is None:
+            return  # no id we could answer to: a confused bridge
+        assert isinstance(msg_id, int)
         gateway = self.gateway
-        request: InferRequest | None = None
-        result: RequestResult | None = None
-        error: InferoxyError | None = None
-        with trio.CancelScope() as scope:
-            entry = book.entries[msg_id]
-            entry.cancel = scope.cancel
+        try:
+            if book.dead:
+                raise Unavailable("the bridge process is gone")
             try:
-                if book.dead:
-                    raise Unavailable("the bridge process is gone")
-                server = gateway.model(body["model"], body["version"])
+                server = gateway.model(item["model"], item.get("version"))
                 gateway.ensure_accepting(server)
                 admission = gateway.admission(server)
-                rows = intake.admit(
-                    admission, body, gateway.limits, book.prefix,
-                    lambda name: self._segment_size(book.index, name),
-                )
-                parameters = body.get("parameters") or {}
-                timeout_us = body.get("timeout_us")
+                rows = intake.admit(admission, item, gateway.limits, book.prefix,
+                                    lambda name: self._segment_size(book.index, name))
+                parameters, timeout_us = item.get("parameters") or {}, item.get("timeout_us")
                 if not isinstance(parameters, dict) or not (
-                    timeout_us is None or isinstance(timeout_us, int)
-                ):
+                        timeout_us is None or isinstance(timeout_us, int)):
                     raise InvalidArgument("malformed parameters in a bridge message")
                 request = admission.submit(rows, parameters, timeout_us,
-                                           str(body.get("request_id") or ""))
-                request.on_inputs_freed = lambda: self._inputs_freed(book, msg_id)
-                result = await server.wait(request)
-            except InferoxyError as exc:
-                error = exc
-        if scope.cancelled_caught and error is None and result is None:
-            error = Unavailable("the request was cancelled")
+                                           str(item.get("request_id") or ""))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("malformed request in a bridge message") from None
+        except InferoxyError as exc:
+            book.inputs_freed(msg_id)  # never queued: no worker saw them
+            self._answer(_Remote(book, msg_id, None, None), None, exc)
+            return
+        remote = _Remote(book, msg_id, server, request)
+        request.on_inputs_freed = partial(self._inputs_freed, book, msg_id)
+        request.on_done = partial(self._finished, remote)
+        entry.cancel = partial(self._cancel, remote)
+        deadlines = self._deadlines
+        if not deadlines or request.deadline < deadlines[0][0]:
+            self._deadline_wake.set()
+        heapq.heappush(deadlines, (request.deadline, request.serial, remote))
+        if len(deadlines) > 1024 and len(deadlines) > 4 * self._live:
+            self._deadlines = [d for d in deadlines if not d[2].answered]
+            heapq.heapify(self._deadlines)
+        self._live += 1
+
+    def _finished(self, remote: _Remote, request: InferRequest) -> None:
+        if not remote.answered:
+            self._answer(remote, request.result, request.error)
+
+    def _cancel(self, remote: _Remote) -> None:
+        """The client went away (or its bridge died): abandon; the bridge still gets its
+        one answer (it only frees slots by it)."""
+        assert remote.server is not None and remote.request is not None
+        if not remote.answered and not remote.request.done.is_set():
+            remote.server.cancel(remote.request)
+            self._answer(remote, None, Unavailable("the request was cancelled"))
+
+    async def _expire_due(self) -> None:
+        """The deadlines of the requests in flight, for all bridges: one task, one heap."""
+        while True:
+            now = trio.current_time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                remote = heapq.heappop(self._deadlines)[2]
+                if not remote.answered and remote.request is not None and remote.server:
+                    if not remote.request.done.is_set():
+                        self._answer(remote, None, remote.server.expire(remote.request))
+            wake_at = self._deadlines[0][0] if self._deadlines else math.inf
+            with trio.move_on_at(wake_at):
+                await self._deadline_wake.wait()
+            self._deadline_wake = trio.Event()
+
+    def _answer(self, remote: _Remote, result: RequestResult | None,
+                error: InferoxyError | None) -> None:
+        """Queue the one answer to a request; ``_flush_answers`` sends them, batched."""
+        remote.answered = True
+        if remote.request is not None:
+            self._live -= 1
+        book, request = remote.book, remote.request
         freed = request is None or request.on_inputs_freed is None
-        if request is None:
-            book.inputs_freed(msg_id)
-        answer: dict[str, Any] = {"id": msg_id, "freed": freed}
-        frames: list[bytes] = []
+        body: dict[str, Any] = {"id": remote.msg_id, "freed": freed}
+        outbox = self._outbox.get(book)
+        if outbox is None:
+            outbox = self._outbox[book] = ([], bytearray())
+            self._flush_wake.set()
         held: RequestResult | None = None
         if result is not None:
-            outputs, frames, is_held = intake.answer_outputs(result, gateway.cache.locate)
-            answer["outputs"] = outputs
-            answer["in_regions"] = {n: list(s) for n, s in result.in_regions.items()}
+            body["outputs"], is_held = intake.answer_outputs(result, self.gateway.cache.locate,
+                                                             outbox[1])
+            if result.in_regions:
+                body["in_regions"] = {n: list(s) for n, s in result.in_regions.items()}
             if is_held:
                 held = result
-                answer["held"] = True
+                body["held"] = True
             else:
                 result.release()
-            answer["status"] = 200
+            body["status"] = 200
         else:
             assert error is not None
-            answer["status"] = error.http_status
-            answer["error"] = intake.error_to_wire(error)
-        book.answered(msg_id, held)
-        if not self._send(book.index, bw.ANSWER, answer, *frames) and held is not None:
-            book.done(msg_id)  # nobody will read it
+            body["status"] = error.http_status
+            body["error"] = intake.error_to_wire(error)
+        book.answered(remote.msg_id, held)
+        outbox[0].append(body)
+
+    async def _flush_answers(self) -> None:
+        """Every answer queued in one scheduling round goes to its bridge in one message."""
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            outbox, self._outbox = self._outbox, {}
+            for book, (items, blob) in outbox.items():
+                sent = not book.dead and self._send(book.index, bw.ANSWER, {"items": items},
+                                                    blob)
+                if not sent:
+                    for item in items:
+                        if item.get("held"):
+                            book.done(item["id"])  # nobody will read it
 
     def _inputs_freed(self, book: BridgeBook, msg_id: int) -> None:
         if book.inputs_freed(msg_id) and not book.dead:

@@ -68,6 +68,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
+                nursery.start_soon(link.run_flusher)
                 link.send(bw.HELLO, {"pid": pid, "listening": False})
                 with trio.fail_after(30):
                     await link.got_table.wait()
