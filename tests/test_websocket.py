@@ -95,6 +95,8 @@ def test_bad_frames_get_errors_and_the_stream_goes_on(gateway: RunningGateway) -
     assert "JSON" in str(replies[2]["error"])
     assert re.search(r"shape \[1, 3\], expected \[-1, 4\]", str(replies[3]["error"]))
     assert "ended early" in str(replies[4]["error"])
+    # A refused frame's reply carries its id once the header could be read.
+    assert [r["id"] for r in replies[1:6]] == ["", "", "b", "f2", ""]
     assert replies[6]["sum"] == 3.0  # the sequence went on, state intact
 
 

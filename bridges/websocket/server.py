@@ -22,7 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from trio_websocket import serve_websocket as _serve_websocket
 
-from bridges.websocket.frames import encode_reply, parse_frame
+from bridges.websocket.frames import Frame, encode_reply, parse_frame
 from gateway.admission import Admission, InputChecker, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import Conflict, InferoxyError, InvalidArgument
@@ -37,10 +37,9 @@ STREAM_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/stream$")
 Pending = tuple[str, InferRequest | InferoxyError]
 
 
-def _admit(gateway: Gateway, server: ModelServer, message: bytes | str,
-           parameters: dict[str, Any], incarnation: Any) -> tuple[str, InferRequest]:
-    """Parse, check and queue one frame; raises InferoxyError with the frame's id."""
-    frame = parse_frame(message, gateway.settings.max_frame_header_bytes)
+def _admit(gateway: Gateway, server: ModelServer, frame: Frame,
+           parameters: dict[str, Any], incarnation: Any) -> InferRequest:
+    """Check and queue one parsed frame; raises InferoxyError."""
     frame_id = frame.header.get("id", "")
     params = {**frame.header.get("parameters", {}), **parameters}
     admission: Admission = gateway.admission(server)
@@ -65,7 +64,7 @@ def _admit(gateway: Gateway, server: ModelServer, message: bytes | str,
                 f"frame is longer than its inputs: {len(frame.payload) - pos} bytes left over"
             )
         rows = checker.finish()
-        return frame_id, admission.submit(rows, params, None, frame_id, incarnation)
+        return admission.submit(rows, params, None, frame_id, incarnation)
     except BaseException:
         admission.release()
         raise
@@ -144,18 +143,18 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
                     if stateful:
                         params = {"sequence_id": seq_id,
                                   "sequence_start": incarnation is None}
+                    frame_id = ""  # until the frame's header is read
                     try:
-                        if stateful and isinstance(message, bytes | bytearray):
-                            end = parse_frame(
-                                message, gateway.settings.max_frame_header_bytes
-                            ).header.get("end") is True
-                            params["sequence_end"] = end
-                        frame_id, req = _admit(gateway, server, message, params, incarnation)
+                        frame = parse_frame(message, gateway.settings.max_frame_header_bytes)
+                        frame_id = frame.header.get("id", "")
+                        if stateful:
+                            params["sequence_end"] = frame.header.get("end") is True
+                        req = _admit(gateway, server, frame, params, incarnation)
                         incarnation = incarnation or req.seq
                         ended = ended or bool(params.get("sequence_end"))
                         await send.send((frame_id, req))
-                    except InferoxyError as exc:
-                        await send.send(("", exc))
+                    except InferoxyError as exc:  # the stream goes on; the reply says why
+                        await send.send((frame_id, exc))
     finally:
         if stateful and incarnation is not None and not ended:
             assert isinstance(server, StatefulModelServer)
