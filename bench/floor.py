@@ -1,7 +1,11 @@
-"""The baseline: a bare hypercorn (Trio) ASGI app that answers a v2 infer with a canned body.
+"""The baselines: HTTP servers that answer a v2 infer with a canned body and do nothing else.
 
-No model, no queue, no shared memory — only HTTP on the same server stack Inferoxy uses.
-Inferoxy's throughput divided by this is the share of the HTTP floor the data plane keeps.
+    python -m bench.floor PORT [hypercorn|thin]
+
+``hypercorn``: a bare hypercorn (Trio) ASGI app, the stack the data plane used to run on.
+``thin``: Inferoxy's own HTTP/1.1 server (``bridges.rest.server``, httptools) with a handler
+that reads the body and answers. No model, no queue, no shared memory. Inferoxy's throughput
+divided by a floor is the share of that HTTP stack's ceiling the data plane keeps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from hypercorn.trio import serve
 
 from bridges.rest.asgi import lifespan
 
+BODY = b'{"model_name":"floor","outputs":[]}'
+
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
@@ -26,16 +32,35 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         size += len(message.get("body", b""))
         more = message.get("more_body", False)
-    body = b'{"model_name":"floor","outputs":[]}'
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+                            (b"content-length", str(len(BODY)).encode())]})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+async def thin(port: int) -> None:
+    from bridges.rest.http11 import HttpRequest, HttpResponse
+    from bridges.rest.server import HttpServer, RequestBody, open_listeners
+
+    response = HttpResponse(200, ((b"content-type", b"application/json"),), BODY)
+
+    async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
+        while await body.read():
+            pass
+        return response
+
+    listeners = await open_listeners("127.0.0.1", port)
+    await HttpServer(handle).serve(listeners, trio.Event())
 
 
 def main() -> None:
+    port = int(sys.argv[1])
+    kind = sys.argv[2] if len(sys.argv) > 2 else "hypercorn"
+    if kind == "thin":
+        trio.run(thin, port)
+        return
     config = Config()
-    config.bind = [f"127.0.0.1:{int(sys.argv[1])}"]
+    config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     trio.run(serve, app, config)  # type: ignore[arg-type]
 

@@ -1,11 +1,14 @@
-"""HTTP data-plane benchmark: Inferoxy against the bare-HTTP floor, in one run.
+"""HTTP data-plane benchmark: Inferoxy against bare-HTTP floors, in one run.
 
-    python -m bench.http [--duration 5]
+    python -m bench.http [--duration 5] [--floors thin,hypercorn]
 
-Starts ``bench.floor`` and ``inferoxy serve --models bench/models.yaml`` on loopback, drives
-both with ``wrk`` (``apt-get install wrk``) and prints a Markdown table: throughput, latency
-percentiles, Inferoxy's ratio to the floor, and the average batch size Inferoxy formed.
-Numbers are only comparable within one run: the machines are shared and noisy.
+Starts the floors (``bench.floor``: servers that answer with a canned body, on Inferoxy's own
+HTTP/1.1 server and on bare hypercorn) and ``inferoxy serve --models bench/models.yaml`` on
+loopback, drives each with ``wrk`` (``apt-get install wrk``) and prints a Markdown table:
+throughput, latency percentiles, Inferoxy's ratio to each floor, the gateway process's CPU
+time per request (user + system from ``/proc/<pid>/stat`` over the run, workers not counted)
+and the average batch size Inferoxy formed. Numbers are only comparable within one run: the
+machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -99,17 +102,27 @@ def wrk(url: str, lua: str, connections: int, duration: int) -> dict[str, float]
     return {"rps": rps, "p50": ms("50%"), "p90": ms("90%"), "p99": ms("99%")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--floors", default="thin,hypercorn",
+                        help="comma-separated floors to compare with: thin, hypercorn")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
-    floor_port, gw_port, metrics_port = free_port(), free_port(), free_port()
+    kinds = [k for k in args.floors.split(",") if k]
+    gw_port, metrics_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    floor = subprocess.Popen([sys.executable, "-m", "bench.floor", str(floor_port)], cwd=ROOT,
-                             env=env)
-    others = [arg for flag in ("--grpc-port", "--ws-port", "--zmq-port")
+    floor_ports = {kind: free_port() for kind in kinds}
+    floors = [subprocess.Popen([sys.executable, "-m", "bench.floor", str(port), kind],
+                               cwd=ROOT, env=env) for kind, port in floor_ports.items()]
+    others = [arg for flag in ("--grpc-port", "--ws-port", "--zmq-port", "--admin-port")
               for arg in (flag, str(free_port()))]  # listeners this benchmark does not use
     gateway = subprocess.Popen(
         [sys.executable, "-m", "inferoxy", "serve", "--models", "bench/models.yaml",
@@ -117,26 +130,35 @@ def main() -> None:
          "--log-level", "WARNING"], cwd=ROOT, env=env)
     try:
         wait_http(f"http://127.0.0.1:{gw_port}/v2/health/ready")
-        wait_http(f"http://127.0.0.1:{floor_port}/")
-        print("| scenario | floor req/s | inferoxy req/s | ratio | p50 ms | p90 ms | p99 ms "
-              "| avg batch |")
-        print("|---|---|---|---|---|---|---|---|")
+        for port in floor_ports.values():
+            wait_http(f"http://127.0.0.1:{port}/")
+        floor_cols = "".join(f" {k} floor req/s | ratio |" for k in kinds)
+        print(f"| scenario |{floor_cols} inferoxy req/s | p50 ms | p90 ms | p99 ms "
+              "| gateway CPU µs/req | avg batch |")
+        print("|---|" + "---|---|" * len(kinds) + "---|---|---|---|---|---|")
         for sc in SCENARIOS:
             stats_url = f"http://127.0.0.1:{gw_port}/v2/models/{sc.model}/stats"
+            base = {kind: wrk(f"http://127.0.0.1:{port}/", sc.lua, sc.connections,
+                              args.duration)
+                    for kind, port in floor_ports.items()}
             before = json.load(urllib.request.urlopen(stats_url))["model_stats"][0]
-            base = wrk(f"http://127.0.0.1:{floor_port}/", sc.lua, sc.connections, args.duration)
+            cpu_before = cpu_seconds(gateway.pid)
             ours = wrk(f"http://127.0.0.1:{gw_port}/v2/models/{sc.model}/infer", sc.lua,
                        sc.connections, args.duration)
+            cpu = cpu_seconds(gateway.pid) - cpu_before
             after = json.load(urllib.request.urlopen(stats_url))["model_stats"][0]
             rows = after["inference_count"] - before["inference_count"]
             execs = after["execution_count"] - before["execution_count"]
-            print(f"| {sc.name} | {base['rps']:.0f} | {ours['rps']:.0f} "
-                  f"| {ours['rps'] / base['rps']:.2f} | {ours['p50']:.2f} | {ours['p90']:.2f} "
-                  f"| {ours['p99']:.2f} | {rows / max(execs, 1):.1f} |", flush=True)
+            requests = max(rows, 1)  # one row per request in every scenario
+            cols = "".join(f" {base[k]['rps']:.0f} | {ours['rps'] / base[k]['rps']:.2f} |"
+                           for k in kinds)
+            print(f"| {sc.name} |{cols} {ours['rps']:.0f} | {ours['p50']:.2f} "
+                  f"| {ours['p90']:.2f} | {ours['p99']:.2f} | {cpu / requests * 1e6:.0f} "
+                  f"| {rows / max(execs, 1):.1f} |", flush=True)
     finally:
-        for p in (gateway, floor):
+        for p in (gateway, *floors):
             p.send_signal(signal.SIGTERM)
-        for p in (gateway, floor):
+        for p in (gateway, *floors):
             p.wait(timeout=30)
 
 

@@ -67,11 +67,12 @@ class BodyReader:
             raise PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes")
 
     async def _read(self, max_bytes: int) -> bytes:
-        data = None
-        with trio.move_on_at(self._deadline):
-            data = await self._body.read(max_bytes)
+        data = self._body.read_buffered(max_bytes)  # no deadline needed for what is here
         if data is None:
-            raise self._timed_out()
+            with trio.move_on_at(self._deadline):
+                data = await self._body.read(max_bytes)
+            if data is None:
+                raise self._timed_out()
         self._count(len(data))
         return data
 

@@ -1,4 +1,4 @@
-"""A thin HTTP/1.1 server on Trio sockets: the I/O around ``bridges.rest.http11``.
+"""A thin HTTP/1.1 server on Trio: the socket I/O around ``bridges.rest.http11``.
 
 One task per connection, owned by the server's nursery; the connection task reads a request
 head, calls the handler, writes its answer, and goes round again (keep-alive), so pipelined
@@ -18,6 +18,12 @@ After an answer that closes the connection, the socket is shut for writing and w
 client still sends is read and dropped for a moment (``LINGER_S``): closing a socket with
 unread bytes makes the kernel send a reset, which can destroy the answer before the client
 reads it (an early 413 while the client is still sending its body, say).
+
+The sockets are plain non-blocking stdlib sockets driven with ``trio.lowlevel.wait_readable``
+and ``wait_writable``, not ``trio.socket``: a ``trio.socket`` call that succeeds at once still
+yields to the scheduler, and that twice per request showed in profiles. Here a request costs
+one wait (for its first bytes), which is also its checkpoint; a head found already buffered
+(pipelining) checkpoints explicitly, so a burst of pipelined requests cannot starve others.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from bridges.rest.http11 import (
 
 log = logging.getLogger("inferoxy.http")
 
+Socket = stdsocket.socket
+
 RECV_BYTES = 64 << 10
 LINGER_S = 2.0
 SMALL_BODY = 64 << 10  # answers up to this size go out with their head in one send
@@ -60,18 +68,46 @@ class ServerConfig:
     send_timeout_s: float = 60.0  # a client that does not read its answer is dropped
 
 
+async def _recv(sock: Socket, n: int) -> bytes:
+    while True:
+        try:
+            return sock.recv(n)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+
+
+async def _recv_into(sock: Socket, dest: memoryview) -> int:
+    while True:
+        try:
+            return sock.recv_into(dest)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+
+
+async def _send_all(sock: Socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
 class RequestBody:
     """The body of the request being handled, read on demand.
 
     ``read_into`` fills the caller's memory (0 at the end of the body), ``read`` returns bytes
-    (``b""`` at the end). Either raises ``ClientGone`` if the client closes first, and
-    ``http11.ProtocolError`` if the body's framing is broken. Neither has a deadline of its
-    own: the handler knows how long its route may wait.
+    (``b""`` at the end); ``read_buffered`` returns what is already buffered without waiting
+    (``None`` if nothing is). They raise ``ClientGone`` if the client closes first, and
+    ``http11.ProtocolError`` if the body's framing is broken. None has a deadline of its own:
+    the handler knows how long its route may wait.
     """
 
     __slots__ = ("_conn", "_sock")
 
-    def __init__(self, sock: trio.socket.SocketType, conn: Connection) -> None:
+    def __init__(self, sock: Socket, conn: Connection) -> None:
         self._sock = sock
         self._conn = conn
 
@@ -83,6 +119,10 @@ class RequestBody:
     def received(self) -> int:
         return self._conn.body_received
 
+    def read_buffered(self, max_bytes: int = RECV_BYTES) -> bytes | None:
+        data = self._conn.read_body(max_bytes)
+        return data if data or self._conn.state is not State.BODY else None
+
     async def read_into(self, dest: memoryview) -> int:
         conn = self._conn
         while True:
@@ -92,7 +132,7 @@ class RequestBody:
             span = conn.direct_span()
             if span:
                 await self._continue()
-                got = await self._sock.recv_into(dest[:span] if len(dest) > span else dest)
+                got = await _recv_into(self._sock, dest[:span] if len(dest) > span else dest)
                 if not got:
                     raise ClientGone()
                 conn.direct_received(got)
@@ -113,7 +153,7 @@ class RequestBody:
 
     async def _fill(self) -> None:
         await self._continue()
-        data = await self._sock.recv(RECV_BYTES)
+        data = await _recv(self._sock, RECV_BYTES)
         if not data:
             raise ClientGone()
         self._conn.feed(data)
@@ -130,7 +170,7 @@ class HttpServer:
         self._idle: set[trio.CancelScope] = set()
         self._closing = False
 
-    async def serve(self, listeners: list[trio.socket.SocketType], shutdown: trio.Event, *,
+    async def serve(self, listeners: list[Socket], shutdown: trio.Event, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve until ``shutdown``; reports the listeners' URLs once they accept."""
@@ -142,21 +182,23 @@ class HttpServer:
                     task_status.started(bound_urls(listeners))
                     await shutdown.wait()
                     acceptors.cancel_scope.cancel()
-                for listener in listeners:
-                    listener.close()
+                _close(listeners)
                 self._closing = True
                 for conn in self._connections:
                     conn.closing = True
                 for scope in self._idle:
                     scope.cancel()
         finally:
-            for listener in listeners:
-                listener.close()
+            _close(listeners)
 
-    async def _accept(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+    async def _accept(self, listener: Socket, nursery: trio.Nursery) -> None:
         while True:
+            await trio.lowlevel.checkpoint()
             try:
-                sock, _ = await listener.accept()
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.warning("cannot accept a connection (%s); retrying", exc.strerror)
@@ -165,10 +207,11 @@ class HttpServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            sock.setblocking(False)
             sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
             nursery.start_soon(self._connection, sock)
 
-    async def _connection(self, sock: trio.socket.SocketType) -> None:
+    async def _connection(self, sock: Socket) -> None:
         conn = Connection(self._config.limits)
         conn.closing = self._closing
         self._connections.add(conn)
@@ -195,41 +238,48 @@ class HttpServer:
                     await _linger(sock)
                     return
                 conn.next_request()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except OSError:
             pass  # the client reset or went away mid-answer: nothing left to say
         except Exception:
             log.exception("HTTP connection failed")
         finally:
             self._connections.discard(conn)
-            sock.close()
+            _close([sock])
 
-    async def _read_head(self, sock: trio.socket.SocketType, conn: Connection
-                         ) -> HttpRequest | None:
+    async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
         """The next request's head; None when the connection is to close quietly."""
         head_deadline: float | None = None
+        waited = False
         while True:
             request = conn.next_head()
             if request is not None:
+                if not waited:
+                    await trio.lowlevel.checkpoint()  # pipelined: let the others run
                 return request
+            waited = True
             if conn.state is State.IDLE:
                 if self._closing:
                     return None
                 scope = trio.CancelScope(
                     deadline=trio.current_time() + self._config.keepalive_timeout_s)
                 self._idle.add(scope)
+                data = None
                 try:
                     with scope:
-                        data = await sock.recv(RECV_BYTES)
+                        # Wait first: between requests the socket is almost always empty,
+                        # and a recv that fails costs a system call and an exception.
+                        await trio.lowlevel.wait_readable(sock)
+                        data = await _recv(sock, RECV_BYTES)
                 finally:
                     self._idle.discard(scope)
-                if scope.cancelled_caught:
+                if data is None:
                     return None
             else:
                 if head_deadline is None:
                     head_deadline = trio.current_time() + self._config.header_timeout_s
                 data = None
                 with trio.move_on_at(head_deadline):
-                    data = await sock.recv(RECV_BYTES)
+                    data = await _recv(sock, RECV_BYTES)
                 if data is None:
                     conn.state = State.ERROR
                     raise ProtocolError(
@@ -239,8 +289,7 @@ class HttpServer:
                 return None
             conn.feed(data)
 
-    async def _answer(self, sock: trio.socket.SocketType, conn: Connection,
-                      response: HttpResponse) -> bool:
+    async def _answer(self, sock: Socket, conn: Connection, response: HttpResponse) -> bool:
         head, keep = conn.response(response)
         body = response.body if conn.sends_body() else b""
         with trio.move_on_after(self._config.send_timeout_s) as scope:
@@ -252,26 +301,26 @@ class HttpServer:
         return keep and not scope.cancelled_caught
 
 
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
-
-
-async def _linger(sock: trio.socket.SocketType) -> None:
+async def _linger(sock: Socket) -> None:
     """Shut the socket for writing, then drop what the client still sends, briefly."""
     try:
         sock.shutdown(stdsocket.SHUT_WR)
         with trio.move_on_after(LINGER_S):
-            while await sock.recv(RECV_BYTES):
+            while await _recv(sock, RECV_BYTES):
                 pass
     except OSError:
         pass
 
 
+def _close(socks: list[Socket]) -> None:
+    for sock in socks:
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+
 async def open_listeners(host: str, port: int, *, reuse_port: bool = False,
-                         backlog: int = 1024) -> list[trio.socket.SocketType]:
+                         backlog: int = 1024) -> list[Socket]:
     """Listening sockets for ``host:port`` (every address it resolves to).
 
     ``reuse_port`` sets SO_REUSEPORT, so several processes can listen on the same port and
@@ -279,30 +328,30 @@ async def open_listeners(host: str, port: int, *, reuse_port: bool = False,
     """
     infos = await trio.socket.getaddrinfo(host or None, port, type=stdsocket.SOCK_STREAM,
                                           flags=stdsocket.AI_PASSIVE)
-    listeners: list[trio.socket.SocketType] = []
+    listeners: list[Socket] = []
     seen = set()
     try:
         for family, kind, proto, _, addr in infos:
             if addr in seen:
                 continue
             seen.add(addr)
-            sock = trio.socket.socket(family, kind, proto)
+            sock = stdsocket.socket(family, kind, proto)
             listeners.append(sock)
+            sock.setblocking(False)
             sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
             if family == stdsocket.AF_INET6:
                 sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_V6ONLY, 1)
-            await sock.bind(addr)
+            sock.bind(addr)
             sock.listen(backlog)
     except BaseException:
-        for sock in listeners:
-            sock.close()
+        _close(listeners)
         raise
     return listeners
 
 
-def bound_urls(listeners: list[trio.socket.SocketType]) -> list[str]:
+def bound_urls(listeners: list[Socket]) -> list[str]:
     urls = []
     for sock in listeners:
         host, port = sock.getsockname()[:2]
