@@ -229,8 +229,9 @@ def encode_response(
     arrays: dict[str, np.ndarray],
     datatypes: dict[str, str],
     in_regions: dict[str, tuple[int, ...]] | None = None,
-) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it.
+) -> tuple[bytes, list[memoryview]]:
+    """The response's JSON header, and the bytes of its binary outputs (to follow it, in
+    order; views into the outputs, valid until they are released).
 
     Outputs the worker wrote into the client's regions carry their shape and region only.
     """
@@ -258,7 +259,6 @@ def encode_response(
     if request_id:
         doc["id"] = request_id
     header = orjson.dumps(doc)
-    if not blobs:
-        return header, None
-    # The one copy out of shared memory: into the body the HTTP layer sends.
-    return b"".join([header, *(np.ascontiguousarray(b).data for b in blobs)]), len(header)
+    # The binary outputs stay where they are (views of the worker's shared memory): the HTTP
+    # layer sends them from there, or copies them once into its own buffer.
+    return header, [np.ascontiguousarray(b).data.cast("B") for b in blobs]

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
@@ -95,9 +96,19 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
+    """An answer. ``tail``: buffers sent after ``body`` (views of memory the answer does not
+    own, such as outputs in shared memory); ``release`` is called once they are no longer
+    needed (sent, or copied), whatever happens to the connection."""
+
     status: int
     headers: tuple[tuple[bytes, bytes], ...] = ()  # Content-Length and Connection are added
     body: bytes = b""
+    tail: tuple[memoryview, ...] = ()
+    release: Callable[[], None] | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(len(t) for t in self.tail)
 
 
 class ProtocolError(Exception):
@@ -436,7 +447,7 @@ class Connection:
         for name, value in response.headers:
             parts += (name, b": ", value, b"\r\n")
         if response.status not in _NO_BODY_STATUS:
-            parts += (b"content-length: ", str(len(response.body)).encode(), b"\r\n")
+            parts += (b"content-length: ", str(response.length).encode(), b"\r\n")
         if not keep:
             parts.append(b"connection: close\r\n")
         elif request is not None and request.http_version == "1.0":

@@ -204,12 +204,13 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
             parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
         )
         try:
-            payload, json_len = codec.encode_response(
+            header, blobs = codec.encode_response(
                 server.config.name, server.config.version, parsed.request_id, parsed.outputs,
                 result.outputs, output_datatypes(server.config), result.in_regions,
             )
-        finally:
+        except BaseException:
             result.release()
+            raise
     except ProtocolError as exc:  # the body's framing is broken: answered, then closed
         if admission is not None:
             admission.release()
@@ -226,9 +227,12 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
         if admission is not None:
             admission.release()  # ClientGone and cancellation too
     gateway.bridge_answers.answered("rest", 200)
-    if json_len is None:
-        return HttpResponse(200, JSON, payload)
+    if not blobs:
+        result.release()
+        return HttpResponse(200, JSON, header)
+    # Binary outputs go out from the worker's shared memory (the server releases them once
+    # sent, or once it has copied what the socket did not take at once).
     return HttpResponse(200, (
         (b"content-type", b"application/octet-stream"),
-        (b"inference-header-content-length", str(json_len).encode()),
-    ), payload)
+        (b"inference-header-content-length", str(len(header)).encode()),
+    ), header, tail=tuple(blobs), release=result.release)

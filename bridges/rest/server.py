@@ -290,15 +290,44 @@ class HttpServer:
             conn.feed(data)
 
     async def _answer(self, sock: Socket, conn: Connection, response: HttpResponse) -> bool:
-        head, keep = conn.response(response)
-        body = response.body if conn.sends_body() else b""
-        with trio.move_on_after(self._config.send_timeout_s) as scope:
-            if len(body) <= SMALL_BODY:
-                await _send_all(sock, head + body if body else head)
-            else:
-                await _send_all(sock, head)
-                await _send_all(sock, body)
-        return keep and not scope.cancelled_caught
+        release = response.release
+        try:
+            head, keep = conn.response(response)
+            with trio.move_on_after(self._config.send_timeout_s) as scope:
+                if not conn.sends_body():
+                    await _send_all(sock, head)
+                elif response.tail:
+                    # Borrowed buffers (outputs in shared memory): send what the socket takes
+                    # now straight from them, copy the rest, and give them back at once, so
+                    # a client that reads slowly holds only its own copy.
+                    rest = _send_now(sock, [head, response.body, *response.tail])
+                    if release is not None:
+                        done, release = release, None
+                        done()
+                    await _send_all(sock, rest)
+                elif len(response.body) <= SMALL_BODY:
+                    await _send_all(sock, head + response.body)
+                else:
+                    await _send_all(sock, head)
+                    await _send_all(sock, response.body)
+            return keep and not scope.cancelled_caught
+        finally:
+            if release is not None:
+                release()
+
+
+def _send_now(sock: Socket, parts: list[bytes | memoryview]) -> bytes:
+    """Send as much of ``parts`` as the socket takes without waiting; the rest, copied."""
+    while parts:
+        try:
+            sent = sock.sendmsg(parts)
+        except BlockingIOError:
+            break
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts.pop(0))
+        if parts and sent:
+            parts[0] = memoryview(parts[0])[sent:]
+    return b"".join(parts)
 
 
 async def _linger(sock: Socket) -> None:
