@@ -1,6 +1,6 @@
 """HTTP served in the core process vs by N bridge processes (``--bridge-workers``), one run.
 
-    python -m bench.bridge_workers [--duration 5] [--workers 0,1,2]
+    python -m bench.bridge_workers [--duration 5] [--workers 0,1,2] [--queue-delay-us N]
 
 For each setting it starts ``inferoxy serve --models bench/models.yaml``, drives it with
 ``wrk`` (the scenarios of ``bench.http``: tiny v2 JSON and a 224x224x3 binary image, both at
@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -54,13 +55,13 @@ def bridge_pids(core: int) -> list[int]:
     return pids
 
 
-def run(workers: int, duration: int) -> list[str]:
+def run(workers: int, duration: int, models: str) -> list[str]:
     gw_port, metrics_port = free_port(), free_port()
     others = [arg for flag in ("--grpc-port", "--ws-port", "--zmq-port", "--admin-port")
               for arg in (flag, str(free_port()))]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "inferoxy", "serve", "--models", "bench/models.yaml",
+        [sys.executable, "-m", "inferoxy", "serve", "--models", models,
          "--http-port", str(gw_port), "--metrics-port", str(metrics_port), *others,
          "--bridge-workers", str(workers), "--log-level", "WARNING"], cwd=ROOT, env=env)
     rows = []
@@ -100,14 +101,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--workers", default="0,1,2", help="settings to compare, e.g. 0,2")
+    parser.add_argument("--queue-delay-us", type=int, default=None,
+                        help="override the models' max_queue_delay_us (fuller batches show "
+                             "the core's cost per request when its queues are deep)")
     args = parser.parse_args()
+    models = ROOT / "bench" / "models.yaml"
+    tmp = tempfile.TemporaryDirectory()
+    if args.queue_delay_us is not None:
+        text = re.sub(r"max_queue_delay_us: \d+", f"max_queue_delay_us: {args.queue_delay_us}",
+                      models.read_text())
+        models = Path(tmp.name) / "models.yaml"
+        models.write_text(text)
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     settings = [int(w) for w in re.split(r"[, ]+", args.workers) if w]
     print("| scenario | HTTP served | req/s | p50 ms | p99 ms | avg batch | core CPU µs/req "
           "| bridges CPU µs/req | core ceiling req/s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    results = {w: run(w, args.duration) for w in settings}
+    with tmp:
+        results = {w: run(w, args.duration, str(models)) for w in settings}
     for i in range(len(next(iter(results.values())))):  # grouped by scenario
         for w in settings:
             print(results[w][i], flush=True)

@@ -202,6 +202,8 @@ class CoreLink:
 
     async def call(self, body: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         """A non-infer HTTP request, answered by the core's route layer."""
+        if len(self._calls) >= MAX_IN_FLIGHT:
+            raise Unavailable("this bridge process has too many requests in flight")
         msg_id = next(self._ids)
         body["id"] = msg_id
         pending = self._calls[msg_id] = _Pending([])

@@ -15,7 +15,9 @@ import trio
 from bridges.procs.facade import RemoteGateway
 from bridges.rest.app import create_handler, server_config
 from bridges.rest.http11 import HttpRequest, HttpResponse
+from bridges.rest.routes import typed_error
 from bridges.rest.server import HttpServer, open_listeners
+from gateway.errors import InferoxyError
 
 
 def request_to_wire(request: HttpRequest) -> dict[str, Any]:
@@ -54,7 +56,10 @@ async def serve_http(gateway: RemoteGateway, host: str, port: int, shutdown: tri
     link = gateway.link
 
     async def forward(_: Any, request: HttpRequest) -> HttpResponse:
-        answer, payload = await link.call(request_to_wire(request), request.body)
+        try:
+            answer, payload = await link.call(request_to_wire(request), request.body)
+        except InferoxyError as exc:  # too many in flight, or the core is not reading
+            return typed_error(exc)
         return response_from_wire(answer, payload)
 
     listeners = await open_listeners(host, port, reuse_port=True)

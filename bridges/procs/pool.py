@@ -252,6 +252,8 @@ class BridgePool:
         elif kind == bw.CANCEL:
             book.cancel(body["id"])
         elif kind == bw.CALL:
+            if not isinstance(body["id"], int) or len(blobs) != 1:
+                raise ValueError("malformed CALL")
             self._nursery.start_soon(self._forward_call, index, body, bytes(blobs[0]))
         elif kind == bw.REPORT:
             for bridge, status_class, n in self.gateway.bridge_reports.report(index, body):
@@ -401,8 +403,14 @@ class BridgePool:
 
     async def _forward_call(self, index: int, body: dict[str, Any], payload: bytes) -> None:
         from bridges.procs.http import request_from_wire, response_to_wire
+        from bridges.rest.http11 import error_response
         from bridges.rest.routes import answer
 
-        response = await answer(self.gateway, request_from_wire(body, payload))
+        try:
+            response = await answer(self.gateway, request_from_wire(body, payload))
+        except Exception:  # a bug in a route must not take the core (and every bridge) down
+            log.exception("error answering a forwarded %s %s", body.get("method"),
+                          body.get("path"))
+            response = error_response(500, "internal error")
         self._send(index, bw.REPLY, {"id": body["id"], **response_to_wire(response)},
                    response.body)
