@@ -5,7 +5,8 @@ its own asyncio loop. Every touch of the gateway — reads included — happens 
 thread: a handler on the asyncio side calls ``Portal.run_sync`` (a plain function, run
 from ``TrioToken.run_sync_soon``) or ``Portal.run`` (an async function, started as a task in
 the nursery the bridge's Trio task owns), and awaits an asyncio future that the Trio side
-completes with ``loop.call_soon_threadsafe``.
+completes with ``loop.call_soon_threadsafe``. Both directions go through a ``Coalescer``:
+calls queued while the other loop has not run yet share one wake-up.
 
 If the asyncio side gives up (the client cancelled, its deadline passed), the Trio task is
 cancelled too, so a queued request leaves the queue. Once the bridge closes the portal, or
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,6 +31,53 @@ log = logging.getLogger("inferoxy.grpc")
 T = TypeVar("T")
 
 SHUTTING_DOWN = "the server is shutting down"
+INTERNAL = "internal error in the gRPC bridge"
+
+
+class Coalescer:
+    """Calls for another thread's event loop, handed over in bursts.
+
+    ``wake(fn)`` schedules ``fn`` on that loop (``TrioToken.run_sync_soon``,
+    ``loop.call_soon_threadsafe``), and each such call writes to the loop's wakeup socket: a
+    syscall, and a wake-up of a loop that may be awake already. Here only the first call of a
+    burst wakes the loop; the drain it schedules runs every call queued until the queue is
+    empty. Measured (``python -m bench.grpc_handoff``, 2 cores): the same at one call in
+    flight, about half the CPU per hand-off and 2-3x the calls/s at 16-32 in flight.
+    """
+
+    def __init__(self, wake: Callable[[Callable[[], None]], Any]) -> None:
+        self._wake = wake
+        self._queue: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._queue.append(fn)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._wake(self._drain)
+        except BaseException:  # that loop is gone: nothing queued will ever run
+            with self._lock:
+                self._scheduled = False
+                self._queue.clear()
+            raise
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._scheduled = False
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            for fn in batch:
+                try:
+                    fn()
+                except Exception:  # calls must not raise; one that does harms no other
+                    log.exception("a call handed over between threads failed")
 
 
 class InternalError(InferoxyError):
@@ -39,6 +89,8 @@ class Portal:
         self._token = token
         self._nursery = nursery
         self.closed = False  # read and written on the Trio thread only
+        self._to_trio = Coalescer(token.run_sync_soon)
+        self._to_loops: dict[asyncio.AbstractEventLoop, Coalescer] = {}
 
     def close(self) -> None:
         """No new calls reach the gateway (Trio thread)."""
@@ -53,17 +105,17 @@ class Portal:
 
         def call() -> None:  # Trio thread: must never raise
             if self.closed:
-                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                self._deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
                 return
             try:
                 value = fn(*args)
             except InferoxyError as exc:
-                _deliver(loop, future, exc, None)
+                self._deliver(loop, future, exc, None)
             except Exception:
                 log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
-                _deliver(loop, future, InternalError("internal error in the gRPC bridge"), None)
+                self._deliver(loop, future, InternalError(INTERNAL), None)
             else:
-                _deliver(loop, future, None, value)
+                self._deliver(loop, future, None, value)
 
         self._send(call)
         return await future
@@ -78,26 +130,26 @@ class Portal:
             try:
                 with scope:
                     value = await fn(*args)
-                    _deliver(loop, future, None, value)
+                    self._deliver(loop, future, None, value)
                     return
-                _deliver(loop, future, Unavailable("the request was cancelled"), None)
+                self._deliver(loop, future, Unavailable("the request was cancelled"), None)
             except InferoxyError as exc:
-                _deliver(loop, future, exc, None)
+                self._deliver(loop, future, exc, None)
             except trio.Cancelled:
-                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                self._deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
                 raise
             except Exception:
                 log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
-                _deliver(loop, future, InternalError("internal error in the gRPC bridge"), None)
+                self._deliver(loop, future, InternalError(INTERNAL), None)
 
         def start() -> None:  # Trio thread: must never raise
             if self.closed:
-                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                self._deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
                 return
             try:
                 self._nursery.start_soon(task)
             except RuntimeError:  # the nursery closed under us
-                _deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
+                self._deliver(loop, future, Unavailable(SHUTTING_DOWN), None)
 
         self._send(start)
         try:
@@ -111,12 +163,20 @@ class Portal:
 
     def _send(self, fn: Callable[[], None]) -> None:
         try:
-            self._token.run_sync_soon(fn)
+            self._to_trio.put(fn)
         except trio.RunFinishedError:
             raise Unavailable(SHUTTING_DOWN) from None
 
+    def _deliver(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+                 error: BaseException | None, value: Any) -> None:
+        """Complete ``future`` on its own loop (from the Trio thread)."""
+        to_loop = self._to_loops.get(loop)
+        if to_loop is None:
+            to_loop = self._to_loops[loop] = Coalescer(loop.call_soon_threadsafe)
+        _deliver(to_loop, future, error, value)
 
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+
+def _deliver(to_loop: Coalescer, future: asyncio.Future[Any],
              error: BaseException | None, value: Any) -> None:
     """Complete ``future`` on its own loop (from the Trio thread)."""
 
@@ -129,6 +189,6 @@ def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
             future.set_result(value)
 
     try:
-        loop.call_soon_threadsafe(complete)
+        to_loop.put(complete)
     except RuntimeError:  # the loop is closed: no one is waiting any more
         pass
