@@ -224,3 +224,12 @@ def test_registered_regions(lgw: RunningGateway, tmp_path: Path) -> None:
         client.close()
         for h in handles:
             shm.destroy_shared_memory_region(h)
+
+
+def test_limits_are_flags_and_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferoxy.cli import build_parser
+
+    monkeypatch.setenv("INFEROXY_MAX_LIVE_SEQUENCES", "7")
+    args = build_parser().parse_args(["serve", "--max-inputs", "3"])
+    assert (args.max_live_sequences, args.max_inputs) == (7, 3)
+    assert args.max_frame_header_bytes == 64 << 10  # the default

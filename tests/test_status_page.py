@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -180,3 +181,15 @@ def test_latency_figures_from_buckets() -> None:
     assert window.recent(("m", "1"), 0.0, [5, 0, 0, 0], 50)[2] == -1.0  # since the start
     counts, total, span = window.recent(("m", "1"), 70.0, [5, 2, 0, 0], 80)
     assert (counts, total, span) == ([0, 2, 0, 0], 30, 70.0)  # only what came since
+
+
+def test_status_page_refreshes_itself(sgw: RunningGateway, tmp_path: Path) -> None:
+    """Its script fetches status.json every 2 s and re-renders from it (still right)."""
+    before = next(m for m in status_json(sgw)["models"] if m["name"] == "stub")["success"]
+    infer_stub(sgw, 3)
+    # Virtual time: chromium runs the page's timers for 5 s (fetches included) before the dump.
+    dom = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", f"{sgw.admin_url}/")
+    assert re.search(r'<body[^>]* data-refreshes="[1-9]', dom), dom[:300]
+    page = Models()
+    page.feed(dom)
+    assert f"{before + 3} ok" in page.text["stub"], page.text["stub"]

@@ -114,7 +114,10 @@ render(JSON.parse(document.getElementById("initial").textContent));
 async function refresh() {
   try {
     const r = await fetch("status.json", {cache: "no-store"});
-    if (r.ok) render(await r.json());
+    if (r.ok) {
+      render(await r.json());
+      document.body.dataset.refreshes = Number(document.body.dataset.refreshes || 0) + 1;
+    }
   } catch (e) { /* the gateway is restarting: try again next time */ }
 }
 setInterval(refresh, REFRESH_MS);
