@@ -38,6 +38,7 @@ def throughput_p99(scenario: str, title: str, rows: list[Row], out: Path) -> Pat
                         textcoords="offset points")
     ax.set_xlabel("throughput (items/s)")
     ax.set_ylabel("p99 latency (ms)")
+    ax.set_xscale("log")  # the ceiling and the peers sit decades apart
     ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -54,7 +55,9 @@ def batch_sizes(histograms: dict[str, list[tuple[str, float]]], out: Path) -> Pa
     if not shown:
         return None
     fig, axes = plt.subplots(len(shown), 1, figsize=(7, 1.8 * len(shown) + 0.6), squeeze=False)
-    for ax, (scenario, buckets) in zip(axes[:, 0], sorted(shown.items()), strict=True):
+    for ax, (scenario, all_buckets) in zip(axes[:, 0], sorted(shown.items()), strict=True):
+        last = max(i for i, (_, c) in enumerate(all_buckets) if c > 0)
+        buckets = all_buckets[: last + 1]  # no row of empty bars past the largest batch
         labels = [b for b, _ in buckets]
         total = sum(c for _, c in buckets)
         ax.bar(labels, [100 * c / total for _, c in buckets])

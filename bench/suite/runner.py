@@ -185,6 +185,8 @@ class Bench:
             gen = loadgen.loadgen_for(s.path)
             if gen in kinds:
                 wanted.setdefault(kinds[gen], []).append(s)
+            elif s.path == "http-binary":  # perf_analyzer against a v2 responder
+                wanted.setdefault("v2http", []).append(s)
         for kind, scenarios in wanted.items():
             port = procs.free_port()
             log = self.logs / f"ceiling-{kind}.log"

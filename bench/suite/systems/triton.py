@@ -65,9 +65,23 @@ def config_pbtxt(model: Model) -> str:
     param_text = "".join(
         f'parameters: {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}\n'
         for k, v in params.items())
+    if model.stateless:
+        scheduling = f"dynamic_batching {{ max_queue_delay_microseconds: " \
+                     f"{model.max_queue_delay_us} }}\n"
+    else:  # the sequence batcher hands the model START / END / CORRID with every request
+        idle = int(model.raw.get("max_sequence_idle_us", 5_000_000))
+        scheduling = (
+            f"sequence_batching {{\n  max_sequence_idle_microseconds: {idle}\n"
+            "  control_input [\n"
+            '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START '
+            "fp32_false_true: [ 0, 1 ] } ] },\n"
+            '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END '
+            "fp32_false_true: [ 0, 1 ] } ] },\n"
+            '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID '
+            "data_type: TYPE_UINT64 } ] }\n  ]\n}\n")
     return (f'name: "{model.name}"\nbackend: "python"\nmax_batch_size: {model.batch_size}\n'
             + tensors("input", model.inputs) + tensors("output", model.outputs)
-            + f"dynamic_batching {{ max_queue_delay_microseconds: {model.max_queue_delay_us} }}\n"
+            + scheduling
             + f"instance_group [ {{ count: {model.copies} kind: KIND_CPU }} ]\n" + param_text)
 
 
@@ -107,7 +121,8 @@ def triton_env(python: Path, dist: Path) -> dict[str, str]:
 
 class Triton:
     name: str = "triton"
-    offers: tuple[str, ...] = ("http-json", "http-binary", "http-shm", "grpc", "grpc-shm")
+    offers: tuple[str, ...] = ("http-json", "http-binary", "http-shm", "grpc", "grpc-shm",
+                               "sequence-http")
 
     def available(self) -> str | None:
         return missing_venv("triton")
