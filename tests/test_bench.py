@@ -142,6 +142,15 @@ def test_ratios_are_inferoxy_over_each_peer_and_each_over_the_ideal() -> None:
     assert "| s | 16 | 2000 | 3.00 | 0.50 | — | 4.00 | — | 0.20 |" in md
 
 
+def test_a_model_with_a_declared_cost_is_compared_with_its_formula() -> None:
+    rows = [Row("syn", "ideal", "in-process", "in-process", 1, 10.0, 160.0,
+                formula_items_per_s=571.0),
+            Row("syn", "inferoxy", "http-json", "wrk", 32, 500.0, 500.0)]
+    report.add_ratios(rows)
+    assert rows[1].vs_ideal == pytest.approx(500 / 571)
+    assert rows[0].vs_ideal == pytest.approx(160 / 571)  # the in-process run, stretched
+
+
 def test_grpc_takes_perf_analyzer_where_it_works_and_one_client_for_the_rest() -> None:
     both = ("inferoxy", "triton", "mlserver")
     assert loadgen.loadgens_for("grpc", "triton", both) == ("perf_analyzer",)
