@@ -407,7 +407,13 @@ class BridgePool:
         from bridges.rest.routes import answer
 
         try:
-            response = await answer(self.gateway, request_from_wire(body, payload))
+            request = request_from_wire(body, payload)
+            if request.path == "/v2/health/ready" and not self._all_listening.is_set():
+                # Ready means every bridge listens: until then the kernel would hand every
+                # connection to the ones that do.
+                response = error_response(503, "not ready (bridge processes starting)")
+            else:
+                response = await answer(self.gateway, request)
         except Exception:  # a bug in a route must not take the core (and every bridge) down
             log.exception("error answering a forwarded %s %s", body.get("method"),
                           body.get("path"))

@@ -67,6 +67,18 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+
+                async def watch_parent() -> None:  # from the start: any stage may be cut
+                    nonlocal core_gone
+                    while os.getppid() == core_pid:
+                        await trio.sleep(PARENT_CHECK_S)
+                    core_gone = True
+                    log.warning("bridge %d: the gateway core is gone; exiting", index)
+                    link.fail_all(Unavailable("the gateway core stopped"))
+                    await trio.sleep(0.2)  # let the handlers write their 503s
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_parent)
                 nursery.start_soon(link.run)
                 nursery.start_soon(link.run_flusher)
                 link.send(bw.HELLO, {"pid": pid, "listening": False})
@@ -86,29 +98,16 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                 nursery.start_soon(_every, REPORT_EVERY_S, report)
                 nursery.start_soon(_every, PRUNE_EVERY_S, link.cache.prune)
 
-                async def watch_parent() -> None:
-                    nonlocal core_gone
-                    while os.getppid() == core_pid:
-                        await trio.sleep(PARENT_CHECK_S)
-                    core_gone = True
-
-                async def watch_signals() -> None:
-                    nonlocal core_gone
+                async def first_signal() -> None:
                     async for _ in signals:
-                        core_gone = os.getppid() != core_pid
                         return
 
-                async with trio.open_nursery() as watchers:  # the first to return wins
-                    for watch in (watch_parent, watch_signals, link.stop_requested.wait):
+                async with trio.open_nursery() as watchers:  # STOP or a signal: drain
+                    for watch in (first_signal, link.stop_requested.wait):
                         watchers.start_soon(_then_cancel, watch, watchers.cancel_scope)
-                if core_gone:
-                    log.warning("bridge %d: the gateway core is gone; exiting", index)
-                    link.fail_all(Unavailable("the gateway core stopped"))
-                    await trio.sleep(0.2)  # let the handlers write their 503s
-                else:
-                    shutdown.set()  # the listener closes; open responses go out
-                    with trio.move_on_after(settings.drain_timeout_s):
-                        await http_done.wait()
+                shutdown.set()  # the listener closes; open responses go out
+                with trio.move_on_after(settings.drain_timeout_s):
+                    await http_done.wait()
                 nursery.cancel_scope.cancel()
     finally:
         if not core_gone:
