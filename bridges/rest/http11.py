@@ -53,9 +53,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
-from urllib.parse import unquote
 
 import httptools
+import orjson
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -88,10 +88,6 @@ class HttpRequest:
             if key == name:
                 return value
         return None
-
-    def segments(self) -> list[str]:
-        """The path's segments, each percent-decoded (so ``%2F`` stays inside its segment)."""
-        return [unquote(s) if "%" in s else s for s in self.path.split("/")[1:]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,8 +466,6 @@ class Connection:
 
 def error_response(status: int, message: str,
                    headers: tuple[tuple[bytes, bytes], ...] = ()) -> HttpResponse:
-    import orjson  # local: keeps this module's import cost to the parser
-
     return HttpResponse(status, ((b"content-type", b"application/json"), *headers),
                         orjson.dumps({"error": message}))
 
