@@ -93,8 +93,8 @@ class HttpRequest:
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     """An answer. ``tail``: buffers sent after ``body`` (views of memory the answer does not
-    own, such as outputs in shared memory); ``release`` is called once they are no longer
-    needed (sent, or copied), whatever happens to the connection."""
+    own, such as outputs in shared memory); ``release`` is called once, when they are no
+    longer needed (sent, or copied), whatever happens to the connection."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...] = ()  # Content-Length and Connection are added

@@ -53,7 +53,6 @@ Socket = stdsocket.socket
 
 RECV_BYTES = 64 << 10
 LINGER_S = 2.0
-SMALL_BODY = 64 << 10  # answers up to this size go out with their head in one send
 
 
 class ClientGone(Exception):
@@ -290,34 +289,33 @@ class HttpServer:
             conn.feed(data)
 
     async def _answer(self, sock: Socket, conn: Connection, response: HttpResponse) -> bool:
-        release = response.release
+        """Send the answer; True when the connection stays open.
+
+        What the socket takes at once goes straight from the answer's buffers (borrowed ones,
+        outputs in shared memory, included); the rest is copied, the borrowed buffers are
+        given back, and the copy is sent within ``send_timeout_s``. Small answers to a
+        reading client never wait, so they need no timer.
+        """
         try:
             head, keep = conn.response(response)
-            with trio.move_on_after(self._config.send_timeout_s) as scope:
-                if not conn.sends_body():
-                    await _send_all(sock, head)
-                elif response.tail:
-                    # Borrowed buffers (outputs in shared memory): send what the socket takes
-                    # now straight from them, copy the rest, and give them back at once, so
-                    # a client that reads slowly holds only its own copy.
-                    rest = _send_now(sock, [head, response.body, *response.tail])
-                    if release is not None:
-                        done, release = release, None
-                        done()
-                    await _send_all(sock, rest)
-                elif len(response.body) <= SMALL_BODY:
-                    await _send_all(sock, head + response.body)
-                else:
-                    await _send_all(sock, head)
-                    await _send_all(sock, response.body)
-            return keep and not scope.cancelled_caught
+            if conn.sends_body():
+                rest = _send_now(sock, [head, response.body, *response.tail])
+            else:
+                rest = _send_now(sock, [head])
         finally:
-            if release is not None:
-                release()
+            if response.release is not None:
+                response.release()
+        if rest:
+            with trio.move_on_after(self._config.send_timeout_s) as scope:
+                await _send_all(sock, rest)
+            if scope.cancelled_caught:
+                return False
+        return keep
 
 
 def _send_now(sock: Socket, parts: list[bytes | memoryview]) -> bytes:
     """Send as much of ``parts`` as the socket takes without waiting; the rest, copied."""
+    parts = [p for p in parts if p]
     while parts:
         try:
             sent = sock.sendmsg(parts)
