@@ -32,10 +32,11 @@ from tests.fuzzing import assert_no_leak, assert_still_serving
 MODELS = ROOT / "tests" / "models_limits.yaml"
 LIVE = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
-HTTP_STATUSES = {200, 400, 403, 404, 408, 409, 413, 503}
+HTTP_STATUSES = {200, 400, 403, 404, 408, 409, 413, 503, 504}  # 504: a tiny "timeout" param
 GRPC_OK_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                  grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED,
-                 grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED}
+                 grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 grpc.StatusCode.DEADLINE_EXCEEDED}
 MODEL_NAMES = st.sampled_from(["stub", "echo", "running_sum", "nope"])
 
 
