@@ -172,6 +172,47 @@ def test_requests_land_on_both_processes(bw_gateway: RunningGateway) -> None:
     assert metric(bw_gateway, 'nv_inference_request_failure_total{model="stub"') == 0
 
 
+def test_sequences_across_processes(bw_gateway: RunningGateway) -> None:
+    """A sequence's frames, each on a new connection (so either process may take it), reach
+    the one core in order: the running sums come out right."""
+    def frame(seq: int, value: float, start: bool, end: bool) -> tuple[float, int]:
+        params = {"sequence_id": seq, "sequence_start": start, "sequence_end": end}
+        body = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4],
+                                       "data": [value] * 4}], "parameters": params})
+        r = urllib3.request("POST", f"{bw_gateway.http}/v2/models/running_sum/infer",
+                            body=body, headers={"Content-Type": "application/json",
+                                                "Connection": "close"}, timeout=30)
+        assert r.status == 200, r.data
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        return out["SUM"][0], out["COUNT"][0]
+
+    def run(seq: int) -> list[tuple[float, int]]:
+        return [frame(seq, float(k), k == 1, k == 10) for k in range(1, 11)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(7001, 7005)))
+    for got in results:
+        assert got == [(k * (k + 1) / 2, k) for k in range(1, 11)]
+
+
+def test_unload_and_load_reach_the_bridges(bw_gateway: RunningGateway) -> None:
+    """The routing table follows the repository: unloaded, the model is 404 in every process
+    (not loaded); loaded again, it serves in every process."""
+    def infer_status() -> int:
+        body = json.dumps({"inputs": [{"name": "X", "datatype": "INT32", "shape": [1, 1],
+                                       "data": [5]}]})
+        return urllib3.request("POST", f"{bw_gateway.http}/v2/models/faulty/infer", body=body,
+                               headers={"Connection": "close"}, timeout=30).status
+
+    client = httpclient.InferenceServerClient(bw_gateway.url)
+    assert infer_status() == 200
+    client.unload_model("faulty")
+    wait_for(lambda: all(infer_status() == 404 for _ in range(8)))
+    assert not client.is_model_ready("faulty")
+    client.load_model("faulty")
+    wait_for(lambda: all(infer_status() == 200 for _ in range(8)))
+
+
 @pytest.mark.timeout(120)
 def test_perf_analyzer(bw_gateway: RunningGateway, tmp_path: Path) -> None:
     data = tmp_path / "data.json"
@@ -358,3 +399,33 @@ def test_errors_cross_the_wire_with_their_status() -> None:
     assert isinstance(busy, Unavailable) and busy.retry_after_s == 3
     assert error_from_wire(["Nope", "m", 1]).http_status == 500
     assert error_from_wire("garbage").http_status == 500
+
+
+def test_segment_cache_locates_views_and_prunes_unlinked_segments() -> None:
+    """What the core uses to send a large output as a descriptor (``locate``), and what
+    bridges and workers use to unmap segments whose owner is gone (``prune``)."""
+    from shm.segment import SegmentCache
+    from shm.slab import SlabAllocator
+
+    slab = SlabAllocator(f"ifxt{os.getpid()}-locate", limit_bytes=1 << 20,
+                         segment_bytes=1 << 16)
+    cache = SegmentCache()
+    try:
+        slot = slab.allocate(4096)
+        slot.view("uint8", (4096,))[:] = np.arange(4096) % 251
+        desc = slot.descriptor("uint8", (16, 256))
+        rows = cache.view(desc)[3:5]  # a slice of a peer's slot, as the core splits batches
+        found = cache.locate(rows)
+        assert found is not None
+        assert (found.segment, found.offset, found.shape) == (
+            desc.segment, desc.offset + 3 * 256, (2, 256))
+        np.testing.assert_array_equal(cache.view(found), rows)
+        assert cache.locate(np.zeros(4)) is None  # not in shared memory
+        del rows
+        slab.close()  # the owner unlinks its segments
+        assert desc.segment in cache
+        cache.prune()
+        assert desc.segment not in cache
+    finally:
+        cache.close()
+        slab.close()

@@ -36,6 +36,7 @@ from worker.batch import BatchError, gather, place_outputs
 log = logging.getLogger("inferoxy.worker")
 
 EXIT_MODEL_LOAD_FAILED = 3
+PRUNE_EVERY_S = 5.0  # how often (between batches) mappings of unlinked segments are dropped
 
 
 def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
@@ -78,6 +79,7 @@ class Worker:
         self.copy_id: int = args.copy_id
         self.model = model
         self.cache = SegmentCache()
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
         self.slab = SlabAllocator(
             f"{args.shm_prefix}-w{os.getpid()}", limit_bytes=args.output_limit_bytes
         )
@@ -114,6 +116,11 @@ class Worker:
                     self.run_batch(body)
                 finally:
                     self.busy_since = None
+                if time.monotonic() >= self._next_prune:
+                    # Segments whose owner unlinked them (a bridge process that died, a client
+                    # region): unmap them, or their memory stays pinned while we live.
+                    self._next_prune = time.monotonic() + PRUNE_EVERY_S
+                    self.cache.prune()
             elif kind == wire.RELEASE:
                 for segment, offset in body.get("slots", []):
                     slot = self.slots.pop((segment, offset), None)
