@@ -303,4 +303,7 @@ def test_inferoxy_bench_writes_tables_plots_and_the_setup(tmp_path: Path) -> Non
     assert doc["histograms"]["tiny-json"], doc["histograms"]
     readme = (out / "README.md").read_text()
     assert "Pinning:" in readme and "Exact command lines" in readme
-    assert not (out / "work").exists()
+    # what the command lines read stays beside them: the gateway's models, wrk's script and body
+    assert (out / "work" / "inferoxy" / "models.yaml").exists()
+    assert (out / "work" / "wrk-body-tiny.lua").exists()
+    assert (out / "work" / "body-tiny.json").exists()

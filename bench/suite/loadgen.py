@@ -96,7 +96,7 @@ def wrk(url: str, body_file: Path, concurrency: int, duration_s: float, cores: s
         work: Path) -> Measurement:
     if shutil.which("wrk") is None:
         raise LoadError("wrk not found (Debian/Ubuntu: apt-get install wrk)")
-    script = work / "wrk-body.lua"
+    script = work / f"wrk-{body_file.stem}.lua"
     script.write_text(
         f"local f = assert(io.open({json.dumps(str(body_file))}, 'rb'))\n"
         "wrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\n"

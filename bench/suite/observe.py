@@ -25,6 +25,11 @@ def _ns(stats: dict[str, Any], kind: str) -> tuple[int, int]:
     return int(entry.get("count", 0)), int(entry.get("ns", 0))
 
 
+def successes(before: dict[str, Any], after: dict[str, Any]) -> int:
+    """Requests the server answered successfully between the two reads."""
+    return _ns(after, "success")[0] - _ns(before, "success")[0]
+
+
 def breakdown(before: dict[str, Any], after: dict[str, Any]
               ) -> tuple[float | None, float | None, float | None, float | None]:
     """(avg batch, queue µs, compute µs, overhead µs) per request over the window."""

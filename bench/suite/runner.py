@@ -6,7 +6,9 @@ need (startup outside every measurement window), each scenario's answers verifie
 window per concurrency point — and stopped before the next starts, so systems never share the
 machine. Everything lands in ``bench/results/<stamp>/``: ``summary.md``/``.csv``, one
 ``<scenario>.md``/``.csv`` each, ``plots/*.png``, ``run.json`` and ``README.md`` (versions,
-machine, pinning, exact command lines), ``logs/`` (every server's output).
+machine, pinning, exact command lines), ``logs/`` (every server's output) and ``work/`` (what
+those command lines read: request bodies, Lua scripts, each system's generated configuration,
+perf_analyzer's CSV files).
 
 A system that is not installed, fails to start or answers wrongly gets a row saying so; the
 rest of the run goes on.
@@ -332,7 +334,7 @@ class Bench:
         if stats0 and stats1:
             row.avg_batch, row.queue_us, row.compute_us, row.overhead_us = \
                 observe.breakdown(stats0, stats1)
-            served = observe._ns(stats1, "success")[0] - observe._ns(stats0, "success")[0]
+            served = observe.successes(stats0, stats1)
             if served > 0:
                 items = served * (s.items_per_request if path == "zmq" else 1)
         if items > 0 and running.name != "ceiling":
@@ -408,7 +410,6 @@ class Bench:
         }
         (self.out / "run.json").write_text(json.dumps(run, indent=2, default=str))
         self.write_readme(run, summary_md, sections)
-        shutil.rmtree(self.work, ignore_errors=True)
         self.say(f"wrote {self.out}")
 
     def version_table(self) -> dict[str, str]:
