@@ -147,7 +147,6 @@ class Bench:
         self.histograms: dict[str, list[tuple[str, float]]] = {}
         self.commands: list[dict[str, Any]] = []
         self.versions: dict[str, str] = {}
-        self.timeline: list[tuple[str, float]] = []
         self.started = time.monotonic()
         self.argv = list(sys.argv)
 
@@ -166,10 +165,15 @@ class Bench:
         for s in self.scenarios:
             model = self.models[s.model]
             if model.name not in by_model:
-                by_model[model.name] = loadgen.client_json(
-                    "bench.suite.ideal", ["--model", model.name, "--duration",
-                                          str(min(self.window(s), 1.0))],
-                    self.window(s), self.pinning.server, "in-process")
+                try:
+                    by_model[model.name] = loadgen.client_json(
+                        "bench.suite.ideal", ["--model", model.name, "--duration",
+                                              str(min(self.window(s), 1.0))],
+                        self.window(s), self.pinning.server, "in-process")
+                except (LoadError, RuntimeError) as exc:
+                    self.rows.append(Row(s.name, "ideal", "in-process", "in-process",
+                                         model.copies, note=f"failed: {_short(exc)}"))
+                    continue
             m = by_model[model.name]
             formula = formula_for(model)
             note = f"full batches of {model.batch_size}, {model.copies} thread(s)"
@@ -197,8 +201,12 @@ class Bench:
             command = procs.pinned([sys.executable, "-m", "bench.suite.ceiling", kind,
                                     str(port)], self.pinning.server)
             with procs.owned(command, log=log, env=base_env(), cwd=ROOT) as proc:
-                procs.wait_until(functools.partial(_port_open, port), f"ceiling {kind}", 30,
-                                 proc, log)
+                try:
+                    procs.wait_until(functools.partial(_port_open, port), f"ceiling {kind}",
+                                     30, proc, log)
+                except RuntimeError as exc:
+                    self.say(f"ceiling {kind}: not measured: {_short(exc)}")
+                    continue
                 fake = Running("ceiling", proc.pid, http=f"127.0.0.1:{port}",
                                grpc=f"127.0.0.1:{port}", zmq=f"tcp://127.0.0.1:{port}")
                 for s in scenarios:
