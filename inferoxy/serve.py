@@ -72,7 +72,7 @@ async def serve(settings: Settings,
             await gateway.drain()
             if pool is not None:
                 await pool.stop(settings.drain_timeout_s)
-            http_stop.set()  # hypercorn closes its listeners and finishes open responses
+            http_stop.set()  # the HTTP servers close their listeners and idle connections
             with trio.move_on_after(settings.drain_timeout_s):
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()

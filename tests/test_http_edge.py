@@ -8,6 +8,7 @@ request lines, unknown methods and HEAD: what a client sees, byte for byte where
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 import urllib.request
@@ -419,3 +420,41 @@ def test_slow_heads_get_408_and_are_closed(tmp_path: Path) -> None:
         status = gw.stop()
     assert status == 0, gw.log()
     assert "Traceback" not in gw.log(), gw.log()
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+def test_shutdown_answers_in_flight_requests_then_closes(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS)
+    try:
+        idle, busy = Raw.open(gw), Raw.open(gw)
+        idle.send(get("/v2/health/live"))
+        assert idle.response().status == 200  # now an idle keep-alive connection
+        x = np.arange(16, dtype=np.float32)
+        body = orjson.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 16],
+                                         "data": x.tolist()}]})
+        busy.send(post("/v2/models/slow/infer", body))  # 300 ms of "GPU"
+        # SIGTERM once the request is in the model's hands
+        assert _eventually(lambda: _pending(gw, "slow") >= 1)
+        gw.process.send_signal(signal.SIGTERM)  # drain
+        r = busy.response()
+        assert r.status == 200
+        np.testing.assert_allclose(json.loads(r.body)["outputs"][0]["data"], x * 2 + 1)
+        # then both connections end (the gateway exits; nothing is reset before its answer)
+        assert busy.closed()
+        assert idle.closed()
+        idle.close()
+        busy.close()
+        assert gw.process.wait(timeout=30) == 0
+    finally:
+        gw.cleanup()
+    assert "Traceback" not in gw.log(), gw.log()
+
+
+def _pending(gw: RunningGateway, model: str) -> float:
+    with urllib.request.urlopen(f"{gw.metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "nv_inference_pending_request_count":
+            return sum(s.value for s in family.samples if s.labels.get("model") == model)
+    return 0.0
