@@ -10,9 +10,9 @@ N: an INFER item is checked and submitted synchronously in the intake task (no t
 request); its answer comes from the model server's ``on_done`` callback; one task keeps every
 deadline in a heap; answers queued in one round of the event loop leave in one message.
 
-A bridge process dies with the core (it watches its parent), and on
-SIGTERM the core drains first (its bridges' new requests get 503), then tells every bridge to
-``STOP``: close its listener, finish open responses, exit.
+A bridge process dies with the core (it watches its parent). On SIGTERM the core drains first
+(its bridges' new requests get 503), then tells every bridge to ``STOP``: close its listener,
+finish open responses, exit.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ log = logging.getLogger("inferoxy.bridges")
 TABLE_EVERY_S = 0.1  # how often the routing table is compared with what bridges have
 QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for workers to let go
 HELLO_TIMEOUT_S = 60.0
-
 
 
 @dataclass(eq=False, slots=True)
@@ -139,7 +138,7 @@ class BridgePool:
                 log.warning("bridge process %d did not stop in time; killing it", proc.pid)
                 proc.kill()
 
-    def _spawn_env(self, index: int) -> dict[str, str]:
+    def _spawn_env(self) -> dict[str, str]:
         settings = json.dumps(dataclasses.asdict(self.settings))
         return dict(os.environ, INFEROXY_BRIDGE_SETTINGS=settings)
 
@@ -158,7 +157,7 @@ class BridgePool:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridges.procs", "--index", str(index),
                  "--core-pid", str(os.getpid()), "--run-dir", self.run_dir],
-                env=self._spawn_env(index), stdin=subprocess.DEVNULL,
+                env=self._spawn_env(), stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the core, which stops them in order
             )
             started = time.monotonic()
