@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,9 +54,16 @@ def running(pid: int) -> bool:
         return False
 
 
+def http(method: str, url: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+    """One request on a connection of its own, closed before returning (no pooled socket
+    outlives the test)."""
+    with urllib3.PoolManager() as pool:
+        return pool.request(method, url, timeout=30, retries=False, **kwargs)
+
+
 def metric(gw: RunningGateway, line_prefix: str) -> float:
     """The value of the first /metrics line that starts with ``line_prefix`` (0 if none)."""
-    text = urllib3.request("GET", f"{gw.metrics_url}/metrics", timeout=10).data.decode()
+    text = http("GET", f"{gw.metrics_url}/metrics").data.decode()
     for line in text.splitlines():
         if line.startswith(line_prefix):
             return float(line.split()[-1])
@@ -81,6 +89,12 @@ def stub_infer(client: httpclient.InferenceServerClient, seed: int, binary: bool
     np.testing.assert_array_equal(result.as_numpy("IMAGE"), image)
 
 
+@pytest.fixture
+def client(bw_gateway: RunningGateway) -> Iterator[httpclient.InferenceServerClient]:
+    with httpclient.InferenceServerClient(bw_gateway.url) as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 def bw_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     gw = start_gateway(tmp_path_factory.mktemp("bridges"), TEST_MODELS, "--allow-client-shm",
@@ -94,8 +108,8 @@ def bw_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGate
         gw.cleanup()
 
 
-def test_json_binary_and_metadata(bw_gateway: RunningGateway) -> None:
-    client = httpclient.InferenceServerClient(bw_gateway.url)
+def test_json_binary_and_metadata(bw_gateway: RunningGateway,
+                                  client: httpclient.InferenceServerClient) -> None:
     assert len(bridge_pids(bw_gateway)) == 2
     assert client.is_server_ready()
     assert client.get_model_metadata("synthetic")["inputs"][0]["name"] == "INPUT"
@@ -121,10 +135,10 @@ def test_json_binary_and_metadata(bw_gateway: RunningGateway) -> None:
         client.get_model_metadata("nope")
 
 
-def test_client_shared_memory(bw_gateway: RunningGateway) -> None:
+def test_client_shared_memory(bw_gateway: RunningGateway,
+                              client: httpclient.InferenceServerClient) -> None:
     """Regions are registered with the core (a forwarded call); the bridges' requests name
     them, and the core resolves them."""
-    client = httpclient.InferenceServerClient(bw_gateway.url)
     image = np.random.default_rng(7).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     key_in, key_out = f"/bw-in-{os.getpid()}", f"/bw-out-{os.getpid()}"
     h_in = shm.create_shared_memory_region("bw_in", key_in, image.nbytes)
@@ -179,9 +193,8 @@ def test_sequences_across_processes(bw_gateway: RunningGateway) -> None:
         params = {"sequence_id": seq, "sequence_start": start, "sequence_end": end}
         body = json.dumps({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4],
                                        "data": [value] * 4}], "parameters": params})
-        r = urllib3.request("POST", f"{bw_gateway.http}/v2/models/running_sum/infer",
-                            body=body, headers={"Content-Type": "application/json",
-                                                "Connection": "close"}, timeout=30)
+        r = http("POST", f"{bw_gateway.http}/v2/models/running_sum/infer", body=body,
+                 headers={"Content-Type": "application/json", "Connection": "close"})
         assert r.status == 200, r.data
         out = {o["name"]: o["data"] for o in r.json()["outputs"]}
         return out["SUM"][0], out["COUNT"][0]
@@ -195,16 +208,16 @@ def test_sequences_across_processes(bw_gateway: RunningGateway) -> None:
         assert got == [(k * (k + 1) / 2, k) for k in range(1, 11)]
 
 
-def test_unload_and_load_reach_the_bridges(bw_gateway: RunningGateway) -> None:
+def test_unload_and_load_reach_the_bridges(bw_gateway: RunningGateway,
+                                           client: httpclient.InferenceServerClient) -> None:
     """The routing table follows the repository: unloaded, the model is 404 in every process
     (not loaded); loaded again, it serves in every process."""
     def infer_status() -> int:
         body = json.dumps({"inputs": [{"name": "X", "datatype": "INT32", "shape": [1, 1],
                                        "data": [5]}]})
-        return urllib3.request("POST", f"{bw_gateway.http}/v2/models/faulty/infer", body=body,
-                               headers={"Connection": "close"}, timeout=30).status
+        return http("POST", f"{bw_gateway.http}/v2/models/faulty/infer", body=body,
+                    headers={"Connection": "close"}).status
 
-    client = httpclient.InferenceServerClient(bw_gateway.url)
     assert infer_status() == 200
     client.unload_model("faulty")
     wait_for(lambda: all(infer_status() == 404 for _ in range(8)))
@@ -316,16 +329,17 @@ def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
         assert len(pids) == 2
 
         def slow(value: float) -> np.ndarray:
-            c = httpclient.InferenceServerClient(gw.url, network_timeout=30)
-            inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
-            inp.set_data_from_numpy(np.full((1, 16), value, dtype=np.float32))
-            return c.infer("slow", [inp]).as_numpy("OUTPUT")
+            with httpclient.InferenceServerClient(gw.url, network_timeout=30) as c:
+                inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+                inp.set_data_from_numpy(np.full((1, 16), value, dtype=np.float32))
+                return c.infer("slow", [inp]).as_numpy("OUTPUT")
 
         def pending() -> float:
             return metric(gw, 'nv_inference_pending_request_count{model="slow"')
 
         def received() -> float:
-            stats = httpclient.InferenceServerClient(gw.url).get_inference_statistics("slow")
+            with httpclient.InferenceServerClient(gw.url) as c:
+                stats = c.get_inference_statistics("slow")
             return stats["model_stats"][0]["inference_stats"]["success"]["count"] + pending()
 
         with ThreadPoolExecutor(2) as pool:  # slow: 300 ms each, a queue of two
