@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models.yaml"
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, never handed out before in this test process.
+
+    Drawn below the kernel's ephemeral range (where client sockets get their ports), so a
+    gateway's listener cannot collide with an outgoing connection of another test; and never
+    twice, so two listeners of one gateway never get the same port (asking the kernel for
+    port 0 twice can answer the same port once the first socket is closed).
+    """
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 def shm_names(prefix: str) -> list[str]:
