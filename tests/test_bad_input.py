@@ -226,6 +226,8 @@ def test_wrong_datatype_or_shape(raw: Raw, model: str, body: bytes, fragments: l
     (syn(SIXTEEN, outputs=[{"name": "NOPE"}]),
      ["outputs[0].name 'NOPE' is not an output of model 'synthetic' (outputs: OUTPUT)"]),
     (syn(SIXTEEN, outputs=["OUTPUT"]), ["outputs[0].name None is not an output"]),
+    (syn(SIXTEEN, outputs=[{"name": "OUTPUT"}, {"name": "OUTPUT"}]),
+     ["output 'OUTPUT' is requested twice"]),
     (syn(SIXTEEN, outputs=[{"name": "OUTPUT", "parameters": {"classification": 2}}]),
      ["classification extension is not supported"]),
 ], ids=case_id)

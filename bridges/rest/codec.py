@@ -173,6 +173,8 @@ def parse_request(
             spec = check_output_name(
                 config, f"outputs[{i}]", raw.get("name") if isinstance(raw, dict) else None
             )
+            if any(o.name == spec.name for o in outputs):  # as the gRPC bridge answers
+                raise InvalidArgument(f"output {spec.name!r} is requested twice")
             o_params = _parameters(raw.get("parameters"), f"outputs[{i}]")
             if "classification" in o_params:
                 raise InvalidArgument("the classification extension is not supported")
