@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -174,3 +175,38 @@ def test_grpc_answers_are_counted(gateway: RunningGateway) -> None:
 
     assert delta(ok) == 3
     assert delta(bad) == 1
+
+
+def test_no_tensor_data_and_no_secrets_in_debug_logs(tmp_path: Path) -> None:
+    """Even at DEBUG, logs carry neither tensor values nor the admin token (right or wrong)."""
+    token, wrong = "tok-Q7vX9s3cr3t", "tok-Wr0ngZ8k2"
+    marker = 918273.5  # a float no log line would print by chance
+    gw = start_gateway(tmp_path, TEST_MODELS, "--log-format", "json", "--log-level", "DEBUG",
+                       env={"INFEROXY_ADMIN_TOKEN": token})
+    try:
+        http = urllib3.PoolManager()
+        values = [marker] * 16
+        good = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 16],
+                            "data": values}]}
+        r = http.request("POST", f"{gw.http}/v2/models/synthetic/infer", body=json.dumps(good))
+        assert r.status == 200 and json.loads(r.data)["outputs"][0]["data"][0] == marker * 2 + 1
+        bad = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 15],
+                           "data": values}]}  # a shape error: its message must not echo data
+        r = http.request("POST", f"{gw.http}/v2/models/synthetic/infer", body=json.dumps(bad))
+        assert r.status == 400
+        _fail(gw.url, "req-no-secrets")  # the model raises: logged in gateway and worker
+        for header in (f"Bearer {wrong}", f"Bearer {token}", wrong):
+            r = http.request("GET", f"{gw.admin_url}/v2/admin/models",
+                             headers={"Authorization": header})
+            assert r.status == (200 if header == f"Bearer {token}" else 401)
+        deadline = time.monotonic() + 10
+        while "req-no-secrets" not in gw.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = gw.log()
+        assert "req-no-secrets" in log, log[-2000:]
+        assert any(d["level"] == "DEBUG" for d in _json_lines(log)), "DEBUG was not on"
+        for secret in (token, wrong, str(marker), "918273"):
+            assert secret not in log, f"{secret!r} appears in the log"
+    finally:
+        gw.stop()
+        gw.cleanup()
