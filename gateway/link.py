@@ -23,6 +23,29 @@ log = logging.getLogger("inferoxy.link")
 Handler = Callable[[bytes, dict[str, Any]], None]
 
 
+async def read_forever(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None]) -> None:
+    """Be ``sock``'s one reader: hand each message to ``handle`` (synchronous, never blocks).
+
+    Drains until ``Again`` before waiting on the edge-triggered ``zmq.FD``, re-checking
+    ``EVENTS`` first (DESIGN.md §8); a flood must not starve the other tasks, hence the
+    checkpoint every 64 messages.
+    """
+    fd = int(sock.getsockopt(zmq.FD))
+    handled = 0
+    while True:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                continue
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        handle(frames)
+        handled += 1
+        if handled % 64 == 0:
+            await trio.lowlevel.checkpoint()
+
+
 class WorkerLink:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
@@ -60,26 +83,16 @@ class WorkerLink:
 
     async def run_inbox(self, handle: Handler) -> None:
         """The inbox's one reader. ``handle`` is synchronous: it must not block."""
-        sock = self._inbox
-        fd = int(sock.getsockopt(zmq.FD))
-        handled = 0
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    continue
-                await trio.lowlevel.wait_readable(fd)
-                continue
+
+        def on_frames(frames: list[bytes]) -> None:
             try:
                 kind, body = wire.decode(frames)
             except wire.WireError as exc:
                 log.warning("dropped a malformed worker message: %s", exc)
-                continue
+                return
             handle(kind, body)
-            handled += 1
-            if handled % 64 == 0:  # a flood of results must not starve the other tasks
-                await trio.lowlevel.checkpoint()
+
+        await read_forever(self._inbox, on_frames)
 
     def close(self) -> None:
         for copy_id in list(self._outs):

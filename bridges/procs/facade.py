@@ -31,6 +31,7 @@ from gateway import intake
 from gateway.admission import CheckedInput, Limits
 from gateway.config import ModelConfig, TensorSpec
 from gateway.errors import InferoxyError, NotFound, Unavailable
+from gateway.link import read_forever
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters
 from shm.segment import SegmentCache
@@ -87,24 +88,15 @@ class CoreLink:
     async def run(self) -> None:
         """The PULL socket's one reader."""
         sock = self._in
-        fd = int(sock.getsockopt(zmq.FD))
-        handled = 0
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    continue
-                await trio.lowlevel.wait_readable(fd)
-                continue
+
+        def on_frames(frames: list[bytes]) -> None:
             try:
                 kind, body, blobs = bw.decode(frames, bw.TO_BRIDGE)
                 self._on_message(kind, body, blobs)
             except (bw.WireError, KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a malformed message from the core: %s", exc)
-            handled += 1
-            if handled % 64 == 0:
-                await trio.lowlevel.checkpoint()
+
+        await read_forever(sock, on_frames)
 
     def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
         if kind == bw.ANSWER:

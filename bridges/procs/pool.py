@@ -40,6 +40,7 @@ from gateway import intake
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
 from gateway.intake import BridgeBook
+from gateway.link import read_forever
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, RequestResult
 from shm.segment import unlink_matching
@@ -217,24 +218,14 @@ class BridgePool:
         return True
 
     async def _read_intake(self, sock: zmq.Socket[bytes]) -> None:
-        fd = int(sock.getsockopt(zmq.FD))
-        handled = 0
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    continue
-                await trio.lowlevel.wait_readable(fd)
-                continue
+        def on_frames(frames: list[bytes]) -> None:
             try:
                 kind, body, blobs = bw.decode(frames, bw.TO_CORE)
                 self._on_message(kind, body, blobs)
             except (bw.WireError, KeyError, TypeError, ValueError) as exc:
                 log.warning("dropped a malformed bridge message: %s", exc)
-            handled += 1
-            if handled % 64 == 0:
-                await trio.lowlevel.checkpoint()
+
+        await read_forever(sock, on_frames)
 
     def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
         index = body["b"]
