@@ -46,6 +46,23 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port in 20000-32000")
 
 
+def child_pids(parent: int, *needles: bytes) -> list[int]:
+    """The pids of ``parent``'s children whose argv holds every one of ``needles``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+        if ppid == parent and all(n in argv for n in needles):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
 def shm_names(prefix: str) -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix + "-"))
 

@@ -24,26 +24,14 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 import urllib3
 
-from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
+from tests.conftest import TEST_MODELS, RunningGateway, child_pids, shm_names, start_gateway
 from tests.test_perf_analyzer import WRAPPER, _run
 
 BRIDGES = "2"
 
 
 def bridge_pids(gw: RunningGateway) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
-        if ppid == gw.process.pid and b"bridges.procs" in argv:
-            pids.append(int(proc.name))
-    return sorted(pids)
+    return child_pids(gw.process.pid, b"bridges.procs")
 
 
 def running(pid: int) -> bool:

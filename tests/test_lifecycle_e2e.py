@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 import urllib3
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
+from tests.conftest import ROOT, RunningGateway, child_pids, shm_names, start_gateway
 
 
 def _synthetic(client: httpclient.InferenceServerClient, value: float) -> np.ndarray:
@@ -28,19 +28,7 @@ def _synthetic(client: httpclient.InferenceServerClient, value: float) -> np.nda
 
 
 def _worker_pids(gateway_pid: int, model: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        ppid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
-        if ppid == gateway_pid and b"worker" in argv and model.encode() in argv:
-            pids.append(int(proc.name))
-    return pids
+    return child_pids(gateway_pid, b"worker", model.encode())
 
 
 def _pending(gw: RunningGateway, model: str) -> float:
