@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import trio
+import uvloop
 from tritonclient.grpc import service_pb2 as pb
 
 from bridges.grpc import codec
@@ -257,7 +258,10 @@ class ServerThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            asyncio.run(self._main())
+            # uvloop under grpc.aio: perf_analyzer tiny gRPC c=16, gateway on one core,
+            # alternating runs: 2.26-2.75 k vs 1.74-2.21 k req/s on asyncio's own loop.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(self._main())
         except Exception as exc:
             log.exception("the gRPC server failed")
             if not self._reported:
