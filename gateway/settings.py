@@ -60,6 +60,7 @@ class Settings:
     max_header_bytes: int = 64 << 10  # request line and header fields; 431 beyond
     header_timeout_s: float = 10.0  # a request head that takes longer: 408, connection closed
     keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 4096  # open HTTP connections; one more is answered 503 and closed
     # 0: HTTP is served in the core process; N > 0: by N bridge processes sharing the port
     # (SO_REUSEPORT), feeding the core's batchers with descriptors (bridges.procs).
     bridge_workers: int = 0

@@ -87,6 +87,8 @@ HELP = {
     "max_header_bytes": "largest HTTP request head (request line and headers; 431 beyond)",
     "header_timeout_s": "an HTTP request head that takes longer is answered 408 (slow clients)",
     "keepalive_timeout_s": "an idle HTTP keep-alive connection is closed after this",
+    "max_connections": "open HTTP connections (per process); one more is answered 503 and "
+                       "closed",
     "bridge_workers": "serve HTTP from N processes sharing the port, feeding one batcher per "
                       "model (0: in the gateway process)",
     "log_level": "DEBUG, INFO, WARNING, ERROR",

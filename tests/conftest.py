@@ -119,19 +119,21 @@ def _children_alive(pid: int) -> bool:
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
                timeout: float = 60, probe: str = "ready") -> None:
-    http = urllib3.PoolManager()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited early:\n{log_path.read_text()}")
-        try:
-            response = http.request("GET", f"{url}/v2/health/{probe}", timeout=1,
-                                    retries=False)
-            if response.status == 200:
-                return
-        except urllib3.exceptions.HTTPError:
-            pass
-        time.sleep(0.1)
+    # "Connection: close" and a pool closed on the way out: no connection of the harness
+    # stays open on the gateway (tests count connections, e.g. --max-connections).
+    with urllib3.PoolManager(headers={"Connection": "close"}) as http:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"gateway exited early:\n{log_path.read_text()}")
+            try:
+                response = http.request("GET", f"{url}/v2/health/{probe}", timeout=1,
+                                        retries=False)
+                if response.status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.1)
     raise AssertionError(f"gateway not ready in {timeout}s:\n{log_path.read_text()}")
 
 

@@ -458,3 +458,39 @@ def _pending(gw: RunningGateway, model: str) -> float:
         if family.name == "nv_inference_pending_request_count":
             return sum(s.value for s in family.samples if s.labels.get("model") == model)
     return 0.0
+
+
+def test_connections_over_the_limit_are_answered_503(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS, "--max-connections", "2")
+    held = [Raw.open(gw), Raw.open(gw)]
+    try:
+        for c in held:  # both served, and kept open
+            c.send(get("/v2/health/live"))
+            assert c.response().status == 200
+        extra = Raw.open(gw)
+        r = extra.response()  # answered at once, before it says anything
+        assert r.status == 503 and r.headers["retry-after"] == "1"
+        assert b"too many open connections" in r.body
+        assert extra.closed()
+        extra.close()
+        held.pop().close()  # a place frees up: a new connection is served
+        assert _eventually(lambda: _live_on_new_connection(gw))
+        for c in held:  # the held connection was never disturbed
+            c.send(get("/v2/health/live"))
+            assert c.response().status == 200
+    finally:
+        for c in held:
+            c.close()
+        gw.stop()
+        gw.cleanup()
+
+
+def _live_on_new_connection(gw: RunningGateway) -> bool:
+    c = Raw.open(gw)
+    try:
+        c.send(get("/v2/health/live"))
+        return c.response().status == 200
+    except (AssertionError, OSError):
+        return False
+    finally:
+        c.close()

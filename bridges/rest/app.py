@@ -71,6 +71,7 @@ def server_config(settings: Settings) -> ServerConfig:
         header_timeout_s=settings.header_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
         send_timeout_s=settings.request_timeout_s,
+        max_connections=settings.max_connections,
     )
 
 

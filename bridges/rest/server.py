@@ -65,6 +65,12 @@ class ServerConfig:
     header_timeout_s: float = 10.0  # from a head's first byte to its blank line
     keepalive_timeout_s: float = 75.0  # an idle connection is closed after this
     send_timeout_s: float = 60.0  # a client that does not read its answer is dropped
+    max_connections: int = 4096  # one more is answered 503 at once and closed
+
+# What a connection over ``max_connections`` gets, without a task or a buffer of its own.
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+         b"retry-after: 1\r\nconnection: close\r\ncontent-length: 53\r\n\r\n"
+         b'{"error": "too many open connections; retry shortly"}')
 
 
 async def _recv(sock: Socket, n: int) -> bytes:
@@ -166,6 +172,7 @@ class HttpServer:
         self._handler = handler
         self._config = config or ServerConfig()
         self._connections: set[Connection] = set()
+        self._open = 0  # connections accepted and not yet closed (tasks may not have started)
         self._idle: set[trio.CancelScope] = set()
         self._closing = False
 
@@ -206,8 +213,12 @@ class HttpServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            if self._open >= self._config.max_connections:
+                _refuse(sock)
+                continue
             sock.setblocking(False)
             sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            self._open += 1
             nursery.start_soon(self._connection, sock)
 
     async def _connection(self, sock: Socket) -> None:
@@ -243,6 +254,7 @@ class HttpServer:
             log.exception("HTTP connection failed")
         finally:
             self._connections.discard(conn)
+            self._open -= 1
             _close([sock])
 
     async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
@@ -337,6 +349,17 @@ async def _linger(sock: Socket) -> None:
                 pass
     except OSError:
         pass
+
+
+def _refuse(sock: Socket) -> None:
+    """Answer 503 on a connection over the limit, as far as the socket takes it, and close."""
+    try:
+        sock.setblocking(False)
+        sock.send(_BUSY)
+        sock.shutdown(stdsocket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _close(socks: list[Socket]) -> None:
