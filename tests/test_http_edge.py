@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_MODELS, RunningGateway, start_gateway
+from tests.fuzzing import slots_in_use
 
 HCL = "Inference-Header-Content-Length"
 
@@ -215,15 +216,6 @@ def test_broken_chunked_framing_is_400_and_closes(conn: Raw) -> None:
 
 # -- a client that leaves mid-body frees its slot ----------------------------------------------
 
-def _slots_in_use(gw: RunningGateway) -> float:
-    with urllib.request.urlopen(f"{gw.metrics_url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    for family in text_string_to_metric_families(text):
-        if family.name == "inferoxy_shm_slots_in_use":
-            return float(family.samples[0].value)
-    raise AssertionError("no inferoxy_shm_slots_in_use")
-
-
 def _eventually(check: object, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,7 +227,7 @@ def _eventually(check: object, timeout: float = 10) -> bool:
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_client_gone_mid_body_frees_its_slot(gateway: RunningGateway, framing: str) -> None:
-    assert _eventually(lambda: _slots_in_use(gateway) == 0)
+    assert _eventually(lambda: slots_in_use(gateway) == 0)
     x = image(5, 300, 400)
     header, raw = binary_infer(x)
     c = Raw.open(gateway)
@@ -246,9 +238,9 @@ def test_client_gone_mid_body_frees_its_slot(gateway: RunningGateway, framing: s
     else:
         c.send(post("/v2/models/stub/infer", header + raw, f"{HCL}: {len(header)}")[:-5000])
     # the slot is taken once the JSON header is read
-    assert _eventually(lambda: _slots_in_use(gateway) == 1)
+    assert _eventually(lambda: slots_in_use(gateway) == 1)
     c.close()
-    assert _eventually(lambda: _slots_in_use(gateway) == 0)
+    assert _eventually(lambda: slots_in_use(gateway) == 0)
     again = Raw.open(gateway)
     again.send(post("/v2/models/stub/infer", header + raw, f"{HCL}: {len(header)}"))
     np.testing.assert_array_equal(outputs(again.response()), x)
