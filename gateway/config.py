@@ -214,12 +214,17 @@ def _scaling(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_models(path: str | Path) -> dict[str, ModelConfig]:
-    """Parse and validate a ``models.yaml``; raises ``ConfigError`` naming the bad field."""
+def read_models_file(path: str | Path) -> dict[Any, Any]:
+    """The ``models`` mapping of a ``models.yaml``; ``ConfigError`` if unreadable or misshapen."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read models file {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'models' mapping at the top")
-    return {name: parse_model(name, raw) for name, raw in doc["models"].items()}
+    return doc["models"]
+
+
+def load_models(path: str | Path) -> dict[str, ModelConfig]:
+    """Parse and validate a ``models.yaml``; raises ``ConfigError`` naming the bad field."""
+    return {name: parse_model(name, raw) for name, raw in read_models_file(path).items()}

@@ -32,9 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gateway.config import MODEL_NAME_RE, ConfigError, ModelConfig, parse_model
+from gateway.config import MODEL_NAME_RE, ConfigError, ModelConfig, parse_model, read_models_file
 
 VERSIONED_FIELDS = {"versions", "default_version"}
 MAX_VERSIONS = 32
@@ -166,13 +164,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def load_declarations(path: str | Path) -> dict[str, ModelDeclaration]:
     """Parse and validate a ``models.yaml``; raises ``ConfigError`` naming the bad field."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read models file {path}: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'models' mapping at the top")
-    return {str(name): parse_declaration(name, raw) for name, raw in doc["models"].items()}
+    return {str(name): parse_declaration(name, raw)
+            for name, raw in read_models_file(path).items()}
 
 
 def as_declarations(
