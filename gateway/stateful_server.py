@@ -211,10 +211,15 @@ class StatefulModelServer(ModelServer):
                      r.sequence.id, self.config.name, r.copy, r.reason)
 
     def _unpark(self) -> None:
+        # Wake the batcher only when a request moved: this runs inside the batcher's own
+        # loop (``_next_batch``), where an unconditional wake-up spins it.
+        moved = False
         for seq in self.sequences.take_assigned():
             for r in self._parked.pop(seq, ()):
                 self._enqueue(r)
-        self._wake.set()
+                moved = True
+        if moved:
+            self._wake.set()
 
     # -- copies --------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from hypercorn.config import Config
 
 from bridges.rest import routes
 from bridges.rest.http11 import HttpRequest, HttpResponse, Limits, error_response
-from bridges.rest.infer import handle_infer
+from bridges.rest.infer import FastInfer, handle_infer
 from bridges.rest.server import (
     Handler,
     HttpServer,
@@ -81,7 +81,8 @@ async def serve_rest(gateway: Gateway, host: str, port: int, shutdown: trio.Even
     """Serve the v2 data plane on ``host:port`` until ``shutdown`` is set, then finish the
     requests in flight. ``reuse_port``: SO_REUSEPORT, for several processes on one port."""
     listeners = await open_listeners(host, port, reuse_port=reuse_port)
-    server = HttpServer(create_handler(gateway), server_config(gateway.settings))
+    server = HttpServer(create_handler(gateway), server_config(gateway.settings),
+                        fast=FastInfer(gateway))
     await server.serve(listeners, shutdown, task_status=task_status)
 
 

@@ -338,6 +338,20 @@ class Connection:
         assert 0 < n <= self.direct_span()
         self._consumed_data(n)
 
+    def take_body(self) -> memoryview | None:
+        """The whole body, consumed, when all of it is buffered (Content-Length framing; no
+        body: empty); None otherwise. A view of the receive buffer: no copy."""
+        if self.state is State.DONE:
+            return memoryview(b"")
+        if (self.state is not State.BODY or self.request is None or self.request.chunked
+                or len(self._buf) - self._pos < self._left):
+            return None
+        n = self._left
+        view = memoryview(self._buf)[self._pos:self._pos + n]
+        self._pos += n
+        self._consumed_data(n)
+        return view
+
     def read_body_into(self, dest: memoryview) -> int:
         """Copy buffered body bytes into ``dest``; 0 when none is buffered (or at the end)."""
         done = 0

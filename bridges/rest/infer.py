@@ -20,15 +20,22 @@ a 408, its slots freed.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import trio
 
 from bridges.rest import codec
-from bridges.rest.http11 import HttpRequest, HttpResponse, ProtocolError
-from bridges.rest.routes import JSON, typed_error
+from bridges.rest.http11 import HttpRequest, HttpResponse, ProtocolError, error_response
+from bridges.rest.routes import JSON, infer_target, typed_error
 from bridges.rest.server import RequestBody
 from gateway.admission import Admission, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge
+from gateway.model_server import ModelServer
+from gateway.request import InferRequest, RequestResult
+
+log = logging.getLogger("inferoxy.rest")
 
 HEADER_LENGTH = b"inference-header-content-length"
 MAX_HEADER_BYTES = 16 << 20  # the JSON part; JSON tensor data counts against max_body_bytes
@@ -121,61 +128,114 @@ def _int_header(request: HttpRequest, name: bytes) -> int | None:
     return int(raw)
 
 
+def _check_head(gateway: Gateway, request: HttpRequest) -> int | None:
+    """What the head alone can refuse; the JSON header's length (None: the body is JSON)."""
+    limit = gateway.settings.max_body_bytes
+    if request.header(b"content-encoding") not in (None, b"identity"):
+        raise InvalidArgument("compressed request bodies are not supported")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
+    header_len = _int_header(request, HEADER_LENGTH)
+    if header_len is not None:
+        if header_len == 0 or header_len > MAX_HEADER_BYTES:
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length must be in [1, {MAX_HEADER_BYTES}]"
+            )
+        if length is not None and header_len > length:
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {header_len} is larger than the body "
+                f"({length} bytes)"
+            )
+    return header_len
+
+
+def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
+                  raw_header: bytes | memoryview, header_len: int | None) -> codec.ParsedRequest:
+    """The v2 JSON header, checked against the model and against the body's length."""
+    try:
+        parsed = codec.parse_request(raw_header, server.config, gateway.limits)
+    except codec.InvalidJson as exc:
+        # With binary data, a missing or wrong Inference-Header-Content-Length is what
+        # makes the JSON part unparseable: say which bytes were parsed as JSON.
+        if header_len is None:
+            raise InvalidArgument(
+                f"{exc.message} (there is no Inference-Header-Content-Length header, so "
+                f"the whole body must be JSON)"
+            ) from None
+        raise InvalidArgument(
+            f"the first {header_len} bytes of the body (Inference-Header-Content-Length) "
+            f"are not valid JSON: {exc.detail}"
+        ) from None
+    if header_len is None and parsed.binary_bytes:
+        raise InvalidArgument(
+            "inputs use binary_data_size but the Inference-Header-Content-Length header "
+            "is missing"
+        )
+    length = request.content_length
+    if length is not None and header_len is not None and length != header_len + (
+        parsed.binary_bytes
+    ):
+        raise InvalidArgument(
+            f"body is {length} bytes; the header ({header_len}) and binary inputs "
+            f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
+        )
+    return parsed
+
+
+def _region_outputs(server: ModelServer, parsed: codec.ParsedRequest,
+                    admission: Admission) -> None:
+    for o in parsed.outputs:
+        if o.region is not None:
+            spec = server.config.output(o.name)
+            assert spec is not None
+            admission.region_output(spec, o.region.name, o.region.offset, o.region.byte_size)
+
+
+def _answer(gateway: Gateway, server: ModelServer, parsed: codec.ParsedRequest,
+            result: RequestResult) -> HttpResponse:
+    """The 200 answer; it owns ``result`` from here (released once sent)."""
+    try:
+        header, blobs = codec.encode_response(
+            server.config.name, server.config.version, parsed.request_id, parsed.outputs,
+            result.outputs, output_datatypes(server.config), result.in_regions,
+        )
+    except BaseException:
+        result.release()
+        raise
+    gateway.bridge_answers.answered("rest", 200)
+    if not blobs:
+        result.release()
+        return HttpResponse(200, JSON, header)
+    # Binary outputs go out from the worker's shared memory (the server releases them once
+    # sent, or once it has copied what the socket did not take at once).
+    return HttpResponse(200, (
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(len(header)).encode()),
+    ), header, tail=tuple(blobs), release=result.release)
+
+
+def _refused(gateway: Gateway, exc: InferoxyError) -> HttpResponse:
+    gateway.bridge_answers.answered("rest", exc.http_status)
+    return typed_error(exc)
+
+
 async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: RequestBody,
                        model: str, version: str | None) -> HttpResponse:
     admission: Admission | None = None
     try:
         server = gateway.model(model, version)
         gateway.ensure_accepting(server)
-        limit = gateway.settings.max_body_bytes
-        if request.header(b"content-encoding") not in (None, b"identity"):
-            raise InvalidArgument("compressed request bodies are not supported")
-        length = request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-        header_len = _int_header(request, HEADER_LENGTH)
-        body = BodyReader(request_body, limit, gateway.settings.request_timeout_s)
+        header_len = _check_head(gateway, request)
+        body = BodyReader(request_body, gateway.settings.max_body_bytes,
+                          gateway.settings.request_timeout_s)
         if header_len is None:
             raw_header = await body.read_rest()
         else:
-            if header_len == 0 or header_len > MAX_HEADER_BYTES:
-                raise InvalidArgument(
-                    f"Inference-Header-Content-Length must be in [1, {MAX_HEADER_BYTES}]"
-                )
-            if length is not None and header_len > length:
-                raise InvalidArgument(
-                    f"Inference-Header-Content-Length {header_len} is larger than the body "
-                    f"({length} bytes)"
-                )
             raw_header = await body.read_exactly(
                 header_len, "the JSON header (Inference-Header-Content-Length)"
             )
-        try:
-            parsed = codec.parse_request(raw_header, server.config, gateway.limits)
-        except codec.InvalidJson as exc:
-            # With binary data, a missing or wrong Inference-Header-Content-Length is what
-            # makes the JSON part unparseable: say which bytes were parsed as JSON.
-            if header_len is None:
-                raise InvalidArgument(
-                    f"{exc.message} (there is no Inference-Header-Content-Length header, so "
-                    f"the whole body must be JSON)"
-                ) from None
-            raise InvalidArgument(
-                f"the first {header_len} bytes of the body (Inference-Header-Content-Length) "
-                f"are not valid JSON: {exc.detail}"
-            ) from None
-        if header_len is None and parsed.binary_bytes:
-            raise InvalidArgument(
-                "inputs use binary_data_size but the Inference-Header-Content-Length header "
-                "is missing"
-            )
-        if length is not None and header_len is not None and length != header_len + (
-            parsed.binary_bytes
-        ):
-            raise InvalidArgument(
-                f"body is {length} bytes; the header ({header_len}) and binary inputs "
-                f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
-            )
+        parsed = _parse_header(gateway, server, request, raw_header, header_len)
 
         admission = gateway.admission(server)
         for tensor in parsed.inputs:
@@ -188,12 +248,7 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
             else:
                 slot = admission.slot(tensor.checked)
                 codec.write_json_data(tensor, slot.view(tensor.dtype.name, tensor.shape))
-        for o in parsed.outputs:
-            if o.region is not None:
-                spec = server.config.output(o.name)
-                assert spec is not None
-                admission.region_output(spec, o.region.name, o.region.offset,
-                                        o.region.byte_size)
+        _region_outputs(server, parsed, admission)
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
                 f"request body is longer than the header and binary inputs "
@@ -203,14 +258,6 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
         result = await admission.run(
             parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
         )
-        try:
-            header, blobs = codec.encode_response(
-                server.config.name, server.config.version, parsed.request_id, parsed.outputs,
-                result.outputs, output_datatypes(server.config), result.in_regions,
-            )
-        except BaseException:
-            result.release()
-            raise
     except ProtocolError as exc:  # the body's framing is broken: answered, then closed
         if admission is not None:
             admission.release()
@@ -221,18 +268,102 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
         # and must find the memory its failed request took already given back.
         if admission is not None:
             admission.release()
-        gateway.bridge_answers.answered("rest", exc.http_status)
-        return typed_error(exc)
+        return _refused(gateway, exc)
     finally:
         if admission is not None:
             admission.release()  # ClientGone and cancellation too
-    gateway.bridge_answers.answered("rest", 200)
-    if not blobs:
-        result.release()
-        return HttpResponse(200, JSON, header)
-    # Binary outputs go out from the worker's shared memory (the server releases them once
-    # sent, or once it has copied what the socket did not take at once).
-    return HttpResponse(200, (
-        (b"content-type", b"application/octet-stream"),
-        (b"inference-header-content-length", str(len(header)).encode()),
-    ), header, tail=tuple(blobs), release=result.release)
+    return _answer(gateway, server, parsed, result)
+
+
+# -- the same route without a task: for requests whose body arrived whole --------------------
+
+class FastInfer:
+    """``bridges.rest.reactor.FastPath`` for infer calls: the request is checked, its tensors
+    written into their slots and submitted at once, and the answer is built by the model
+    server's callback (``InferRequest.on_done``) — no task, no wait. Same checks, same
+    answers, same one copy (receive buffer -> slot) as ``handle_infer``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def target(self, request: HttpRequest) -> tuple[str, str | None] | None:
+        return infer_target(request)
+
+    def start(self, request: HttpRequest, target: tuple[str, str | None], body: memoryview,
+              reply: Callable[[HttpResponse], None]) -> HttpResponse | PendingInfer:
+        gateway = self._gateway
+        admission: Admission | None = None
+        try:
+            server = gateway.model(*target)
+            gateway.ensure_accepting(server)
+            header_len = _check_head(gateway, request)
+            raw_header = body if header_len is None else body[:header_len]
+            parsed = _parse_header(gateway, server, request, raw_header, header_len)
+            # The lengths add up (``_parse_header``): binary inputs follow the header in order.
+            admission = gateway.admission(server)
+            at = len(body) if header_len is None else header_len
+            for tensor in parsed.inputs:
+                if tensor.region is not None:
+                    r = tensor.region
+                    admission.region_input(tensor.checked, r.name, r.offset, r.byte_size)
+                elif tensor.binary:
+                    slot = admission.slot(tensor.checked)
+                    slot.memory(tensor.nbytes)[:] = body[at:at + tensor.nbytes]
+                    at += tensor.nbytes
+                else:
+                    slot = admission.slot(tensor.checked)
+                    codec.write_json_data(tensor, slot.view(tensor.dtype.name, tensor.shape))
+            _region_outputs(server, parsed, admission)
+            submitted = admission.submit(
+                parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
+            )
+        except InferoxyError as exc:
+            if admission is not None:
+                admission.release()
+            return _refused(gateway, exc)
+        except BaseException:
+            if admission is not None:
+                admission.release()
+            raise
+        pending = PendingInfer(gateway, server, parsed, submitted, reply)
+        submitted.on_done = pending.done
+        return pending
+
+
+class PendingInfer:
+    """A submitted request whose answer goes to ``reply`` once (result, error or timeout)."""
+
+    __slots__ = ("_gateway", "_parsed", "_reply", "_request", "_server", "deadline")
+
+    def __init__(self, gateway: Gateway, server: ModelServer, parsed: codec.ParsedRequest,
+                 request: InferRequest, reply: Callable[[HttpResponse], None]) -> None:
+        self._gateway = gateway
+        self._server = server
+        self._parsed = parsed
+        self._request = request
+        self._reply = reply
+        self.deadline = request.deadline
+
+    def done(self, req: InferRequest) -> None:
+        """``on_done``: runs inside the model server's answer handling, so it never raises."""
+        result, req.result = req.result, None
+        try:
+            if req.error is not None:
+                response = _refused(self._gateway, req.error)
+            else:
+                assert result is not None
+                response = _answer(self._gateway, self._server, self._parsed, result)
+        except InferoxyError as exc:
+            response = _refused(self._gateway, exc)
+        except Exception:
+            log.exception("cannot encode the answer to request %r", req.request_id)
+            response = error_response(500, "internal error")
+        self._reply(response)
+
+    def expire(self) -> HttpResponse:
+        """The deadline passed first: the request is abandoned; the 504 to send."""
+        return _refused(self._gateway, self._server.expire(self._request))
+
+    def cancel(self) -> None:
+        """The client went away: abandon the request; nothing is answered."""
+        self._server.cancel(self._request)

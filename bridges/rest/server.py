@@ -46,6 +46,7 @@ from bridges.rest.http11 import (
     State,
     error_response,
 )
+from bridges.rest.reactor import FastPath, Reactor, send_now
 
 log = logging.getLogger("inferoxy.http")
 
@@ -168,9 +169,17 @@ Handler = Callable[[HttpRequest, RequestBody], Awaitable[HttpResponse]]
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+    """``handler`` answers every request on the general path (a task per connection while
+    it runs). With ``fast``, connections wait in a ``Reactor`` between requests and the
+    requests ``fast`` claims whose bodies arrived whole are served there, without a task."""
+
+    def __init__(self, handler: Handler, config: ServerConfig | None = None,
+                 fast: FastPath | None = None) -> None:
         self._handler = handler
         self._config = config or ServerConfig()
+        self._fast = fast
+        self._reactor: Reactor | None = None
+        self._nursery: trio.Nursery | None = None
         self._connections: set[Connection] = set()
         self._open = 0  # connections accepted and not yet closed (tasks may not have started)
         self._idle: set[trio.CancelScope] = set()
@@ -182,6 +191,13 @@ class HttpServer:
         """Serve until ``shutdown``; reports the listeners' URLs once they accept."""
         try:
             async with trio.open_nursery() as connections:
+                self._nursery = connections
+                if self._fast is not None:
+                    self._reactor = Reactor(
+                        self._fast, keepalive_timeout_s=self._config.keepalive_timeout_s,
+                        send_timeout_s=self._config.send_timeout_s, handoff=self._take_over,
+                        close_after=self._close_after, closed=self._one_closed)
+                    connections.start_soon(self._reactor.run)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
                         acceptors.start_soon(self._accept, listener, connections)
@@ -190,6 +206,8 @@ class HttpServer:
                     acceptors.cancel_scope.cancel()
                 _close(listeners)
                 self._closing = True
+                if self._reactor is not None:
+                    self._reactor.shutdown()
                 for conn in self._connections:
                     conn.closing = True
                 for scope in self._idle:
@@ -219,16 +237,50 @@ class HttpServer:
             sock.setblocking(False)
             sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
             self._open += 1
-            nursery.start_soon(self._connection, sock)
+            if self._reactor is not None:
+                self._reactor.adopt(sock, Connection(self._config.limits))
+            else:
+                nursery.start_soon(self._connection, sock)
 
-    async def _connection(self, sock: Socket) -> None:
-        conn = Connection(self._config.limits)
+    # -- the reactor's calls -------------------------------------------------------------------
+
+    def _take_over(self, sock: Socket, conn: Connection,
+                   first: HttpRequest | ProtocolError | None) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._connection, sock, conn, first)
+
+    def _close_after(self, sock: Socket) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._linger_close, sock)
+
+    async def _linger_close(self, sock: Socket) -> None:
+        try:
+            await _linger(sock)
+        finally:
+            self._one_closed()
+            _close([sock])
+
+    def _one_closed(self) -> None:
+        self._open -= 1
+
+    # -- the general path: a task per connection -------------------------------------------------
+
+    async def _connection(self, sock: Socket, conn: Connection | None = None,
+                          first: HttpRequest | ProtocolError | None = None) -> None:
+        """Serve ``sock`` (from ``conn``'s state, ``first`` its parsed request or the error
+        to answer) until it closes, or until it is idle and the reactor takes it back."""
+        if conn is None:
+            conn = Connection(self._config.limits)
         conn.closing = self._closing
         self._connections.add(conn)
+        kept = False
         try:
             while True:
                 try:
-                    request = await self._read_head(sock, conn)
+                    if isinstance(first, ProtocolError):
+                        raise first
+                    request = first or await self._read_head(sock, conn)
+                    first = None
                 except ProtocolError as exc:
                     await self._answer(sock, conn, error_response(exc.status, exc.message))
                     await _linger(sock)
@@ -248,14 +300,19 @@ class HttpServer:
                     await _linger(sock)
                     return
                 conn.next_request()
+                if self._reactor is not None and not self._closing and not conn.buffered:
+                    self._reactor.adopt(sock, conn)
+                    kept = True
+                    return
         except OSError:
             pass  # the client reset or went away mid-answer: nothing left to say
         except Exception:
             log.exception("HTTP connection failed")
         finally:
             self._connections.discard(conn)
-            self._open -= 1
-            _close([sock])
+            if not kept:
+                self._open -= 1
+                _close([sock])
 
     async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
         """The next request's head; None when the connection is to close quietly."""
@@ -311,9 +368,9 @@ class HttpServer:
         try:
             head, keep = conn.response(response)
             if conn.sends_body():
-                rest = _send_now(sock, [head, response.body, *response.tail])
+                rest = send_now(sock, [head, response.body, *response.tail])
             else:
-                rest = _send_now(sock, [head])
+                rest = send_now(sock, [head])
         finally:
             if response.release is not None:
                 response.release()
@@ -323,21 +380,6 @@ class HttpServer:
             if scope.cancelled_caught:
                 return False
         return keep
-
-
-def _send_now(sock: Socket, parts: list[bytes | memoryview]) -> bytes:
-    """Send as much of ``parts`` as the socket takes without waiting; the rest, copied."""
-    parts = [p for p in parts if p]
-    while parts:
-        try:
-            sent = sock.sendmsg(parts)
-        except BlockingIOError:
-            break
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts.pop(0))
-        if parts and sent:
-            parts[0] = memoryview(parts[0])[sent:]
-    return b"".join(parts)
 
 
 async def _linger(sock: Socket) -> None:
