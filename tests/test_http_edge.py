@@ -247,6 +247,83 @@ def test_client_gone_mid_body_frees_its_slot(gateway: RunningGateway, framing: s
     again.close()
 
 
+# -- requests in flight: the reactor's side ---------------------------------------------------
+
+def _slow_body(**parameters: object) -> bytes:
+    doc: dict[str, object] = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 16],
+                                          "data": list(range(16))}]}
+    if parameters:
+        doc["parameters"] = parameters
+    return orjson.dumps(doc)
+
+
+def test_client_gone_while_its_request_runs_is_given_up(gateway: RunningGateway) -> None:
+    assert _eventually(lambda: slots_in_use(gateway) == 0)
+    gone = [Raw.open(gateway) for _ in range(3)]
+    for c in gone:
+        c.send(post("/v2/models/slow/infer", _slow_body()))
+    assert _eventually(lambda: _pending(gateway, "slow") >= 1)
+    for c in gone:
+        c.close()
+    # their inputs are freed (queued ones at once, the running one when the model answers)
+    assert _eventually(lambda: slots_in_use(gateway) == 0)
+    assert _eventually(lambda: _pending(gateway, "slow") == 0)
+    again = Raw.open(gateway)
+    again.send(post("/v2/models/slow/infer", _slow_body()))
+    r = again.response()
+    assert r.status == 200
+    np.testing.assert_allclose(json.loads(r.body)["outputs"][0]["data"],
+                               np.arange(16) * 2 + 1)
+    again.close()
+
+
+def test_half_closed_client_still_gets_its_answer(gateway: RunningGateway) -> None:
+    c = Raw.open(gateway)
+    c.send(post("/v2/models/slow/infer", _slow_body()))
+    c.sock.shutdown(socket.SHUT_WR)  # "that was all I had to say"
+    r = c.response()
+    assert r.status == 200
+    np.testing.assert_allclose(json.loads(r.body)["outputs"][0]["data"],
+                               np.arange(16) * 2 + 1)
+    assert c.closed()
+    c.close()
+
+
+def test_request_timeout_is_504_and_the_connection_stays_usable(conn: Raw) -> None:
+    conn.send(post("/v2/models/slow/infer", _slow_body(timeout=50_000)))  # 50 ms < 300 ms
+    error(conn.response(), 504, "did not answer within")
+    conn.send(get("/v2/health/live"))
+    assert conn.response().status == 200
+    conn.send(post("/v2/models/slow/infer", _slow_body()))
+    assert conn.response().status == 200
+
+
+def test_many_pipelined_small_requests_in_one_packet(conn: Raw) -> None:
+    bodies = [json_infer(image(i)) for i in range(200)]
+    conn.send(b"".join(post("/v2/models/stub/infer", b) for b in bodies)
+              + get("/v2/health/ready"))
+    for i in range(200):
+        np.testing.assert_array_equal(outputs(conn.response()), image(i))
+    assert conn.response().status == 200
+
+
+def test_idle_keep_alive_connections_are_closed_after_the_timeout(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, TEST_MODELS, "--keepalive-timeout-s", "1")
+    try:
+        c = Raw.open(gw)
+        c.send(post("/v2/models/stub/infer", json_infer(image(1))))
+        np.testing.assert_array_equal(outputs(c.response()), image(1))
+        c.sock.settimeout(10)
+        started = time.monotonic()
+        assert c.closed()  # by the server, with nothing sent
+        assert 0.5 < time.monotonic() - started < 8
+        c.close()
+    finally:
+        status = gw.stop()
+    assert status == 0, gw.log()
+    assert "Traceback" not in gw.log(), gw.log()
+
+
 # -- limits ----------------------------------------------------------------------------------
 
 def test_oversized_head_is_431_and_too_long_request_line_414(gateway: RunningGateway) -> None:

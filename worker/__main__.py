@@ -70,6 +70,8 @@ def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
                 )
             except zmq.Again:
                 pass
+    except zmq.ContextTerminated:
+        pass  # the worker is exiting (``ctx.term()`` ran while a heartbeat was being sent)
     finally:
         sock.close()
 
