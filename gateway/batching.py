@@ -61,6 +61,13 @@ class BatchQueue(Generic[T]):
     def __init__(self, policy: BatchPolicy) -> None:
         self.policy = policy
         self._entries: deque[_Entry[T]] = deque()
+        self.rows = 0  # of every queued request, whatever its key
+
+    def wants_look(self) -> bool:
+        """After a ``push``: may a batch be due sooner than the adapter was told? Only when
+        this is the oldest request (a new deadline) or the queue holds a full batch's rows;
+        otherwise the adapter's wake-up for the oldest request's deadline still stands."""
+        return len(self._entries) == 1 or self.rows >= self.policy.max_batch_size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -72,12 +79,15 @@ class BatchQueue(Generic[T]):
         if not 1 <= rows <= self.policy.max_batch_size:
             raise ValueError(f"rows must be in [1, {self.policy.max_batch_size}], got {rows}")
         self._entries.append(_Entry(item, rows, key, now, group))
+        self.rows += rows
 
     def push_front(self, items: Iterable[tuple[Any, ...]]) -> None:
         """Put ``(item, rows, key, since[, group])`` back at the head, in the given order
         (retries of a lost batch)."""
         for entry in reversed(list(items)):
-            self._entries.appendleft(_Entry(*entry))
+            e = _Entry(*entry)
+            self._entries.appendleft(e)
+            self.rows += e.rows
 
     def items(self) -> list[T]:
         return [e.item for e in self._entries]
@@ -121,6 +131,7 @@ class BatchQueue(Generic[T]):
         assert deadline is not None
         if rows < self.policy.max_batch_size and now < deadline:
             return None
+        self.rows -= rows
         if picked[-1] == len(picked) - 1:  # the common case: a prefix of the queue
             return [self._entries.popleft().item for _ in picked]
         chosen = set(picked)
@@ -130,7 +141,8 @@ class BatchQueue(Generic[T]):
 
     def remove(self, pred: Callable[[T], bool]) -> list[T]:
         """Drop and return the queued items for which ``pred`` holds (cancelled, expired)."""
-        gone = [e.item for e in self._entries if pred(e.item)]
+        gone = [e for e in self._entries if pred(e.item)]
         if gone:
             self._entries = deque(e for e in self._entries if not pred(e.item))
-        return gone
+            self.rows -= sum(e.rows for e in gone)
+        return [e.item for e in gone]

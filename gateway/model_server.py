@@ -113,7 +113,10 @@ class ModelServer:
         except QueueFull as exc:
             self.stats.record_failure("rejected", 0)
             raise Unavailable(f"model {self.config.name!r} is overloaded: {exc}") from None
-        self._wake.set()
+        # Waking the batcher for every request cost a trip through the scheduler each;
+        # it is asleep until the oldest request's deadline, which a later one cannot move.
+        if self.queue.wants_look():
+            self._wake.set()
 
     async def wait(self, req: InferRequest) -> RequestResult:
         """Wait for the answer; on deadline or cancellation the request is abandoned safely."""

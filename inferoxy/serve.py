@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Mapping
@@ -59,6 +60,13 @@ async def serve(settings: Settings,
                 await nursery.start(pool.run)
                 log.info("listening: HTTP (Open Inference Protocol v2) on %s:%d in %d bridge "
                          "processes", settings.host, settings.http_port, pool.count)
+
+            # What exists now (modules, configurations, the models' metadata: ~85 k objects)
+            # lives as long as the process: move it out of the cyclic collector's way. Each
+            # full collection scanned all of it, 45-65 ms a time, a few times a second
+            # under load — latency spikes and ~6 % of the gateway's CPU.
+            gc.collect()
+            gc.freeze()
 
             async def stop_now_on_second_signal() -> None:
                 async for signum in signals:

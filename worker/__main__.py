@@ -14,6 +14,7 @@ reports UNHEALTHY, and the gateway replaces the copy.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             fatal.close()
             return EXIT_MODEL_LOAD_FAILED
         worker = Worker(args, model, ctx)
+        gc.collect()
+        gc.freeze()  # the model and its imports live as long as the process: never rescan them
         threading.Thread(
             target=_heartbeat,
             args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop,

@@ -346,6 +346,9 @@ class PendingInfer:
 
     def done(self, req: InferRequest) -> None:
         """``on_done``: runs inside the model server's answer handling, so it never raises."""
+        # Break the cycle request -> on_done -> self -> request: freed by reference counts,
+        # not left to the cyclic collector (whose passes showed in profiles).
+        req.on_done = None
         result, req.result = req.result, None
         try:
             if req.error is not None:
@@ -362,8 +365,10 @@ class PendingInfer:
 
     def expire(self) -> HttpResponse:
         """The deadline passed first: the request is abandoned; the 504 to send."""
+        self._request.on_done = None
         return _refused(self._gateway, self._server.expire(self._request))
 
     def cancel(self) -> None:
         """The client went away: abandon the request; nothing is answered."""
+        self._request.on_done = None
         self._server.cancel(self._request)
