@@ -307,6 +307,22 @@ def test_many_pipelined_small_requests_in_one_packet(conn: Raw) -> None:
     assert conn.response().status == 200
 
 
+@pytest.mark.parametrize("pause_s", [0.05, 1.5])
+def test_bodies_that_arrive_in_pieces(conn: Raw, pause_s: float) -> None:
+    # Gathered by the reactor when the pieces come quickly; a body that stalls is passed to
+    # the general path mid-way. Either way the answer is the same.
+    x = image(9, 200, 300)  # 180 kB
+    header, raw = binary_infer(x)
+    message = post("/v2/models/stub/infer", header + raw, f"{HCL}: {len(header)}")
+    third = len(message) // 3
+    for piece in (message[:third], message[third:2 * third], message[2 * third:]):
+        conn.send(piece)
+        time.sleep(pause_s)
+    np.testing.assert_array_equal(outputs(conn.response()), x)
+    conn.send(post("/v2/models/stub/infer", json_infer(image(1))))
+    np.testing.assert_array_equal(outputs(conn.response()), image(1))
+
+
 def test_idle_keep_alive_connections_are_closed_after_the_timeout(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, TEST_MODELS, "--keepalive-timeout-s", "1")
     try:

@@ -338,6 +338,12 @@ class Connection:
         assert 0 < n <= self.direct_span()
         self._consumed_data(n)
 
+    def body_missing(self) -> int:
+        """Bytes of a Content-Length body not yet buffered (0 when whole, or not framed so)."""
+        if self.state is not State.BODY or self.request is None or self.request.chunked:
+            return 0
+        return max(0, self._left - (len(self._buf) - self._pos))
+
     def take_body(self) -> memoryview | None:
         """The whole body, consumed, when all of it is buffered (Content-Length framing; no
         body: empty); None otherwise. A view of the receive buffer: no copy."""

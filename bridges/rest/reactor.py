@@ -66,6 +66,11 @@ log = logging.getLogger("inferoxy.http")
 Socket = stdsocket.socket
 
 RECV_BYTES = 64 << 10
+# A fast-path body up to this size that did not come whole with its head is gathered here
+# (one receive for what is missing); a larger one goes to the general path, which receives
+# it straight into shared memory. Handing a connection over and back costs a task and two
+# epoll registrations: more than a copy of a few hundred KB.
+GATHER_BYTES = 1 << 20
 PIPELINE_BYTES = 256 << 10  # buffered while a request runs; reading pauses beyond
 SWEEP_S = 1.0  # how often idle and stuck connections are looked at
 CLOSING_SWEEP_S = 0.05  # ... while shutting down
@@ -98,8 +103,8 @@ class FastPath(Protocol):
 
 
 class _Conn:
-    __slots__ = ("conn", "eof", "fd", "last", "out", "out_keep", "paused", "pending",
-                 "send_deadline", "sock", "watching")
+    __slots__ = ("conn", "eof", "fd", "gathering", "last", "out", "out_keep", "paused",
+                 "pending", "send_deadline", "sock", "watching")
 
     def __init__(self, sock: Socket, conn: Connection, now: float) -> None:
         self.sock = sock
@@ -107,6 +112,8 @@ class _Conn:
         self.conn = conn
         self.last = now  # when it last did something (for the keep-alive timeout)
         self.pending: Pending | None = None
+        # (request, target, since): a fast request whose body is still arriving
+        self.gathering: tuple[HttpRequest, Any, float] | None = None
         self.out: bytes = b""  # what the socket did not take of the answer
         self.out_keep = False
         self.send_deadline = math.inf
@@ -202,7 +209,7 @@ class Reactor:
 
     def _readable(self, c: _Conn) -> None:
         try:
-            data = c.sock.recv(RECV_BYTES)
+            data = c.sock.recv(max(RECV_BYTES, c.conn.body_missing()))
         except BlockingIOError:
             return
         except OSError:
@@ -210,7 +217,7 @@ class Reactor:
             return
         if not data:
             if c.pending is None and not c.out:
-                self._close(c)
+                self._close(c)  # a body cut short included: nothing was taken for it yet
             else:  # half-closed: the answer may still be read
                 c.eof = True
                 self._pause(c)
@@ -226,22 +233,35 @@ class Reactor:
         """Serve the requests buffered on an idle connection until one has to wait."""
         conn = c.conn
         while True:
-            try:
-                request = conn.next_head()
-            except ProtocolError as exc:
-                self._handoff(c, exc)
-                return
-            if request is None:
-                if conn.buffered:  # a head in pieces: the general path times it
-                    self._handoff(c, None)
-                elif c.paused and not c.eof:
-                    self._resume(c)
-                return
-            target = self._fast.target(request)
-            body = conn.take_body() if target is not None else None
-            if body is None:
-                self._handoff(c, request)
-                return
+            if c.gathering is not None:
+                request, target, _ = c.gathering
+                body = conn.take_body()
+                if body is None:
+                    return  # more to come
+                c.gathering = None
+            else:
+                try:
+                    head = conn.next_head()
+                except ProtocolError as exc:
+                    self._handoff(c, exc)
+                    return
+                if head is None:
+                    if conn.buffered:  # a head in pieces: the general path times it
+                        self._handoff(c, None)
+                    elif c.paused and not c.eof:
+                        self._resume(c)
+                    return
+                request = head
+                target = self._fast.target(request)
+                body = conn.take_body() if target is not None else None
+                if body is None:
+                    if (target is not None and request.content_length is not None
+                            and request.content_length <= GATHER_BYTES
+                            and request.header(b"expect") is None):
+                        c.gathering = (request, target, trio.current_time())
+                        return
+                    self._handoff(c, request)
+                    return
             try:
                 outcome = self._fast.start(request, target, body, partial(self._reply, c))
             except Exception:
@@ -298,6 +318,11 @@ class Reactor:
             if c.out:
                 if now > c.send_deadline:
                     self._close(c)  # the client does not read its answer
+            elif c.gathering is not None:
+                if c.gathering[2] < now - SWEEP_S:  # a slow body: the general path times it
+                    request = c.gathering[0]
+                    c.gathering = None
+                    self._handoff(c, request)
             elif c.pending is None and (self._closing or c.last < idle_before):
                 self._close(c)
 
