@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, OutputTarget, RequestResult, SequenceRef
-from shm.datatypes import V2_TO_NUMPY
+from shm.datatypes import V2_TO_NUMPY, V2_TO_NUMPY_NAME
 from shm.descriptor import Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.slab import ShmExhausted, SlabAllocator, Slot
@@ -58,6 +58,10 @@ class CheckedInput:
     shape: tuple[int, ...]  # with the batch dimension
     dtype: np.dtype
     nbytes: int
+
+    @property
+    def dtype_name(self) -> str:
+        return V2_TO_NUMPY_NAME[self.spec.datatype]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +270,7 @@ class Admission:
         except ShmExhausted as exc:
             raise Unavailable(f"out of request memory: {exc}") from None
         self.slots.append(slot)
-        self.inputs[tensor.spec.name] = slot.descriptor(tensor.dtype.name, tensor.shape)
+        self.inputs[tensor.spec.name] = slot.descriptor(tensor.dtype_name, tensor.shape)
         return slot
 
     def region_input(self, tensor: CheckedInput, region: object, offset: object,
@@ -278,7 +282,7 @@ class Admission:
             )
         except RegionError as exc:
             raise InvalidArgument(str(exc)) from None  # in a request, a bad reference is 400
-        self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype.name,
+        self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype_name,
                                                    tensor.shape)
         self.region_inputs.append(tensor.spec.name)
 
@@ -309,14 +313,14 @@ class Admission:
                request_id: str, incarnation: Any = None) -> InferRequest:
         """Queue the request now (synchronously: a stream's frames keep their order);
         ``await server.wait(request)`` gives its answer."""
-        sequence = parse_sequence(parameters)  # validated before anything is queued
+        sequence = parse_sequence(parameters) if parameters else None  # checked before queueing
         timeout_s = self._timeout_s
         if timeout_us:
             timeout_s = min(timeout_s, timeout_us / 1e6)
-        model_params = model_parameters(parameters)
+        model_params = model_parameters(parameters) if parameters else {}
         key = (
-            tuple((name, d.shape[1:]) for name, d in self.inputs.items()),
-            orjson.dumps(model_params, option=orjson.OPT_SORT_KEYS),
+            tuple([(name, d.shape[1:]) for name, d in self.inputs.items()]),
+            orjson.dumps(model_params, option=orjson.OPT_SORT_KEYS) if model_params else b"",
         )
         request = InferRequest(
             model=self.server.config.name,

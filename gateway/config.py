@@ -32,6 +32,8 @@ class TensorSpec:
     shape: tuple[int, ...]  # per item; -1 = variable
 
     def accepts(self, item_shape: tuple[int, ...]) -> bool:
+        if item_shape == self.shape:  # the usual case, at the cost of one comparison
+            return True
         return len(item_shape) == len(self.shape) and all(
             d == -1 or d == s for d, s in zip(self.shape, item_shape, strict=True)
         )
@@ -75,10 +77,16 @@ class ModelConfig:
         return max(0.1, 2 * self.max_queue_delay_us / 1e6)
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        for t in self.inputs:  # a loop, not next(genexpr): this runs for every request
+            if t.name == name:
+                return t
+        return None
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        for t in self.outputs:
+            if t.name == name:
+                return t
+        return None
 
 
 _MODEL_FIELDS = {

@@ -247,7 +247,7 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
                 await body.read_into(slot.memory(tensor.nbytes), f"input {tensor.name!r}")
             else:
                 slot = admission.slot(tensor.checked)
-                codec.write_json_data(tensor, slot.view(tensor.dtype.name, tensor.shape))
+                codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
         _region_outputs(server, parsed, admission)
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
@@ -289,6 +289,15 @@ class FastInfer:
     def target(self, request: HttpRequest) -> tuple[str, str | None] | None:
         return infer_target(request)
 
+    def check(self, request: HttpRequest, target: tuple[str, str | None]) -> HttpResponse | None:
+        gateway = self._gateway
+        try:
+            gateway.ensure_accepting(gateway.model(*target))
+            _check_head(gateway, request)
+        except InferoxyError as exc:
+            return _refused(gateway, exc)
+        return None
+
     def start(self, request: HttpRequest, target: tuple[str, str | None], body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | PendingInfer:
         gateway = self._gateway
@@ -312,7 +321,7 @@ class FastInfer:
                     at += tensor.nbytes
                 else:
                     slot = admission.slot(tensor.checked)
-                    codec.write_json_data(tensor, slot.view(tensor.dtype.name, tensor.shape))
+                    codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
             _region_outputs(server, parsed, admission)
             submitted = admission.submit(
                 parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id

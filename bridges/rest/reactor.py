@@ -96,6 +96,9 @@ class FastPath(Protocol):
     def target(self, request: HttpRequest) -> Any:
         """Non-None when this path serves ``request`` (what ``start`` is then given)."""
 
+    def check(self, request: HttpRequest, target: Any) -> HttpResponse | None:
+        """What the head alone can refuse (the answer), before a body is waited for."""
+
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Pending:
         """Answer now, or start the request; ``reply`` is then called once with its answer,
@@ -258,8 +261,13 @@ class Reactor:
                     if (target is not None and request.content_length is not None
                             and request.content_length <= GATHER_BYTES
                             and request.header(b"expect") is None):
-                        c.gathering = (request, target, trio.current_time())
-                        return
+                        refused = self._fast.check(request, target)
+                        if refused is None:
+                            c.gathering = (request, target, trio.current_time())
+                            return
+                        if not self._send(c, refused):  # (closes: the body was not read)
+                            return
+                        continue
                     self._handoff(c, request)
                     return
             try:
