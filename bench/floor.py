@@ -1,11 +1,14 @@
 """The baselines: HTTP servers that answer a v2 infer with a canned body and do nothing else.
 
-    python -m bench.floor PORT [hypercorn|thin]
+    python -m bench.floor PORT [hypercorn|thin|reactor]
 
 ``hypercorn``: a bare hypercorn (Trio) ASGI app, the stack the data plane used to run on.
 ``thin``: Inferoxy's own HTTP/1.1 server (``bridges.rest.server``, httptools) with a handler
-that reads the body and answers. No model, no queue, no shared memory. Inferoxy's throughput
-divided by a floor is the share of that HTTP stack's ceiling the data plane keeps.
+that reads the body and answers, a task per connection. ``reactor``: the same server with a
+fast path that answers every POST whose body arrived whole from its reactor
+(``bridges.rest.reactor``), no task per request. No model, no queue, no shared memory.
+Inferoxy's throughput divided by a floor is the share of that HTTP stack's ceiling the data
+plane keeps.
 """
 
 from __future__ import annotations
@@ -53,11 +56,39 @@ async def thin(port: int) -> None:
     await HttpServer(handle).serve(listeners, trio.Event())
 
 
+async def reactor(port: int) -> None:
+    from collections.abc import Callable
+
+    from bridges.rest.http11 import HttpRequest, HttpResponse
+    from bridges.rest.server import HttpServer, RequestBody, open_listeners
+
+    response = HttpResponse(200, ((b"content-type", b"application/json"),), BODY)
+
+    class Canned:
+        def target(self, request: HttpRequest) -> object:
+            return True if request.method == "POST" else None
+
+        def check(self, request: HttpRequest, target: object) -> HttpResponse | None:
+            return None
+
+        def start(self, request: HttpRequest, target: object, body: memoryview,
+                  reply: Callable[[HttpResponse], None]) -> HttpResponse:
+            return response
+
+    async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
+        while await body.read():
+            pass
+        return response
+
+    listeners = await open_listeners("127.0.0.1", port)
+    await HttpServer(handle, fast=Canned()).serve(listeners, trio.Event())
+
+
 def main() -> None:
     port = int(sys.argv[1])
     kind = sys.argv[2] if len(sys.argv) > 2 else "hypercorn"
-    if kind == "thin":
-        trio.run(thin, port)
+    if kind in ("thin", "reactor"):
+        trio.run(thin if kind == "thin" else reactor, port)
         return
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

@@ -5,10 +5,10 @@ Why
 A task per connection costs, per request, two trips through Trio's scheduler (the wait for
 the request, the wait for its answer) and two ``epoll_ctl`` calls (Trio registers a socket
 for each wait and drops it after). On one core, with wrk at 16 connections sending tiny
-POSTs, an empty handler answered ~31 k req/s as a task per connection and ~140 k req/s as
-one loop over an epoll set of its own (``python -m bench.http_floor``). The request itself
-needs no task either: the model server calls back when it is answered
-(``InferRequest.on_done``).
+POSTs, an empty handler answers several times more requests from one loop over an epoll set
+of its own than from a task per connection (``python -m bench.floor PORT thin|reactor``:
+figures in the README). The request itself needs no task either: the model server calls
+back when it is answered (``InferRequest.on_done``).
 
 How
 ---
