@@ -34,6 +34,25 @@ class TestBatchQueue:
         assert q.next_deadline() == pytest.approx(10.001)
         assert q.take(now=10.001, copy_free=True) == ["a"]
 
+    def test_wants_look_only_for_a_new_oldest_or_a_full_batch(self) -> None:
+        # The adapter sleeps until the oldest request's deadline; a push needs it awake only
+        # when that deadline is new or a batch is full. Rows stay counted through every path.
+        q = queue(batch=4, delay_us=1000)
+        q.push("a", 1, "k", now=0.0)
+        assert q.wants_look()  # the oldest: a new deadline
+        q.push("b", 2, "k", now=0.0)
+        assert not q.wants_look()
+        q.push("c", 1, "other", now=0.0)
+        assert q.wants_look() and q.rows == 4  # four rows queued: a batch may be full
+        assert q.take(now=0.0, copy_free=True) is None  # key "k" has 3 rows: not full
+        assert q.take(now=0.001, copy_free=True) == ["a", "b"]  # its delay ran out
+        assert q.rows == 1
+        q.push_front([("a", 1, "k", 0.0)])
+        assert q.rows == 2
+        assert q.remove(lambda r: r == "c") == ["c"]
+        assert q.rows == 1
+        assert q.take(now=1.0, copy_free=True) == ["a"] and q.rows == 0
+
     def test_zero_delay_never_holds_back(self) -> None:
         q = queue(delay_us=0)
         q.push("a", 1, "k", now=0.0)
