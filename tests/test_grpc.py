@@ -335,6 +335,18 @@ def test_client_deadline_leaves_the_server_serving(client: Client) -> None:
     np.testing.assert_allclose(result.as_numpy("OUTPUT"), x * 2 + 1)
 
 
+def test_timeout_parameter_answers_deadline_exceeded(client: Client) -> None:
+    """The v2 ``timeout`` parameter (µs) is the server's own deadline: the client gets
+    DEADLINE_EXCEEDED from the server, with the reason, and the server goes on serving."""
+    x = np.ones((1, 16), dtype=np.float32)
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("slow", [_input("INPUT", x, "FP32")], timeout=20_000)
+    assert _code(exc) == "StatusCode.DEADLINE_EXCEEDED"
+    assert "did not answer within the request's timeout" in exc.value.message()
+    result = client.infer("slow", [_input("INPUT", x, "FP32")], timeout=30_000_000)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT"), x * 2 + 1)
+
+
 def test_unsupported_extensions_say_so(client: Client) -> None:
     for call in (
         lambda: client.get_cuda_shared_memory_status(),

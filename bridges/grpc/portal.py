@@ -2,15 +2,21 @@
 
 grpcio has no Trio backend, so the gRPC bridge runs ``grpc.aio`` on a thread of its own with
 its own asyncio loop. Every touch of the gateway — reads included — happens on the Trio
-thread: a handler on the asyncio side calls ``Portal.run_sync`` (a plain function, run
-from ``TrioToken.run_sync_soon``) or ``Portal.run`` (an async function, started as a task in
-the nursery the bridge's Trio task owns), and awaits an asyncio future that the Trio side
-completes with ``loop.call_soon_threadsafe``. Both directions go through a ``Coalescer``:
-calls queued while the other loop has not run yet share one wake-up.
+thread. A handler on the asyncio side calls
 
-If the asyncio side gives up (the client cancelled, its deadline passed), the Trio task is
-cancelled too, so a queued request leaves the queue. Once the bridge closes the portal, or
-the Trio run is over, calls fail with ``Unavailable`` instead of reaching the gateway.
+- ``Portal.run_sync`` (a plain function, run from ``TrioToken.run_sync_soon``),
+- ``Portal.call`` (a plain function that answers later through a callback — an infer
+  request, answered from the model server's ``on_done``: no Trio task per request), or
+- ``Portal.run`` (an async function, started as a task in the nursery the bridge owns),
+
+and awaits an asyncio future that the Trio side completes with
+``loop.call_soon_threadsafe``. Both directions go through a ``Coalescer``: calls queued
+while the other loop has not run yet share one wake-up.
+
+If the asyncio side gives up (the client cancelled, its deadline passed), the Trio side is
+told — the task is cancelled, or ``call``'s cancel function runs — so a queued request
+leaves the queue. Once the bridge closes the portal, or the Trio run is over, calls fail
+with ``Unavailable`` instead of reaching the gateway.
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ class Coalescer:
                     log.exception("a call handed over between threads failed")
 
 
+# ``Portal.call``'s function answers through this, exactly once: (error, None) or (None, value).
+Reply = Callable[[BaseException | None, Any], None]
+
+
 class InternalError(InferoxyError):
     """A bug in the bridge: the client sees this, the log has the traceback."""
 
@@ -119,6 +129,54 @@ class Portal:
 
         self._send(call)
         return await future
+
+    async def call(self, fn: Callable[..., Callable[[], None] | None], *args: Any) -> Any:
+        """``fn(reply, *args)`` on the Trio thread; it calls ``reply`` once, then or later (on
+        the Trio thread), and returns what cancels it (or None). No Trio task is started: if
+        this call is cancelled, the cancel function runs on the Trio thread instead.
+        An InferoxyError that ``fn`` raises or replies with is raised here."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        state: list[Any] = [None, False]  # the cancel function; answered (Trio thread only)
+
+        def reply(error: BaseException | None, value: Any) -> None:  # Trio thread
+            if state[1]:
+                return
+            state[0], state[1] = None, True
+            self._deliver(loop, future, error, value)
+
+        def start() -> None:  # Trio thread: must never raise
+            if self.closed:
+                reply(Unavailable(SHUTTING_DOWN), None)
+                return
+            try:
+                cancel = fn(reply, *args)
+            except InferoxyError as exc:
+                reply(exc, None)
+            except Exception:
+                log.exception("gRPC handler %s failed", getattr(fn, "__name__", fn))
+                reply(InternalError(INTERNAL), None)
+            else:
+                if not state[1]:
+                    state[0] = cancel
+
+        def cancel() -> None:  # Trio thread; runs after ``start`` (the queue keeps order)
+            stop = state[0]
+            if stop is not None and not state[1]:
+                try:
+                    stop()
+                except Exception:
+                    log.exception("cancelling a gRPC call failed")
+
+        self._send(start)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            try:
+                self._to_trio.put(cancel)
+            except trio.RunFinishedError:
+                pass
+            raise
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)`` in a task on the Trio thread, cancelled if this call is."""

@@ -3,9 +3,9 @@
 Threads: grpcio runs its asyncio loop on the bridge's thread; every RPC handler there hands
 its work to the Trio thread through a ``Portal`` (``bridges.grpc.portal``) and awaits the
 answer, so nothing here touches the gateway and nothing on the Trio thread blocks on gRPC.
-``serve_grpc`` is the bridge's Trio task: it owns the nursery the RPCs run in, starts the
-thread, and on ``shutdown`` (or cancellation) stops the server — open RPCs get a short grace
-— and joins the thread.
+``serve_grpc`` is the bridge's Trio task: it owns the nursery the RPCs run in (and the task
+that keeps infer deadlines), starts the thread, and on ``shutdown`` (or cancellation) stops
+the server — open RPCs get a short grace — joins the thread, and abandons what is left.
 
 Handlers are registered by hand (not with the generated servicer) so that the infer RPCs
 can keep the received bytes (``codec.split_request``) and send pre-serialized responses.
@@ -106,7 +106,7 @@ class Handlers:
 
     async def model_infer(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await self.portal.run(self.service.infer, wire)
+            return await self.portal.call(self.service.infer, wire)
         except InferoxyError as exc:
             await _abort(context, exc)
 
@@ -127,7 +127,7 @@ class Handlers:
             try:
                 answer: bytes | pb.ModelStreamInferResponse
                 try:
-                    answer = await self.portal.run(self.service.infer, wire, True)
+                    answer = await self.portal.call(self.service.infer, wire, True)
                 except InferoxyError as exc:
                     answer = codec.stream_error(exc.message, wire.header)
                 answers.put_nowait(answer)
@@ -314,8 +314,10 @@ async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Even
 
     async with trio.open_nursery() as nursery:
         portal = Portal(token, nursery)
+        service = Service(gateway)
+        nursery.start_soon(service.run_deadlines)
         thread = ServerThread(
-            Handlers(portal, Service(gateway)), address, server_options(gateway.settings),
+            Handlers(portal, service), address, server_options(gateway.settings),
             lambda value: token.run_sync_soon(report, value),
         )
         thread.start()
@@ -333,4 +335,5 @@ async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Even
                 await trio.to_thread.run_sync(thread.join, JOIN_TIMEOUT_S)
                 if thread.is_alive():
                     log.warning("the gRPC server thread did not stop in %.0f s", JOIN_TIMEOUT_S)
+            service.cancel_all()
             nursery.cancel_scope.cancel()  # whatever is left has no one to answer to

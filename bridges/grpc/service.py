@@ -3,13 +3,21 @@
 Each method takes the request message and returns the response (a message, or for infer
 the serialized bytes), or raises an ``InferoxyError`` whose ``grpc_code`` the bridge
 answers with. They run on the Trio thread (``bridges.grpc.portal``), so they may read and
-change the gateway freely; the plain ones must not block, the async ones are tasks.
+change the gateway freely; the plain ones must not block, the async ones are tasks. ``infer``
+answers through a callback (``Portal.call``), so a request costs no Trio task.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
+import trio
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
@@ -17,14 +25,19 @@ from tritonclient.grpc import service_pb2 as pb
 
 from bridges.auth import bearer_ok
 from bridges.grpc import codec
-from bridges.grpc.codec import WireRequest
+from bridges.grpc.codec import OutputRequest, WireRequest
+from bridges.grpc.portal import INTERNAL, InternalError, Reply
 from gateway.admission import Admission, output_datatypes, region_error
 from gateway.core import Gateway
-from gateway.errors import InferoxyError, InvalidArgument, NotFound
+from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.metadata import model_config, model_metadata
+from gateway.model_server import ModelServer
+from gateway.request import InferRequest
 from shm.regions import Region, RegionError
 
 M = TypeVar("M", bound=Message)
+
+log = logging.getLogger("inferoxy.grpc")
 
 
 class Status(InferoxyError):
@@ -47,6 +60,7 @@ def unimplemented(what: str) -> Status:
 class Service:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._deadlines = _Deadlines()
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -161,23 +175,27 @@ class Service:
         return pb.SystemSharedMemoryUnregisterResponse()
 
     # -- inference -----------------------------------------------------------------------------
+    # No Trio task per request: ``infer`` admits and submits synchronously, the model server's
+    # ``on_done`` callback encodes the answer, and one task (``run_deadlines``) keeps every
+    # request's deadline in a heap — the way the core serves bridge processes.
 
-    async def infer(self, wire: WireRequest, stream: bool = False) -> bytes:
-        """One infer request, from the received bytes to the serialized response; counted in
+    def infer(self, reply: Reply, wire: WireRequest, stream: bool = False
+              ) -> Callable[[], None] | None:
+        """Admit one infer request (``Portal.call``): ``reply(None, response bytes)`` or
+        ``reply(error, None)`` follows once, from ``on_done``, the deadline task, or now (by
+        raising); the function returned abandons it. Every request is counted once in
         ``inferoxy_bridge_responses_total`` by the HTTP status its gRPC code stands for."""
-        answers = self.gateway.bridge_answers
         try:
-            response = await self._infer(wire, stream)
+            call = self._submit(reply, wire, stream)
         except InferoxyError as exc:
-            answers.answered("grpc", exc.http_status)
+            self.gateway.bridge_answers.answered("grpc", exc.http_status)
             raise
         except BaseException:
-            answers.answered("grpc", 500)  # cancelled (shutdown) or a bug: still an answer
+            self.gateway.bridge_answers.answered("grpc", 500)
             raise
-        answers.answered("grpc", 200)
-        return response
+        return partial(self._cancel, call)
 
-    async def _infer(self, wire: WireRequest, stream: bool) -> bytes:
+    def _submit(self, reply: Reply, wire: WireRequest, stream: bool) -> _InferCall:
         gateway = self.gateway
         if wire.error:
             raise InvalidArgument(wire.error)
@@ -206,15 +224,121 @@ class Service:
                     assert spec is not None
                     admission.region_output(spec, o.region.name, o.region.offset,
                                             o.region.byte_size)
-            result = await admission.run(
+            request = admission.submit(
                 parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
             )
         finally:
             admission.release()  # no-op once submitted
+        call = _InferCall(server, request, reply, parsed.outputs, stream)
+        request.on_done = partial(self._done, call)  # nothing is answered during submit
+        self._deadlines.add(call)
+        return call
+
+    def _done(self, call: _InferCall, request: InferRequest) -> None:
+        """The model server answered (Trio thread, from its result or error path)."""
+        if call.answered:
+            return
+        if request.error is not None:
+            self._answer(call, request.error, None)
+            return
+        result = request.result
+        assert result is not None
         try:
-            return codec.encode_response(
-                config.name, config.version, parsed.request_id, parsed.outputs,
-                result.outputs, output_datatypes(config), result.in_regions, stream=stream,
+            config = call.server.config
+            response = codec.encode_response(
+                config.name, config.version, request.request_id, call.outputs,
+                result.outputs, output_datatypes(config), result.in_regions,
+                stream=call.stream,
             )
+        except Exception:
+            log.exception("encoding a gRPC infer response failed")
+            self._answer(call, InternalError(INTERNAL), None)
+            return
         finally:
             result.release()
+        self._answer(call, None, response)
+
+    def _answer(self, call: _InferCall, error: InferoxyError | None, response: bytes | None
+                ) -> None:
+        call.answered = True
+        call.request.on_done = None  # the request and its call refer to each other: let go
+        self._deadlines.answered(call)
+        self.gateway.bridge_answers.answered(
+            "grpc", error.http_status if error is not None else 200)
+        call.reply(error, response)
+
+    def _cancel(self, call: _InferCall) -> None:
+        """The client went away (or the bridge stops): abandon; no answer reaches anyone."""
+        if not call.answered and not call.request.done.is_set():
+            call.server.cancel(call.request)
+            self._answer(call, Unavailable("the request was cancelled"), None)
+
+    def _expire(self, call: _InferCall) -> None:
+        if not call.answered and not call.request.done.is_set():
+            self._answer(call, call.server.expire(call.request), None)
+
+    async def run_deadlines(self) -> None:
+        """The deadlines of every infer request in flight: one task, one heap."""
+        await self._deadlines.run(self._expire)
+
+    def cancel_all(self) -> None:
+        """The bridge stops: abandon every request still waiting (Trio thread)."""
+        for call in self._deadlines.pending():
+            self._cancel(call)
+
+
+@dataclass(eq=False, slots=True)
+class _InferCall:
+    """One infer request in the core, until answered."""
+
+    server: ModelServer
+    request: InferRequest
+    reply: Reply
+    outputs: tuple[OutputRequest, ...]
+    stream: bool
+    answered: bool = False
+    entry: list[Any] | None = None  # its entry in the deadline heap
+
+
+class _Deadlines:
+    """A heap of requests by deadline. An answered request leaves it lazily, but lets go of
+    its call at once (its entry keeps only the deadline), so no answered request lives on
+    for the collector to promote and walk; the heap is rebuilt when it holds mostly such
+    entries."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []  # [deadline, serial, call or None once answered]
+        self._wake = trio.Event()
+        self.live = 0
+
+    def add(self, call: _InferCall) -> None:
+        heap, deadline = self._heap, call.request.deadline
+        if not heap or deadline < heap[0][0]:
+            self._wake.set()
+        call.entry = [deadline, call.request.serial, call]
+        heapq.heappush(heap, call.entry)
+        self.live += 1
+        if len(heap) > 1024 and len(heap) > 4 * self.live:
+            self._heap = [e for e in heap if e[2] is not None]
+            heapq.heapify(self._heap)
+
+    def answered(self, call: _InferCall) -> None:
+        self.live -= 1
+        if call.entry is not None:
+            call.entry[2] = None
+            call.entry = None
+
+    def pending(self) -> list[_InferCall]:
+        return [e[2] for e in self._heap if e[2] is not None]
+
+    async def run(self, expire: Callable[[_InferCall], None]) -> None:
+        while True:
+            now = trio.current_time()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                call = heapq.heappop(heap)[2]
+                if call is not None:
+                    expire(call)
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
