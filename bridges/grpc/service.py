@@ -216,7 +216,7 @@ class Service:
                     admission.slot(checked).memory(checked.nbytes)[:] = wire.raw(tensor.raw)
                 else:
                     slot = admission.slot(checked)
-                    codec.write_contents(tensor, slot.view(checked.dtype.name, checked.shape))
+                    codec.write_contents(tensor, slot.view(checked.dtype, checked.shape))
             wire.drop_data()
             for o in parsed.outputs:
                 if o.region is not None:
