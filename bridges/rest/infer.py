@@ -183,6 +183,24 @@ def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
     return parsed
 
 
+def _place_inputs(server: ModelServer, parsed: codec.ParsedRequest, admission: Admission
+                  ) -> list[tuple[memoryview, codec.InputTensor]]:
+    """A home for every input and output: client regions resolved, JSON data written into
+    its slot; the slots of the binary inputs, in body order, for the caller to fill."""
+    binary = []
+    for tensor in parsed.inputs:
+        if tensor.region is not None:
+            r = tensor.region
+            admission.region_input(tensor.checked, r.name, r.offset, r.byte_size)
+        elif tensor.binary:
+            binary.append((admission.slot(tensor.checked).memory(tensor.nbytes), tensor))
+        else:
+            slot = admission.slot(tensor.checked)
+            codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
+    _region_outputs(server, parsed, admission)
+    return binary
+
+
 def _region_outputs(server: ModelServer, parsed: codec.ParsedRequest,
                     admission: Admission) -> None:
     for o in parsed.outputs:
@@ -238,17 +256,8 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
         parsed = _parse_header(gateway, server, request, raw_header, header_len)
 
         admission = gateway.admission(server)
-        for tensor in parsed.inputs:
-            if tensor.region is not None:
-                r = tensor.region
-                admission.region_input(tensor.checked, r.name, r.offset, r.byte_size)
-            elif tensor.binary:
-                slot = admission.slot(tensor.checked)
-                await body.read_into(slot.memory(tensor.nbytes), f"input {tensor.name!r}")
-            else:
-                slot = admission.slot(tensor.checked)
-                codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
-        _region_outputs(server, parsed, admission)
+        for memory, tensor in _place_inputs(server, parsed, admission):
+            await body.read_into(memory, f"input {tensor.name!r}")
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
                 f"request body is longer than the header and binary inputs "
@@ -311,18 +320,9 @@ class FastInfer:
             # The lengths add up (``_parse_header``): binary inputs follow the header in order.
             admission = gateway.admission(server)
             at = len(body) if header_len is None else header_len
-            for tensor in parsed.inputs:
-                if tensor.region is not None:
-                    r = tensor.region
-                    admission.region_input(tensor.checked, r.name, r.offset, r.byte_size)
-                elif tensor.binary:
-                    slot = admission.slot(tensor.checked)
-                    slot.memory(tensor.nbytes)[:] = body[at:at + tensor.nbytes]
-                    at += tensor.nbytes
-                else:
-                    slot = admission.slot(tensor.checked)
-                    codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
-            _region_outputs(server, parsed, admission)
+            for memory, tensor in _place_inputs(server, parsed, admission):
+                memory[:] = body[at:at + tensor.nbytes]
+                at += tensor.nbytes
             submitted = admission.submit(
                 parsed.rows, parsed.parameters, parsed.timeout_us, parsed.request_id
             )

@@ -46,13 +46,12 @@ from bridges.rest.http11 import (
     State,
     error_response,
 )
-from bridges.rest.reactor import FastPath, Reactor, send_now
+from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor, send_now
 
 log = logging.getLogger("inferoxy.http")
 
 Socket = stdsocket.socket
 
-RECV_BYTES = 64 << 10
 LINGER_S = 2.0
 
 
