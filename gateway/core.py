@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from gateway import wakeup
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
@@ -226,6 +227,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._run_dir = run_dir
+                nursery.start_soon(wakeup.install().run)  # batch deadlines on time
                 nursery.start_soon(self.link.run_inbox, self._on_worker_message)
                 nursery.start_soon(self.alerts.run)
                 nursery.start_soon(self._rollover)

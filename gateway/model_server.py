@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from gateway import wakeup
 from gateway.batching import BatchPolicy, BatchQueue, QueueFull
 from gateway.config import ModelConfig
 from gateway.errors import (
@@ -199,6 +200,8 @@ class ModelServer:
                 await trio.lowlevel.checkpoint()
                 continue
             wake_at = self._next_wake(now)
+            if wake_at is not None:
+                wakeup.wake_at(wake_at)  # epoll alone would round the wait up to whole ms
             with trio.move_on_at(wake_at if wake_at is not None else float("inf")):
                 await self._wake.wait()
             self._wake = trio.Event()
