@@ -163,6 +163,9 @@ class Gateway:
         """
         if self.draining:
             raise Unavailable("the server is shutting down")
+        for c in server.copies:  # the usual case, checked first: it runs for every request
+            if c.ready and not c.crash_loop:
+                return
         looping = self.unavailable_reason(server)
         if looping:
             raise Unavailable(f"model {server.config.name!r} is unavailable: {looping}")

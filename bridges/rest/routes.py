@@ -45,10 +45,22 @@ def infer_target(request: HttpRequest) -> tuple[str, str | None] | None:
     """(model, version) when ``request`` is ``POST .../infer``; None otherwise."""
     if request.method != "POST" or not request.path.endswith("/infer"):
         return None
-    match = INFER_PATH.fullmatch(request.path)
-    if match is None:
-        return None
-    return _unquote(match["name"]), _unquote(match["version"]) if match["version"] else None
+    path = request.path
+    target = _TARGETS.get(path)
+    if target is None:
+        match = INFER_PATH.fullmatch(path)
+        if match is None:
+            return None
+        target = (_unquote(match["name"]),
+                  _unquote(match["version"]) if match["version"] else None)
+        if len(_TARGETS) >= 1024:  # any path may come: keep the memo bounded
+            _TARGETS.clear()
+        _TARGETS[path] = target
+    return target
+
+
+# Infer paths already matched (a client sends the same few again and again).
+_TARGETS: dict[str, tuple[str, str | None]] = {}
 
 
 def json_response(doc: Any, status: int = 200) -> HttpResponse:
