@@ -200,3 +200,20 @@ class TestGroups:
         assert q.take(now=1.0, copy_free=True) == ["a1", "c1"]
         assert q.take(now=1.0, copy_free=True) == ["b1"]
         assert q.take(now=1.0, copy_free=True) == ["b2"]
+
+
+def test_deadline_heap_pops_due_live_items_and_forgets_answered_ones() -> None:
+    from gateway.deadlines import DeadlineHeap
+
+    heap: DeadlineHeap[str] = DeadlineHeap()
+    late, early, answered = heap.push(3.0, "late"), heap.push(1.0, "early"), heap.push(2.0, "x")
+    heap.discard(answered)
+    heap.discard(answered)  # idempotent
+    assert heap.live == 2 and answered[2] is None  # the item is let go at once
+    assert heap.next_deadline() == 1.0
+    assert heap.due(0.5) == []
+    assert heap.due(2.5) == ["early"]  # the answered one surfaces and is dropped
+    assert heap.items() == ["late"] and late[2] == "late" and early[2] == "early"
+    for i in range(200):  # answered entries do not pile up
+        heap.discard(heap.push(10.0 + i, f"r{i}"))
+    assert heap.live == 1 and len(heap) <= 65

@@ -9,7 +9,6 @@ answers through a callback (``Portal.call``), so a request costs no Trio task.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from bridges.grpc.codec import OutputRequest, WireRequest
 from bridges.grpc.portal import INTERNAL, InternalError, Reply
 from gateway.admission import Admission, output_datatypes, region_error
 from gateway.core import Gateway
+from gateway.deadlines import DeadlineHeap, Entry
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.metadata import model_config, model_metadata
 from gateway.model_server import ModelServer
@@ -297,48 +297,37 @@ class _InferCall:
     outputs: tuple[OutputRequest, ...]
     stream: bool
     answered: bool = False
-    entry: list[Any] | None = None  # its entry in the deadline heap
+    entry: Entry | None = None  # its entry in the deadline heap
 
 
 class _Deadlines:
-    """A heap of requests by deadline. An answered request leaves it lazily, but lets go of
-    its call at once (its entry keeps only the deadline), so no answered request lives on
-    for the collector to promote and walk; the heap is rebuilt when it holds mostly such
-    entries."""
+    """The infer calls in flight by deadline (``gateway.deadlines``), and the task that
+    expires them."""
 
     def __init__(self) -> None:
-        self._heap: list[list[Any]] = []  # [deadline, serial, call or None once answered]
+        self._heap: DeadlineHeap[_InferCall] = DeadlineHeap()
         self._wake = trio.Event()
-        self.live = 0
 
     def add(self, call: _InferCall) -> None:
-        heap, deadline = self._heap, call.request.deadline
-        if not heap or deadline < heap[0][0]:
+        deadline = call.request.deadline
+        first = self._heap.next_deadline()
+        if first is None or deadline < first:
             self._wake.set()
-        call.entry = [deadline, call.request.serial, call]
-        heapq.heappush(heap, call.entry)
-        self.live += 1
-        if len(heap) > 1024 and len(heap) > 4 * self.live:
-            self._heap = [e for e in heap if e[2] is not None]
-            heapq.heapify(self._heap)
+        call.entry = self._heap.push(deadline, call)
 
     def answered(self, call: _InferCall) -> None:
-        self.live -= 1
         if call.entry is not None:
-            call.entry[2] = None
+            self._heap.discard(call.entry)
             call.entry = None
 
     def pending(self) -> list[_InferCall]:
-        return [e[2] for e in self._heap if e[2] is not None]
+        return self._heap.items()
 
     async def run(self, expire: Callable[[_InferCall], None]) -> None:
         while True:
-            now = trio.current_time()
-            heap = self._heap
-            while heap and heap[0][0] <= now:
-                call = heapq.heappop(heap)[2]
-                if call is not None:
-                    expire(call)
-            with trio.move_on_at(heap[0][0] if heap else math.inf):
+            for call in self._heap.due(trio.current_time()):
+                expire(call)
+            first = self._heap.next_deadline()
+            with trio.move_on_at(first if first is not None else math.inf):
                 await self._wake.wait()
             self._wake = trio.Event()

@@ -41,8 +41,6 @@ on shutdown idle connections close at once and pending ones close after their an
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import select
@@ -60,6 +58,7 @@ from bridges.rest.http11 import (
     ProtocolError,
     error_response,
 )
+from gateway.deadlines import DeadlineHeap, Entry
 
 log = logging.getLogger("inferoxy.http")
 
@@ -106,8 +105,8 @@ class FastPath(Protocol):
 
 
 class _Conn:
-    __slots__ = ("conn", "eof", "fd", "gathering", "last", "out", "out_keep", "paused",
-                 "pending", "send_deadline", "sock", "watching")
+    __slots__ = ("conn", "entry", "eof", "fd", "gathering", "last", "out", "out_keep",
+                 "paused", "pending", "send_deadline", "sock", "watching")
 
     def __init__(self, sock: Socket, conn: Connection, now: float) -> None:
         self.sock = sock
@@ -115,6 +114,7 @@ class _Conn:
         self.conn = conn
         self.last = now  # when it last did something (for the keep-alive timeout)
         self.pending: Pending | None = None
+        self.entry: Entry | None = None  # the pending request's place among the deadlines
         # (request, target, since): a fast request whose body is still arriving
         self.gathering: tuple[HttpRequest, Any, float] | None = None
         self.out: bytes = b""  # what the socket did not take of the answer
@@ -146,13 +146,9 @@ class Reactor:
         self._closed = closed
         self._ep = select.epoll()
         self._conns: dict[int, _Conn] = {}
-        self._deadlines: list[tuple[float, int, _Conn, Pending]] = []
-        self._seq = itertools.count()
+        self._deadlines: DeadlineHeap[_Conn] = DeadlineHeap()
         self._closing = False
         self._next_sweep = 0.0
-
-    def __len__(self) -> int:
-        return len(self._conns)
 
     # -- the task ----------------------------------------------------------------------------
 
@@ -161,9 +157,8 @@ class Reactor:
         ep = self._ep
         try:
             while not (self._closing and not self._conns):
-                wake = self._next_sweep
-                if self._deadlines and self._deadlines[0][0] < wake:
-                    wake = self._deadlines[0][0]
+                first = self._deadlines.next_deadline()
+                wake = self._next_sweep if first is None else min(first, self._next_sweep)
                 with trio.move_on_at(wake):
                     await trio.lowlevel.wait_readable(ep)
                 for fd, events in ep.poll(0):
@@ -171,8 +166,8 @@ class Reactor:
                     if c is not None:
                         self._event(c, events)
                 now = trio.current_time()
-                if self._deadlines and self._deadlines[0][0] <= now:
-                    self._expire(now)
+                for c in self._deadlines.due(now):
+                    self._expire(c)
                 if now >= self._next_sweep:
                     self._sweep(now)
         finally:
@@ -280,17 +275,8 @@ class Reactor:
                     return
                 continue
             c.pending = outcome
-            self._push_deadline(c, outcome)
+            c.entry = self._deadlines.push(outcome.deadline, c)
             return
-
-    def _push_deadline(self, c: _Conn, pending: Pending) -> None:
-        deadlines = self._deadlines
-        # Answered requests stay in the heap until their deadline; rebuild it from the
-        # pending ones when they are the minority, so it stays the size of the connections.
-        if len(deadlines) > 2 * len(self._conns) + 64:
-            deadlines[:] = [d for d in deadlines if d[2].pending is d[3]]
-            heapq.heapify(deadlines)
-        heapq.heappush(deadlines, (pending.deadline, next(self._seq), c, pending))
 
     def _reply(self, c: _Conn, response: HttpResponse) -> None:
         """The fast path's answer (called from the model server's callback: never raises)."""
@@ -298,7 +284,16 @@ class Reactor:
             if response.release is not None:  # closed, or expired, meanwhile
                 response.release()
             return
-        c.pending = None
+        self._answer(c, response)
+
+    def _expire(self, c: _Conn) -> None:
+        """``c``'s request reached its deadline unanswered."""
+        if c.pending is not None and self._conns.get(c.fd) is c:
+            c.entry = None  # (popped)
+            self._answer(c, c.pending.expire())
+
+    def _answer(self, c: _Conn, response: HttpResponse) -> None:
+        self._settle(c)
         try:
             if self._send(c, response):
                 self._advance(c)
@@ -306,18 +301,12 @@ class Reactor:
             log.exception("HTTP connection failed")
             self._close(c)
 
-    def _expire(self, now: float) -> None:
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, c, pending = heapq.heappop(self._deadlines)
-            if c.pending is not pending or self._conns.get(c.fd) is not c:
-                continue  # answered already
-            c.pending = None
-            try:
-                if self._send(c, pending.expire()):
-                    self._advance(c)
-            except Exception:
-                log.exception("HTTP connection failed")
-                self._close(c)
+    def _settle(self, c: _Conn) -> None:
+        """``c`` has no request running any more."""
+        c.pending = None
+        if c.entry is not None:
+            self._deadlines.discard(c.entry)
+            c.entry = None
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + (CLOSING_SWEEP_S if self._closing else SWEEP_S)
@@ -415,7 +404,8 @@ class Reactor:
             return
         self._forget(c)
         if c.pending is not None:
-            pending, c.pending = c.pending, None
+            pending = c.pending
+            self._settle(c)
             pending.cancel()
         c.sock.close()
         self._closed()
