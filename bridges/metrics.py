@@ -69,7 +69,8 @@ class GatewayCollector(Collector):
             execs.add_metric([name, v], s.execution_count)
             queue_us.add_metric([name, v], s.queue.ns / 1000)
             compute_us.add_metric([name, v], s.compute_infer.ns / 1000)
-            pending.add_metric([name, v], server.pending)
+            pending.add_metric([name, v], server.pending
+                               + self.gateway.bridge_reports.pending_of(name, v))
             latency.add_metric([name, v], s.latency.cumulative(1e9), s.latency.sum / 1e9)
             queue_delay.add_metric([name, v], s.queue_delay.cumulative(1e9),
                                    s.queue_delay.sum / 1e9)

@@ -58,8 +58,9 @@ ANSWER = b"ANSWER"
 FREE = b"FREE"
 REPLY = b"REPLY"
 STOP = b"STOP"
+ACK = b"ACK"
 
-TO_CORE = frozenset({HELLO, INFER, CANCEL, DONE, CALL, REPORT})
+TO_CORE = frozenset({HELLO, INFER, CANCEL, DONE, CALL, REPORT, ACK})
 TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP})
 
 MAX_BLOBS = 1  # more frames than any message carries: a malformed peer

@@ -101,7 +101,7 @@ class Gateway:
         self.link: WorkerLink
         self.supervisor: Supervisor
         self._nursery: trio.Nursery
-        self._run_dir = ""
+        self.run_dir = ""
 
     # -- what bridges read -----------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._run_dir = run_dir
+                self.run_dir = run_dir
                 nursery.start_soon(wakeup.install().run)  # batch deadlines on time
                 nursery.start_soon(self.link.run_inbox, self._on_worker_message)
                 nursery.start_soon(self.alerts.run)
@@ -324,7 +324,7 @@ class Gateway:
         spec = CopySpec(
             copy_id=copy.id, model=config.name, entrypoint=config.entrypoint,
             image=config.address, parameters=config.parameters, placement=copy.placement,
-            run_dir=self._run_dir, shm_prefix=self.shm_prefix,
+            run_dir=self.run_dir, shm_prefix=self.shm_prefix,
             heartbeat_s=self.settings.heartbeat_s,
             health_interval_s=self.settings.health_interval_s,
             hang_timeout_s=config.hang_timeout_s,
@@ -642,6 +642,16 @@ class Gateway:
         if not isinstance(copy_id, int):
             return
         if kind == wire.HELLO:
+            inbox = body.get("inbox")
+            copy = self.supervisor.copies.get(copy_id)
+            if copy is None or not wire.in_run_dir(self.run_dir, inbox):
+                log.warning("copy %s said HELLO without a batch socket in the run directory",
+                            copy_id)
+                return
+            assert isinstance(inbox, str)
+            if copy.inbox != inbox:
+                self.link.connect_copy(copy_id, inbox)
+                copy.inbox = inbox
             self.supervisor.on_hello(copy_id, body.get("pid"))
             return
         copy = self.supervisor.on_message(copy_id)

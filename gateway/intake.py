@@ -1,6 +1,6 @@
 """The core's side of bridge processes (``--bridge-workers N``): what their messages mean.
 
-I/O-free: the Trio adapter (``bridges.procs.pool``) owns the sockets and the processes and
+I/O-free: the Trio adapter (``bridges.dataplane.pool``) owns the sockets and the processes and
 calls in here. A bridge process parses HTTP, checks the request against its copy of the
 model's configuration and writes tensor bytes into its *own* slab; the core receives only
 descriptors. Theory of operation:
@@ -89,10 +89,13 @@ def config_from_wire(raw: dict[str, Any]) -> ModelConfig:
 # -- the routing table ------------------------------------------------------------------------
 
 def routing_table(gateway: Any) -> dict[str, Any]:
-    """``{name: {"default": v, "versions": {v: {"config", "refuse"}}} | {"missing": why}}``.
+    """``{name: {"default": v, "versions": {v: {"config", "refuse", "copies"}}} |
+    {"missing": why}}``.
 
-    ``refuse`` is the message ``ensure_accepting`` would raise now (or null), so a bridge
-    can refuse at once, as the in-process bridge does, without asking.
+    ``refuse`` is the message ``ensure_accepting`` would raise now (or null), so a data-plane
+    process can refuse at once, as the control process does, without asking. ``copies``
+    (stateless models, which data-plane processes serve themselves): ``[[id, ready, batch
+    socket address], ...]`` — where to send batches, straight to the copies.
     """
     table: dict[str, Any] = {}
     for server in gateway.all_servers():
@@ -105,6 +108,8 @@ def routing_table(gateway: Any) -> dict[str, Any]:
             refuse = error_to_wire(exc)
         entry["versions"][server.config.version] = {
             "config": server.config, "refuse": refuse,
+            "copies": [[c.id, c.ready, c.inbox] for c in server.copies]
+            if server.config.stateless else [],
         }
     for name, entry in table.items():
         entry["default"] = gateway.model(name).config.version
@@ -121,7 +126,8 @@ def table_fingerprint(table: dict[str, Any]) -> tuple[Any, ...]:
     """Cheap to compare: configuration objects by identity, the rest by value."""
     return tuple(sorted(
         (name, entry.get("default"), entry.get("missing"), tuple(sorted(
-            (v, id(e["config"]), repr(e["refuse"])) for v, e in entry.get("versions", {}).items()
+            (v, id(e["config"]), repr(e["refuse"]), repr(e["copies"]))
+            for v, e in entry.get("versions", {}).items()
         )))
         for name, entry in table.items()
     ))
@@ -131,7 +137,8 @@ def table_to_wire(table: dict[str, Any]) -> dict[str, Any]:
     return {
         name: entry if "missing" in entry else {
             "default": entry["default"],
-            "versions": {v: {"config": config_to_wire(e["config"]), "refuse": e["refuse"]}
+            "versions": {v: {"config": config_to_wire(e["config"]), "refuse": e["refuse"],
+                             "copies": e["copies"]}
                          for v, e in entry["versions"].items()},
         }
         for name, entry in table.items()
@@ -314,6 +321,8 @@ class BridgeReports:
     """What bridge processes report: answers per worker and their slabs' use (metrics)."""
 
     answers: dict[int, int] = field(default_factory=dict)  # worker index -> answers
+    # per process: requests it has queued or running, by (model, version)
+    pending: dict[int, dict[tuple[str, str], int]] = field(default_factory=dict)
     slots_in_use: dict[int, int] = field(default_factory=dict)
     bytes_in_use: dict[int, int] = field(default_factory=dict)
 
@@ -326,6 +335,12 @@ class BridgeReports:
                     and 0 < item[2] < 1 << 40):
                 counts.append((item[0], item[1], item[2]))
                 self.answers[index] = self.answers.get(index, 0) + item[2]
+        pending = {}
+        for item in body.get("pending") or []:
+            if (isinstance(item, list) and len(item) == 3 and isinstance(item[2], int)
+                    and item[2] >= 0):
+                pending[(str(item[0]), str(item[1]))] = item[2]
+        self.pending[index] = pending
         for key, book in (("slots_in_use", self.slots_in_use),
                           ("bytes_in_use", self.bytes_in_use)):
             value = body.get(key)
@@ -333,8 +348,13 @@ class BridgeReports:
                 book[index] = value
         return counts
 
+    def pending_of(self, name: str, version: str) -> int:
+        """Requests of a model queued or running in the data-plane processes."""
+        return sum(p.get((name, version), 0) for p in self.pending.values())
+
     def gone(self, index: int) -> None:
         """A process died: its slab went with it."""
+        self.pending.pop(index, None)
         self.slots_in_use.pop(index, None)
         self.bytes_in_use.pop(index, None)
 

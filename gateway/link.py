@@ -47,22 +47,33 @@ async def read_forever(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], 
 
 
 class WorkerLink:
-    def __init__(self, run_dir: str) -> None:
+    """A producer's sockets to copies: one PUSH per copy, connected to the batch socket the
+    copy's process bound (its address comes with HELLO, or in the copy table), and one PULL
+    for answers — the control process's inbox, or a data-plane process's own (``reply``:
+    ``[address, pid]``, named in every BATCH so the worker answers there)."""
+
+    def __init__(self, run_dir: str, reply: list[Any] | None = None) -> None:
         self.run_dir = run_dir
         self.ctx = zmq.Context()
+        self._reply = reply
         self._inbox = self.ctx.socket(zmq.PULL)
         self._inbox.setsockopt(zmq.LINGER, 0)
         self._inbox.setsockopt(zmq.RCVHWM, 100_000)
-        self._inbox.bind(wire.inbox_address(run_dir))
+        self._inbox.bind(reply[0] if reply else wire.inbox_address(run_dir))
         self._outs: dict[int, zmq.Socket[bytes]] = {}
 
     def open_copy(self, copy_id: int) -> None:
-        """A fresh PUSH socket for a copy's new process (nothing stale reaches it)."""
+        """A copy's new process is starting: nothing reaches it until it says where."""
+        self.close_copy(copy_id)
+
+    def connect_copy(self, copy_id: int, address: str) -> None:
+        """A fresh PUSH socket to a copy process's batch socket (its pid is in the address,
+        so nothing queued for a process before it reaches it)."""
         self.close_copy(copy_id)
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.bind(wire.copy_address(self.run_dir, copy_id))
+        sock.connect(address)
         self._outs[copy_id] = sock
 
     def close_copy(self, copy_id: int) -> None:
@@ -75,6 +86,8 @@ class WorkerLink:
         sock = self._outs.get(copy_id)
         if sock is None:
             return False
+        if self._reply is not None and kind == wire.BATCH:
+            body["reply"] = self._reply
         try:
             sock.send_multipart(wire.encode(kind, body), zmq.NOBLOCK)
         except zmq.Again:

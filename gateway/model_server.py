@@ -245,6 +245,8 @@ class ModelServer:
             "items": [_item(r) for r in batch],
             "parameters": batch[0].parameters,
         }
+        if self.config.stateless:  # the copy may run it with other producers' batches
+            body["max_rows"] = self.config.batch_size
         if not self._send(copy.id, wire.BATCH, body):
             # Not connected yet (HELLO can overtake the worker's connect) or not reading:
             # keep the batch at the head and try this copy again shortly. A worker that

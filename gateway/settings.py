@@ -61,6 +61,6 @@ class Settings:
     header_timeout_s: float = 10.0  # a request head that takes longer: 408, connection closed
     keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
     max_connections: int = 4096  # open HTTP connections; one more is answered 503 and closed
-    # 0: HTTP is served in the core process; N > 0: by N bridge processes sharing the port
-    # (SO_REUSEPORT), feeding the core's batchers with descriptors (bridges.procs).
-    bridge_workers: int = 0
+    # Data-plane processes (bridges.dataplane): "auto" = one per usable core; "0" = the data
+    # path runs in the control process, as one process.
+    workers: str = "auto"

@@ -145,3 +145,57 @@ class ModelStats:
                 for size, b in sorted(self.batches.items())
             ],
         }
+
+
+# -- across processes: a data-plane process reports what it counted, the control process adds it
+
+def _durations(s: ModelStats | BatchSizeStats) -> list[Duration]:
+    if isinstance(s, BatchSizeStats):
+        return [s.compute_input, s.compute_infer, s.compute_output]
+    return [s.success, s.fail, s.queue, s.compute_input, s.compute_infer, s.compute_output]
+
+
+def stats_to_wire(s: ModelStats) -> dict[str, Any]:
+    """Every counter of ``s`` as plain numbers (JSON), for ``stats_delta``/``add_stats``."""
+    return {
+        "n": [s.inference_count, s.execution_count],
+        "d": [[d.count, d.ns] for d in _durations(s)],
+        "b": {str(size): [[d.count, d.ns] for d in _durations(b)]
+              for size, b in s.batches.items()},
+        "f": dict(s.failures_by_reason),
+        "h": [[*h.counts, h.sum] for h in (s.latency, s.queue_delay, s.batch_size)],
+        "last": s.last_inference_ms,
+    }
+
+
+def stats_delta(now: Any, before: Any) -> Any:
+    """``now - before`` for two ``stats_to_wire`` forms (counters only grow); ``last`` is
+    kept as it is now."""
+    if isinstance(now, dict):
+        return {k: (v if k == "last" else stats_delta(v, (before or {}).get(k)))
+                for k, v in now.items()}
+    if isinstance(now, list):
+        before = before or [None] * len(now)
+        return [stats_delta(a, b) for a, b in zip(now, before, strict=True)]
+    return now - (before or 0)
+
+
+def add_stats(s: ModelStats, delta: dict[str, Any]) -> None:
+    """Add a ``stats_delta`` to ``s`` (the control process's stats of the same model)."""
+    s.inference_count += int(delta["n"][0])
+    s.execution_count += int(delta["n"][1])
+    for d, (count, ns) in zip(_durations(s), delta["d"], strict=True):
+        d.add(int(ns), int(count))
+    for size, durations in delta["b"].items():
+        b = s.batches.setdefault(int(size), BatchSizeStats())
+        for d, (count, ns) in zip(_durations(b), durations, strict=True):
+            d.add(int(ns), int(count))
+    for reason, n in delta["f"].items():
+        s.failures_by_reason[str(reason)] = s.failures_by_reason.get(str(reason), 0) + int(n)
+    for h, raw in zip((s.latency, s.queue_delay, s.batch_size), delta["h"], strict=True):
+        if len(raw) != len(h.counts) + 1:
+            raise ValueError("histogram of another shape")
+        for i, n in enumerate(raw[:-1]):
+            h.counts[i] += int(n)
+        h.sum += int(raw[-1])
+    s.last_inference_ms = max(s.last_inference_ms, int(delta["last"]))

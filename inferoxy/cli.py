@@ -18,6 +18,7 @@ from gateway.declaration import load_declarations
 from gateway.registry import RegistryUnreachable
 from gateway.runtimes import runtime_for
 from gateway.settings import Settings
+from supervisor.cpus import parse_workers
 from supervisor.gpus import parse_gpu_list
 
 EXIT_CONFIG = 2
@@ -89,8 +90,9 @@ HELP = {
     "keepalive_timeout_s": "an idle HTTP keep-alive connection is closed after this",
     "max_connections": "open HTTP connections (per process); one more is answered 503 and "
                        "closed",
-    "bridge_workers": "serve HTTP from N processes sharing the port, feeding one batcher per "
-                      "model (0: in the gateway process)",
+    "workers": "data-plane processes serving HTTP on the shared port, each batching "
+               "stateless models itself: 'auto' (one per usable core: affinity and cgroup "
+               "quota) or N (0: everything in one process)",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }
@@ -166,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    if settings.bridge_workers < 0:
-        log.error("--bridge-workers must be 0 (HTTP in the gateway process) or more")
+    try:
+        parse_workers(settings.workers)
+    except ValueError as exc:
+        log.error("%s", exc)
         return EXIT_CONFIG
     try:
         parse_gpu_list(settings.gpus or "")

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 
 import trio
 
+from bridges.dataplane.pool import DataPlanePool
 from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
-from bridges.procs.pool import BridgePool
 from bridges.rest.admin import serve_admin
 from bridges.rest.app import serve_rest
 from bridges.websocket.server import serve_websocket
@@ -21,6 +21,7 @@ from gateway.core import Gateway
 from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.manager import ModelManager, open_registry, registry_for
 from gateway.settings import Settings
+from supervisor.cpus import parse_workers
 
 log = logging.getLogger("inferoxy")
 
@@ -36,7 +37,8 @@ async def serve(settings: Settings,
     gateway = Gateway(settings, await open_registry(registry, as_declarations(models)))
     manager = ModelManager(gateway, registry)
     http_stop = trio.Event()
-    pool = BridgePool(gateway, settings.bridge_workers) if settings.bridge_workers > 0 else None
+    workers = parse_workers(settings.workers)
+    pool = DataPlanePool(gateway, workers) if workers > 0 else None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
@@ -53,12 +55,12 @@ async def serve(settings: Settings,
                 ("metrics (Prometheus)", settings.metrics_port, serve_metrics),
             ):
                 if runner is serve_rest and pool is not None:
-                    continue  # HTTP is served by bridge processes, started last (below)
+                    continue  # HTTP is served by the data-plane processes, started last
                 binds = await nursery.start(runner, gateway, settings.host, port, http_stop)
                 log.info("listening: %s on %s", name, ", ".join(binds))
             if pool is not None:  # last: a bridge answering "ready" means all else listens
                 await nursery.start(pool.run)
-                log.info("listening: HTTP (Open Inference Protocol v2) on %s:%d in %d bridge "
+                log.info("listening: HTTP (Open Inference Protocol v2) on %s:%d in %d data-plane "
                          "processes", settings.host, settings.http_port, pool.count)
 
             # What exists now (modules, configurations, the models' metadata: ~85 k objects)
@@ -77,9 +79,12 @@ async def serve(settings: Settings,
                 log.info("received %s; draining", signal.Signals(signum).name)
                 break
             nursery.start_soon(stop_now_on_second_signal)
-            await gateway.drain()
             if pool is not None:
+                # Readiness goes false first; then every data-plane process stops accepting
+                # and finishes what it holds — while the copies still run.
+                gateway.draining = True
                 await pool.stop(settings.drain_timeout_s)
+            await gateway.drain()
             http_stop.set()  # the HTTP servers close their listeners and idle connections
             with trio.move_on_after(settings.drain_timeout_s):
                 await trio.sleep(0.05)

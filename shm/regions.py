@@ -107,6 +107,10 @@ class RegionRegistry:
         self._regions[name] = region
         return region
 
+    def replace_all(self, regions: list[Region]) -> None:
+        """Hold exactly ``regions`` (a replica of the registry kept by another process)."""
+        self._regions = {r.name: r for r in regions}
+
     def unregister(self, name: str | None) -> None:
         """Unregister one region, or all with ``None`` (unknown names are not an error)."""
         self._require_enabled()

@@ -15,6 +15,7 @@ class Copy:
     placement: Placement
     state: CopyState = CopyState.STARTING
     pid: int | None = None
+    inbox: str = ""  # the batch socket its process bound (shm.wire.copy_address)
     outstanding: int = 0  # batches sent and not yet answered
     last_seen: float = 0.0  # trio time of the last message from the worker
     last_dispatch: float = 0.0

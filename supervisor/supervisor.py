@@ -160,6 +160,7 @@ class Supervisor:
                         observer: CopyObserver) -> tuple[float, int | None]:
         """Run the copy's process once; how long it lived and its exit status."""
         self.channel.open_copy(copy.id)
+        copy.inbox = ""  # the new process binds its own batch socket and says where (HELLO)
         copy.last_seen = trio.current_time()
         try:
             # May pull an image first (minutes, with its own progress and errors): the

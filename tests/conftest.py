@@ -146,6 +146,10 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     ws_port, zmq_port, admin_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"gateway-{http_port}.log"
+    if "--workers" not in extra:
+        # One process unless a test asks for data-plane processes (tests/test_dataplanes.py);
+        # INFEROXY_TEST_WORKERS=N runs the whole suite against N data-plane processes.
+        extra = ("--workers", os.environ.get("INFEROXY_TEST_WORKERS", "0"), *extra)
     env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20",
                SYNTHETIC_B_MS="0.5") | (env or {})
     with log_path.open("wb") as log:

@@ -1,9 +1,15 @@
 """``python -m worker`` / ``inferoxy-worker``: one model copy.
 
-It connects to the gateway's sockets (see ``shm.wire``), loads ``module:Class`` as
-``Class(device, **parameters)``, says HELLO, heartbeats from a side thread, and then runs
-BATCH messages one at a time. A model exception becomes an ERROR reply, never a dead worker.
-A model that fails to load is reported with FATAL and the process exits with status 3.
+It binds its own batch socket and connects to the gateway's inbox (see ``shm.wire``), loads
+``module:Class`` as ``Class(device, **parameters)``, says HELLO (with its socket's address),
+heartbeats from a side thread, and then runs BATCH messages, from the control process and
+from every data-plane process alike. A model exception becomes an ERROR reply, never a dead
+worker. A model that fails to load is reported with FATAL and the process exits with status 3.
+
+Batches from many producers (``worker.merge``): each data-plane process batches on its own,
+so with N of them a copy may find N small batches waiting. It runs the ones that can go
+together as one ``predict`` (up to the model's batch size) and answers each producer with its
+own rows, so the model's batches stay as full as one batcher would make them.
 
 Each heartbeat says how long the batch running now has run (``busy_s``), so the gateway can
 tell a hung model from a busy one. A model class may define ``health()``: it is called every
@@ -33,6 +39,7 @@ from shm import wire
 from shm.segment import SegmentCache, pid_alive
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 from worker.batch import BatchError, gather, place_outputs
+from worker.merge import Backlog, rows_of, slice_rows
 
 log = logging.getLogger("inferoxy.worker")
 
@@ -87,12 +94,19 @@ class Worker:
             f"{args.shm_prefix}-w{os.getpid()}", limit_bytes=args.output_limit_bytes
         )
         self.slots: dict[tuple[str, int], Slot] = {}
+        self.slot_owner: dict[tuple[str, int], int] = {}  # slot -> producer pid (0: control)
+        self.run_dir: str = args.run_dir
+        self.ctx = ctx
         self.out = ctx.socket(zmq.PUSH)
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(wire.inbox_address(args.run_dir))
+        self.address = wire.copy_address(args.run_dir, args.copy_id, os.getpid())
         self.inp = ctx.socket(zmq.PULL)
         self.inp.setsockopt(zmq.LINGER, 0)
-        self.inp.connect(wire.copy_address(args.run_dir, args.copy_id))
+        self.inp.setsockopt(zmq.RCVHWM, 100_000)
+        self.inp.bind(self.address)
+        self.replies: dict[str, tuple[zmq.Socket[bytes], int]] = {}  # address -> (PUSH, pid)
+        self.backlog = Backlog()
         self.busy_since: float | None = None  # monotonic start of the batch running now
         health = getattr(model, "health", None)
         self._health: Callable[[], object] | None = health if callable(health) else None
@@ -108,31 +122,97 @@ class Worker:
         body["copy"] = self.copy_id
         self.out.send_multipart(wire.encode(kind, body))
 
+    def answer(self, batch: dict[str, Any], kind: bytes, body: dict[str, Any]) -> None:
+        """RESULT/ERROR to the producer of ``batch``: its ``reply`` socket, else the inbox."""
+        reply = batch.get("reply")
+        if reply is None:
+            self.send(kind, body)
+            return
+        address, pid = reply
+        entry = self.replies.get(address)
+        if entry is None:
+            if not wire.in_run_dir(self.run_dir, address) or not isinstance(pid, int):
+                log.warning("batch %s names a reply socket outside the run directory; "
+                            "dropped its answer", body.get("id"))
+                return
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.connect(address)
+            entry = self.replies[address] = (sock, pid)
+        body["copy"] = self.copy_id
+        try:
+            entry[0].send_multipart(wire.encode(kind, body), zmq.NOBLOCK)
+        except zmq.Again:  # the producer is not reading (gone): nobody wants this answer
+            log.warning("producer pid %s is not reading; dropped the answer to batch %s",
+                        pid, body.get("id"))
+
+    def producers_gone(self) -> None:
+        """Free the output slots held for data-plane processes that are gone."""
+        for address, (sock, pid) in list(self.replies.items()):
+            if pid_alive(pid):
+                continue
+            sock.close(linger=0)
+            del self.replies[address]
+            for key in [k for k, owner in self.slot_owner.items() if owner == pid]:
+                del self.slot_owner[key]
+                slot = self.slots.pop(key, None)
+                if slot is not None:
+                    self.slab.free(slot)
+
     def serve(self) -> None:
         while True:
-            if not self._message_waiting():
+            if not self.backlog and not self._message_waiting():
                 continue
-            kind, body = wire.decode(self.inp.recv_multipart())
+            kind, body = self.backlog.pop() if self.backlog else self._recv()
             if kind == wire.BATCH:
+                group = self._merge(body)
                 self.busy_since = time.monotonic()
                 try:
-                    self.run_batch(body)
+                    self.run_batches(group)
                 finally:
                     self.busy_since = None
                 if time.monotonic() >= self._next_prune:
-                    # Segments whose owner unlinked them (a bridge process that died, a client
-                    # region): unmap them, or their memory stays pinned while we live.
+                    # Segments whose owner unlinked them (a data-plane process that died, a
+                    # client region): unmap them, or their memory stays pinned while we live.
                     self._next_prune = time.monotonic() + PRUNE_EVERY_S
                     self.cache.prune()
-            elif kind == wire.RELEASE:
-                for segment, offset in body.get("slots", []):
-                    slot = self.slots.pop((segment, offset), None)
-                    if slot is not None:
-                        self.slab.free(slot)
+                    self.producers_gone()
             elif kind == wire.SEQUENCE_END:
                 self.end_sequence(body.get("sequence_id"), str(body.get("reason", "ended")))
             elif kind == wire.STOP:
                 return
+
+    def _recv(self) -> tuple[bytes, dict[str, Any]]:
+        """The next message; RELEASE is handled on arrival (it never waits behind a batch)."""
+        while True:
+            kind, body = wire.decode(self.inp.recv_multipart())
+            if kind != wire.RELEASE:
+                return kind, body
+            self.release(body)
+
+    def release(self, body: dict[str, Any]) -> None:
+        for segment, offset in body.get("slots", []):
+            self.slot_owner.pop((segment, offset), None)
+            slot = self.slots.pop((segment, offset), None)
+            if slot is not None:
+                self.slab.free(slot)
+
+    def _merge(self, first: dict[str, Any]) -> list[dict[str, Any]]:
+        """``first`` and the batches waiting behind it that can run with it as one."""
+        max_rows = first.get("max_rows")
+        if not isinstance(max_rows, int) or rows_of(first) >= max_rows:
+            return [first]
+        while True:  # what is waiting now, without blocking; order is kept in the backlog
+            try:
+                kind, body = wire.decode(self.inp.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if kind == wire.RELEASE:
+                self.release(body)
+            else:
+                self.backlog.push(kind, body)
+        return [first, *self.backlog.take_mergeable(first, max_rows)]
 
     def _message_waiting(self) -> bool:
         """Run the model's health check when it is due; True when a message is waiting."""
@@ -167,6 +247,42 @@ class Worker:
             except Exception:
                 log.warning("on_sequence_end(%r) raised: %s", seq_id, traceback.format_exc())
 
+    def run_batches(self, group: list[dict[str, Any]]) -> None:
+        """Run one BATCH, or several merged (no sequences among them), as one ``predict``."""
+        if len(group) == 1:
+            self.run_batch(group[0])
+            return
+        items = [item for body in group for item in body["items"]]
+        try:
+            t0 = time.perf_counter_ns()
+            inputs, total = gather(self.cache, items)
+            t1 = time.perf_counter_ns()
+            outputs = self.model.predict(inputs, dict(group[0].get("parameters") or {}))
+            t2 = time.perf_counter_ns()
+            del inputs
+        except BatchError as exc:
+            for body in group:
+                self.answer(body, wire.ERROR, {"id": body["id"], "message": str(exc)})
+            return
+        except Exception as exc:
+            log.warning("model raised on batches %s: %s", [b["id"] for b in group],
+                        traceback.format_exc().rstrip())
+            for body in group:
+                self.answer(body, wire.ERROR, {"id": body["id"],
+                                               "message": f"{type(exc).__name__}: {exc}"})
+            return
+        start = 0
+        for body in group:
+            rows = rows_of(body)
+            try:
+                part = slice_rows(outputs, start, rows, total)
+            except BatchError as exc:
+                self.answer(body, wire.ERROR, {"id": body["id"], "message": str(exc)})
+                continue
+            finally:
+                start += rows
+            self._place_and_answer(body, part, t0, t1, t2)
+
     def run_batch(self, body: dict[str, Any]) -> None:
         batch_id = body["id"]
         items = body["items"]
@@ -196,18 +312,34 @@ class Worker:
                         self.end_sequence(seq_id, "ended")
             t2 = time.perf_counter_ns()
             del inputs  # views into request slots the gateway reuses after our reply
-            described, item_errors = place_outputs(
-                self.slab, self.cache, outputs, body["items"], self.slots
-            )
-            t3 = time.perf_counter_ns()
-        except (BatchError, ShmExhausted) as exc:
-            self.send(wire.ERROR, {"id": batch_id, "message": str(exc)})
+        except BatchError as exc:
+            self.answer(body, wire.ERROR, {"id": batch_id, "message": str(exc)})
             return
         except Exception as exc:  # the model's own failure: report it, keep serving
             log.warning("model raised on batch %s: %s\n(requests %r)", batch_id,
                         traceback.format_exc().rstrip(), rids)
-            self.send(wire.ERROR, {"id": batch_id, "message": f"{type(exc).__name__}: {exc}"})
+            self.answer(body, wire.ERROR, {"id": batch_id,
+                                           "message": f"{type(exc).__name__}: {exc}"})
             return
+        self._place_and_answer(body, outputs, t0, t1, t2)
+
+    def _place_and_answer(self, body: dict[str, Any], outputs: object, t0: int, t1: int,
+                          t2: int) -> None:
+        """Copy one batch's outputs into the output slab (or client regions) and answer."""
+        batch_id = body["id"]
+        placed: dict[tuple[str, int], Slot] = {}
+        try:
+            described, item_errors = place_outputs(
+                self.slab, self.cache, outputs, body["items"], placed)
+        except (BatchError, ShmExhausted) as exc:
+            self.answer(body, wire.ERROR, {"id": batch_id, "message": str(exc)})
+            return
+        t3 = time.perf_counter_ns()
+        self.slots.update(placed)
+        reply = body.get("reply")
+        if reply is not None:
+            for key in placed:
+                self.slot_owner[key] = int(reply[1])
         result: dict[str, Any] = {
             "id": batch_id,
             "outputs": described,
@@ -215,9 +347,11 @@ class Worker:
         }
         if item_errors:
             result["item_errors"] = item_errors
-        self.send(wire.RESULT, result)
+        self.answer(body, wire.RESULT, result)
 
     def close(self) -> None:
+        for sock, _ in self.replies.values():
+            sock.close(linger=0)
         self.slots.clear()
         self.slab.close()
         self.cache.close()
@@ -298,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs={"gateway_pid": args.gateway_pid},
             daemon=True,
         ).start()
-        worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model})
+        worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model,
+                                 "inbox": worker.address})
         worker.serve()
         return 0
     except KeyboardInterrupt:

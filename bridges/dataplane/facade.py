@@ -28,12 +28,10 @@ import zmq
 
 from gateway import bridge_wire as bw
 from gateway import intake
-from gateway.admission import CheckedInput, Limits
+from gateway.admission import CheckedInput
 from gateway.config import ModelConfig, TensorSpec
-from gateway.errors import InferoxyError, NotFound, Unavailable
+from gateway.errors import InferoxyError, Unavailable
 from gateway.link import read_forever
-from gateway.settings import Settings
-from gateway.stats import BridgeCounters
 from shm.segment import SegmentCache
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
@@ -72,7 +70,7 @@ class CoreLink:
         self._calls: dict[int, _Pending] = {}
         self._outbox: list[dict[str, Any]] = []
         self._flush_wake = trio.Event()
-        self.table: dict[str, Any] = {}
+        self.on_table: Callable[[dict[str, Any]], None] = lambda body: None
         self.table_gen = 0
         self.got_table = trio.Event()
         self.stop_requested = trio.Event()
@@ -112,18 +110,10 @@ class CoreLink:
                 call.done.set()
         elif kind == bw.TABLE:
             if body["gen"] > self.table_gen:
-                self.table = {
-                    name: entry if "missing" in entry else {
-                        "default": entry["default"],
-                        "versions": {
-                            v: RemoteModel(intake.config_from_wire(e["config"]), e["refuse"])
-                            for v, e in entry["versions"].items()
-                        },
-                    }
-                    for name, entry in body["models"].items()
-                }
+                self.on_table(body)
                 self.table_gen = body["gen"]
                 self.got_table.set()
+            self.send(bw.ACK, {"gen": self.table_gen})
         elif kind == bw.STOP:
             self.stop_requested.set()
 
@@ -219,8 +209,10 @@ class CoreLink:
                     pending.answer = (body, payload if table is self._calls else b"")
                     pending.done.set()
 
-    def report(self, answers: list[list[Any]]) -> None:
-        self.send(bw.REPORT, {"answers": answers, "slots_in_use": self.slab.slots_in_use,
+    def report(self, answers: list[list[Any]], stats: list[list[Any]],
+               pending: list[list[Any]]) -> None:
+        self.send(bw.REPORT, {"answers": answers, "stats": stats, "pending": pending,
+                              "slots_in_use": self.slab.slots_in_use,
                               "bytes_in_use": self.slab.bytes_in_use})
 
     def close(self) -> None:
@@ -312,37 +304,3 @@ class RemoteAdmission:
         on_release = (lambda: link.send(bw.DONE, {"ids": [msg_id]})) if answer.get(
             "held") else None
         return RemoteResult(outputs, in_regions, on_release)
-
-
-class RemoteGateway:
-    """What the REST handlers use of ``gateway.core.Gateway``, in a bridge process."""
-
-    def __init__(self, settings: Settings, link: CoreLink) -> None:
-        self.settings = settings
-        self.limits = Limits.of(settings)
-        self.link = link
-        self.bridge_answers = BridgeCounters()
-        self.draining = False
-
-    def model(self, name: str, version: str | None = None) -> RemoteModel:
-        entry = self.link.table.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model {name!r}")
-        if "missing" in entry:
-            raise NotFound(entry["missing"])
-        versions = entry["versions"]
-        if version:
-            model = versions.get(version)
-            if model is None:
-                raise NotFound(f"unknown version {version!r} of model {name!r}")
-            return model
-        return versions[entry["default"]]
-
-    def ensure_accepting(self, server: RemoteModel) -> None:
-        if self.draining:
-            raise Unavailable("the server is shutting down")
-        if server.refuse is not None:
-            raise intake.error_from_wire(server.refuse)
-
-    def admission(self, server: RemoteModel) -> RemoteAdmission:
-        return RemoteAdmission(self.link, server)

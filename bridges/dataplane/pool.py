@@ -2,7 +2,7 @@
 
 ``BridgePool.run`` binds the intake (a PULL socket every bridge pushes to) and one PUSH
 socket per bridge (``bridge-<i>.sock``, fresh for each process), starts ``N`` processes of
-``python -m bridges.procs`` and restarts any that dies (with back-off). Each socket has one
+``python -m bridges.dataplane`` and restarts any that dies (with back-off). Each socket has one
 owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent to, with
 ``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s business.
 Per request the core does as little as it can, since it is the part that does not scale with
@@ -23,10 +23,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -43,12 +41,16 @@ from gateway.intake import BridgeBook
 from gateway.link import read_forever
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, RequestResult
+from gateway.stats import add_stats
 from shm.segment import unlink_matching
 from supervisor.backoff import Backoff
 
 log = logging.getLogger("inferoxy.bridges")
 
-TABLE_EVERY_S = 0.1  # how often the routing table is compared with what bridges have
+# How often the routing table (models, copies and their states, client regions) is compared
+# with what the data-plane processes have: a copy that dies or comes up is seen this late.
+TABLE_EVERY_S = 0.02
+PUBLISH_WAIT_S = 1.0  # a region change is answered once every process has it (or after this)
 QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for workers to let go
 HELLO_TIMEOUT_S = 60.0
 
@@ -64,7 +66,7 @@ class _Remote:
     answered: bool = False
 
 
-class BridgePool:
+class DataPlanePool:
     def __init__(self, gateway: Gateway, count: int) -> None:
         self.gateway = gateway
         self.settings = gateway.settings
@@ -78,7 +80,9 @@ class BridgePool:
         self._listening: set[int] = set()
         self._all_listening = trio.Event()
         self._table: dict[str, Any] = {}
+        self._regions: list[list[Any]] = []
         self._table_gen = 0
+        self._acked: dict[int, int] = {}  # per process: the table generation it applied
         self._sent_gen: dict[int, int] = {}
         self._stopping = False
         self._nursery: trio.Nursery
@@ -92,7 +96,9 @@ class BridgePool:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        self.run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{os.getpid()}-bridges-")
+        # The gateway's run directory: the copies' batch sockets are there, and a data-plane
+        # process's own answer socket must be too (workers answer nowhere else).
+        self.run_dir = self.gateway.run_dir
         intake_sock = self._ctx.socket(zmq.PULL)
         intake_sock.setsockopt(zmq.LINGER, 0)
         intake_sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -124,7 +130,6 @@ class BridgePool:
                     sock.close(linger=0)
                 intake_sock.close(linger=0)
                 self._ctx.term()
-                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def stop(self, timeout_s: float) -> None:
         """Drain: every bridge stops accepting, finishes its open responses and exits."""
@@ -155,8 +160,9 @@ class BridgePool:
             out.bind(f"ipc://{self.run_dir}/bridge-{index}.sock")
             self._outs[index] = out
             self._sent_gen.pop(index, None)
+            self._acked.pop(index, None)
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "bridges.procs", "--index", str(index),
+                [sys.executable, "-m", "bridges.dataplane", "--index", str(index),
                  "--core-pid", str(os.getpid()), "--run-dir", self.run_dir],
                 env=self._spawn_env(), stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the core, which stops them in order
@@ -189,12 +195,28 @@ class BridgePool:
 
     def _refresh_table(self) -> None:
         table = intake.routing_table(self.gateway)
-        if intake.table_fingerprint(table) != intake.table_fingerprint(self._table) or (
-            not self._table_gen
-        ):
+        regions = self.gateway.regions
+        table_regions = [[r.name, r.key, r.segment, r.offset, r.byte_size]
+                         for r in (regions.status() if regions.enabled else [])]
+        if (intake.table_fingerprint(table) != intake.table_fingerprint(self._table)
+                or table_regions != self._regions or not self._table_gen):
             self._table = table
+            self._regions = table_regions
             self._table_gen += 1
-            self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table)}
+            self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table),
+                                "regions": table_regions}
+
+    async def publish(self) -> None:
+        """Send the table now and wait (bounded) until every live process has applied it:
+        a region registered through one connection is then usable through any other."""
+        self._refresh_table()
+        gen = self._table_gen
+        for index in self._procs:
+            if self._send(index, bw.TABLE, self._table_wire):
+                self._sent_gen[index] = gen
+        with trio.move_on_after(PUBLISH_WAIT_S):
+            while any(self._acked.get(i, 0) < gen for i in self._listening):
+                await trio.sleep(0.001)
 
     async def _push_tables(self) -> None:
         while True:
@@ -249,6 +271,12 @@ class BridgePool:
             for bridge, status_class, n in self.gateway.bridge_reports.report(index, body):
                 counts = self.gateway.bridge_answers.counts
                 counts[(bridge, status_class)] = counts.get((bridge, status_class), 0) + n
+            for name, version, delta in body.get("stats") or []:
+                server = self.gateway.servers.get((name, version))
+                if server is not None:
+                    add_stats(server.stats, delta)
+        elif kind == bw.ACK:
+            self._acked[index] = max(self._acked.get(index, 0), int(body["gen"]))
         elif kind == bw.HELLO:
             if body.get("pid") != book.pid:
                 log.warning("bridge %d says it is pid %s, not %d", index, body.get("pid"),
@@ -392,7 +420,7 @@ class BridgePool:
             self._send(book.index, bw.FREE, {"id": msg_id})
 
     async def _forward_call(self, index: int, body: dict[str, Any], payload: bytes) -> None:
-        from bridges.procs.http import request_from_wire, response_to_wire
+        from bridges.dataplane.http import request_from_wire, response_to_wire
         from bridges.rest.http11 import error_response
         from bridges.rest.routes import answer
 
@@ -404,6 +432,8 @@ class BridgePool:
                 response = error_response(503, "not ready (bridge processes starting)")
             else:
                 response = await answer(self.gateway, request)
+                if "sharedmemory/" in request.path and request.method == "POST":
+                    await self.publish()  # registered here, usable through any process
         except Exception:  # a bug in a route must not take the core (and every bridge) down
             log.exception("error answering a forwarded %s %s", body.get("method"),
                           body.get("path"))

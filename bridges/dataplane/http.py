@@ -12,9 +12,10 @@ from typing import Any
 
 import trio
 
-from bridges.procs.facade import RemoteGateway
+from bridges.dataplane.plane import DataPlane
 from bridges.rest.app import create_handler, server_config
 from bridges.rest.http11 import HttpRequest, HttpResponse
+from bridges.rest.infer import FastInfer
 from bridges.rest.routes import typed_error
 from bridges.rest.server import HttpServer, open_listeners
 from gateway.errors import InferoxyError
@@ -50,7 +51,22 @@ def response_from_wire(body: dict[str, Any], payload: bytes) -> HttpResponse:
     )
 
 
-async def serve_http(gateway: RemoteGateway, host: str, port: int, shutdown: trio.Event, *,
+class LocalFastInfer(FastInfer):
+    """The reactor's no-task path, for the models this process batches itself; requests
+    for models the control process serves (stateful) take the task path."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        super().__init__(plane)  # type: ignore[arg-type]
+        self._plane = plane
+
+    def target(self, request: HttpRequest) -> tuple[str, str | None] | None:
+        target = super().target(request)
+        if target is None or not self._plane.serves_here(*target):
+            return None
+        return target
+
+
+async def serve_http(gateway: DataPlane, host: str, port: int, shutdown: trio.Event, *,
                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                      ) -> None:
     link = gateway.link
@@ -64,5 +80,5 @@ async def serve_http(gateway: RemoteGateway, host: str, port: int, shutdown: tri
 
     listeners = await open_listeners(host, port, reuse_port=True)
     server = HttpServer(create_handler(gateway, answer=forward),  # type: ignore[arg-type]
-                        server_config(gateway.settings))
+                        server_config(gateway.settings), fast=LocalFastInfer(gateway))
     await server.serve(listeners, shutdown, task_status=task_status)

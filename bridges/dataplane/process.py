@@ -1,9 +1,12 @@
-"""One bridge process (``python -m bridges.procs``): HTTP on the shared port, the rest by message.
+"""One data-plane process (``python -m bridges.dataplane``): the whole data path of
+stateless models, on ports it shares with the other data-plane processes.
 
-Started by the core's ``BridgePool`` with its settings in ``INFEROXY_BRIDGE_SETTINGS``. It
-listens on the HTTP port with SO_REUSEPORT (the kernel spreads connections over the
-processes), serves infer requests with the same handler as the core (over a
-``RemoteGateway``), and forwards every other route to the core in one message.
+Started by the control process's ``DataPlanePool`` with its settings in
+``INFEROXY_BRIDGE_SETTINGS``. It listens on the HTTP port with SO_REUSEPORT (the kernel
+spreads connections over the processes), serves infer requests with the same handlers as
+the control process, over a ``DataPlane``: stateless models are batched here and their
+batches sent straight to the copies; stateful models and every other route go to the
+control process in one message.
 
 Lifecycle: connect to the core, say HELLO, wait for the routing table, listen, say HELLO
 again (``listening``). STOP (the core drains), or SIGTERM while the core lives: close the
@@ -23,16 +26,20 @@ from typing import Any
 
 import trio
 
-from bridges.procs.facade import CoreLink, RemoteGateway
+from bridges.dataplane.facade import CoreLink
+from bridges.dataplane.plane import DataPlane
 from gateway import bridge_wire as bw
+from gateway import wakeup
 from gateway.errors import Unavailable
+from gateway.link import WorkerLink
 from gateway.settings import Settings
-from shm.segment import segment_name
+from shm import wire
+from shm.segment import SegmentCache, segment_name
 from shm.slab import SlabAllocator
 
 log = logging.getLogger("inferoxy.bridge")
 
-REPORT_EVERY_S = 0.25
+REPORT_EVERY_S = 0.1  # answer counts and statistics reach the control process this late
 # The core gone is noticed by polling our parent: PR_SET_PDEATHSIG fires when the *thread*
 # that spawned us exits, and Trio spawns from a worker thread that idles out after seconds.
 PARENT_CHECK_S = 0.2
@@ -41,7 +48,7 @@ SEGMENT_BYTES = 16 << 20  # smaller than the core's: workers keep a dead bridge'
 
 
 async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settings) -> None:
-    from bridges.procs.http import serve_http  # the REST layer, imported in the child only
+    from bridges.dataplane.http import serve_http  # the REST layer, imported in the child only
 
     pid = os.getpid()
     slab = SlabAllocator(
@@ -50,16 +57,18 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
         segment_bytes=SEGMENT_BYTES,
     )
     link = CoreLink(index, run_dir, slab)
-    facade = RemoteGateway(settings, link)
+    workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
+    plane = DataPlane(settings, link, workers, slab, SegmentCache())
     sent: dict[tuple[str, str], int] = {}
 
     def report() -> None:
-        counts = facade.bridge_answers.counts
+        counts = plane.bridge_answers.counts
         delta = [[b, c, n - sent.get((b, c), 0)] for (b, c), n in list(counts.items())
                  if n != sent.get((b, c), 0)]
         sent.update(counts)
+        stats = plane.stats_report()
         try:
-            link.report(delta)
+            link.report(delta, stats, plane.pending_report())
         except Unavailable:
             pass
 
@@ -75,20 +84,23 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                     core_gone = True
                     log.warning("bridge %d: the gateway core is gone; exiting", index)
                     link.fail_all(Unavailable("the gateway core stopped"))
+                    plane.fail_all(Unavailable("the gateway core stopped"))
                     await trio.sleep(0.2)  # let the handlers write their 503s
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_parent)
+                nursery.start_soon(wakeup.install().run)  # batch deadlines on time
                 nursery.start_soon(link.run)
                 nursery.start_soon(link.run_flusher)
                 link.send(bw.HELLO, {"pid": pid, "listening": False})
                 with trio.fail_after(30):
                     await link.got_table.wait()
+                nursery.start_soon(plane.run)
                 shutdown, http_done = trio.Event(), trio.Event()
 
                 async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
-                        await serve_http(facade, settings.host, settings.http_port, shutdown,
+                        await serve_http(plane, settings.host, settings.http_port, shutdown,
                                          task_status=task_status)
                     finally:
                         http_done.set()
@@ -105,6 +117,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                 async with trio.open_nursery() as watchers:  # STOP or a signal: drain
                     for watch in (first_signal, link.stop_requested.wait):
                         watchers.start_soon(_then_cancel, watch, watchers.cancel_scope)
+                plane.draining = True
                 shutdown.set()  # the listener closes; open responses go out
                 with trio.move_on_after(settings.drain_timeout_s):
                     await http_done.wait()
@@ -113,6 +126,8 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
         if not core_gone:
             report()
         link.close()
+        workers.close()
+        plane.cache.close()
         slab.close()
 
 
@@ -128,7 +143,7 @@ async def _then_cancel(wait: Any, scope: trio.CancelScope) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bridges.procs")
+    parser = argparse.ArgumentParser(prog="python -m bridges.dataplane")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--core-pid", type=int, required=True)
     parser.add_argument("--run-dir", required=True)

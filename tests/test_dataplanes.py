@@ -1,9 +1,11 @@
-"""``--bridge-workers 2``: HTTP served by two bridge processes sharing the port, one core.
+"""``--workers 2``: two data-plane processes sharing the port, each batching stateless
+models itself and sending batches straight to the copies.
 
 Real gateways, real clients (tritonclient, perf_analyzer, raw sockets): infers in JSON, in
-the binary extension and through client shared memory; requests land on both processes; a
-bridge process killed under load costs only its own clients their connections, is restarted,
-and leaks neither slots nor segments; SIGTERM drains.
+the binary extension and through client shared memory; requests land on both processes;
+statistics sum every process; a data-plane process killed under load costs only its own
+clients their connections, is restarted, and leaks neither slots nor segments; SIGTERM
+drains.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ BRIDGES = "2"
 
 
 def bridge_pids(gw: RunningGateway) -> list[int]:
-    return child_pids(gw.process.pid, b"bridges.procs")
+    return child_pids(gw.process.pid, b"bridges.dataplane")
 
 
 def running(pid: int) -> bool:
@@ -86,7 +88,7 @@ def client(bw_gateway: RunningGateway) -> Iterator[httpclient.InferenceServerCli
 @pytest.fixture(scope="module")
 def bw_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     gw = start_gateway(tmp_path_factory.mktemp("bridges"), TEST_MODELS, "--allow-client-shm",
-                       "--bridge-workers", BRIDGES)
+                       "--workers", BRIDGES)
     try:
         yield gw
         assert gw.stop() == 0, gw.log()
@@ -258,7 +260,7 @@ def _raw_infer(port: int, sock: socket.socket | None) -> tuple[socket.socket, by
 
 @pytest.mark.timeout(120)
 def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> None:
-    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES,
+    gw = start_gateway(tmp_path, TEST_MODELS, "--workers", BRIDGES,
                        env={"SYNTHETIC_A_MS": "2"})
     try:
         port = int(gw.url.rsplit(":", 1)[1])
@@ -311,7 +313,7 @@ def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> Non
 
 
 def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
-    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES)
+    gw = start_gateway(tmp_path, TEST_MODELS, "--workers", BRIDGES)
     try:
         pids = bridge_pids(gw)
         assert len(pids) == 2
@@ -345,7 +347,7 @@ def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
 
 
 def test_bridge_processes_die_with_a_killed_core(tmp_path: Path) -> None:
-    gw = start_gateway(tmp_path, TEST_MODELS, "--bridge-workers", BRIDGES)
+    gw = start_gateway(tmp_path, TEST_MODELS, "--workers", BRIDGES)
     try:
         pids = bridge_pids(gw)
         gw.stop(signal.SIGKILL)

@@ -1,0 +1,3 @@
+from bridges.dataplane.process import main
+
+main()

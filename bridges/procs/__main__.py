@@ -1,3 +1,0 @@
-from bridges.procs.process import main
-
-main()
