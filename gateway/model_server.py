@@ -41,7 +41,13 @@ from supervisor.copy import Copy
 log = logging.getLogger("inferoxy.model")
 
 MAX_ATTEMPTS = 2  # a stateless request is retried once when its copy dies under it
-MAX_INFLIGHT_PER_COPY = 1  # while a copy runs a batch the next one grows in the queue
+# While a copy runs a batch the next one grows in the queue. A data-plane process, one of
+# several producers feeding the same copies, keeps one more waiting at each copy: the copy
+# runs the batches waiting from every producer as one predict (worker.merge), so batching
+# that the producers split is joined again where it counts, and the copy never idles
+# through a producer's round trip.
+MAX_INFLIGHT_PER_COPY = 1
+MAX_INFLIGHT_PER_COPY_SHARED = 2
 SEND_RETRY_S = 0.002  # a copy whose socket refused a batch is tried again after this
 
 _batch_ids = itertools.count(1)
@@ -75,8 +81,10 @@ class ModelServer:
         send: Callable[[int, bytes, dict[str, Any]], bool],
         slab: SlabAllocator,
         cache: SegmentCache,
+        max_inflight_per_copy: int = MAX_INFLIGHT_PER_COPY,
     ) -> None:
         self.config = config
+        self.max_inflight_per_copy = max_inflight_per_copy
         self.versions: tuple[str, ...] = (config.version,)  # of its model, set by the gateway
         self._send = send
         self._slab = slab
@@ -229,8 +237,9 @@ class ModelServer:
 
     def _free_copy(self, now: float) -> Copy | None:
         best: Copy | None = None
+        most = self.max_inflight_per_copy
         for c in self.copies:
-            if c.ready and c.outstanding < MAX_INFLIGHT_PER_COPY and c.paused_until <= now and (
+            if c.ready and c.outstanding < most and c.paused_until <= now and (
                 best is None
                 or (c.outstanding, c.last_dispatch) < (best.outstanding, best.last_dispatch)
             ):

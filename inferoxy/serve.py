@@ -6,9 +6,11 @@ import gc
 import logging
 import signal
 from collections.abc import Mapping
+from functools import partial
 
 import trio
 
+from bridges.dataplane.grpc import control_address
 from bridges.dataplane.pool import DataPlanePool
 from bridges.grpc.server import serve_grpc
 from bridges.metrics import serve_metrics
@@ -56,12 +58,19 @@ async def serve(settings: Settings,
             ):
                 if runner is serve_rest and pool is not None:
                     continue  # HTTP is served by the data-plane processes, started last
+                if runner is serve_grpc and pool is not None:
+                    # The data-plane processes serve the gRPC port; what they do not answer
+                    # themselves they forward here.
+                    await nursery.start(partial(serve_grpc, address=control_address(
+                        gateway.run_dir)), gateway, settings.host, port, http_stop)
+                    continue
                 binds = await nursery.start(runner, gateway, settings.host, port, http_stop)
                 log.info("listening: %s on %s", name, ", ".join(binds))
             if pool is not None:  # last: a bridge answering "ready" means all else listens
                 await nursery.start(pool.run)
-                log.info("listening: HTTP (Open Inference Protocol v2) on %s:%d in %d data-plane "
-                         "processes", settings.host, settings.http_port, pool.count)
+                log.info("listening: HTTP and gRPC (Open Inference Protocol v2) on %s:%d and "
+                         ":%d in %d data-plane processes", settings.host, settings.http_port,
+                         settings.grpc_port, pool.count)
 
             # What exists now (modules, configurations, the models' metadata: ~85 k objects)
             # lives as long as the process: move it out of the cyclic collector's way. Each

@@ -433,3 +433,134 @@ def test_segment_cache_locates_views_and_prunes_unlinked_segments() -> None:
     finally:
         cache.close()
         slab.close()
+
+
+# -- batches from many producers, statistics, copies dying, gRPC -----------------------------
+
+DATAPLANE_MODELS = Path(__file__).parent / "models_dataplanes.yaml"
+
+
+@pytest.fixture(scope="module")
+def probe_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("probe"), DATAPLANE_MODELS, "--workers", "2")
+    try:
+        yield gw
+        assert gw.stop() == 0, gw.log()
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()
+
+
+def probe(url: str, value: float) -> tuple[np.ndarray, int, int]:
+    """One request on a connection of its own: (Y, the predict call, its rows)."""
+    with httpclient.InferenceServerClient(url, network_timeout=30) as c:
+        inp = httpclient.InferInput("X", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.full((1, 4), value, dtype=np.float32))
+        r = c.infer("probe", [inp])
+        return r.as_numpy("Y"), int(r.as_numpy("CALL")[0, 0]), int(r.as_numpy("ROWS")[0, 0])
+
+
+def test_copy_runs_batches_of_both_processes_as_one(probe_gateway: RunningGateway) -> None:
+    """Each data-plane process batches on its own; the copy runs what waits as one predict,
+    and every request still gets its own rows back."""
+    gw = probe_gateway
+    stats_url = f"http://{gw.url}/v2/models/probe/stats"
+    before = json.loads(http("GET", stats_url).data)["model_stats"][0]["execution_count"]
+    with ThreadPoolExecutor(16) as pool:  # 16 connections: the kernel spreads them over both
+        results = list(pool.map(lambda i: probe(gw.url, float(i)), range(96)))
+    for i, (y, _, _) in enumerate(results):
+        np.testing.assert_array_equal(y, np.full((1, 4), 2.0 * i))  # its own rows, no other
+    calls: dict[int, int] = {}
+    for _, call, rows in results:
+        calls[call] = rows
+    assert sum(calls.values()) == 96  # every row ran once, in the call that said so
+
+    def batches_sent() -> int:
+        stats = json.loads(http("GET", stats_url).data)["model_stats"][0]
+        return int(stats["execution_count"]) - int(before)
+
+    # Statistics reach the control process within a report period.
+    wait_for(lambda: json.loads(http("GET", stats_url).data)["model_stats"][0][
+        "inference_count"] >= 96, timeout=5)
+    # The processes sent more batches than the copy ran predict calls: some ran together.
+    assert batches_sent() > len(calls), (batches_sent(), calls)
+    assert max(calls.values()) <= 8  # never more than the model's batch size
+
+
+def test_statistics_and_metrics_sum_every_process(probe_gateway: RunningGateway) -> None:
+    gw = probe_gateway
+    port = int(gw.url.rsplit(":", 1)[1])
+    with httpclient.InferenceServerClient(gw.url) as c:
+        before = c.get_inference_statistics("synthetic")["model_stats"][0]
+    for _ in range(24):  # a connection each: both processes serve some
+        sock, status = _raw_infer(port, None)
+        sock.close()
+        assert status == b"HTTP/1.1 200 OK"
+
+    def counted() -> bool:
+        with httpclient.InferenceServerClient(gw.url) as c:
+            now = c.get_inference_statistics("synthetic")["model_stats"][0]
+        return (now["inference_stats"]["success"]["count"]
+                - before["inference_stats"]["success"]["count"]) == 24
+
+    wait_for(counted, timeout=5)
+    assert metric(gw, 'nv_inference_request_success_total{model="synthetic"') >= 24
+    assert metric(gw, 'inferoxy_bridge_worker_responses_total{worker="0"}') > 0
+    assert metric(gw, 'inferoxy_bridge_worker_responses_total{worker="1"}') > 0
+
+
+def test_grpc_on_every_process(probe_gateway: RunningGateway) -> None:
+    """gRPC infer on many connections (both processes), and what they forward: metadata,
+    statistics, errors with their status."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    gw = probe_gateway
+    for i in range(12):
+        with grpcclient.InferenceServerClient(gw.grpc_url) as c:
+            inp = grpcclient.InferInput("INPUT", [1, 16], "FP32")
+            inp.set_data_from_numpy(np.full((1, 16), float(i), dtype=np.float32))
+            np.testing.assert_allclose(c.infer("synthetic", [inp]).as_numpy("OUTPUT"),
+                                       2.0 * i + 1)
+            assert c.get_model_metadata("probe").name == "probe"
+            assert c.is_server_ready()
+            with pytest.raises(InferenceServerException, match=r"NOT_FOUND|unknown model"):
+                c.get_model_metadata("nothing-here")
+    with grpcclient.InferenceServerClient(gw.grpc_url) as c:
+        stats = c.get_inference_statistics("synthetic", as_json=True)
+        assert int(stats["model_stats"][0]["inference_count"]) >= 12
+
+
+def test_copy_killed_under_load_loses_no_request(tmp_path: Path) -> None:
+    """Both processes send batches straight to the copy; it is killed twice under load: every
+    request is answered once, correctly (the batches it ran are retried by their producer)."""
+    gw = start_gateway(tmp_path, DATAPLANE_MODELS, "--workers", "2")
+
+    def copy_pids() -> list[int]:
+        return child_pids(gw.process.pid, b"worker", b"synthetic")
+
+    try:
+        answers: dict[int, float] = {}
+
+        def one(i: int) -> None:
+            with httpclient.InferenceServerClient(gw.url, network_timeout=60) as c:
+                inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+                inp.set_data_from_numpy(np.full((1, 16), float(i), dtype=np.float32))
+                out = c.infer("synthetic", [inp]).as_numpy("OUTPUT")
+                answers[i] = float(out[0, 0])
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(one, i) for i in range(400)]
+            for seen in (60, 160):
+                wait_for(lambda n=seen: len(answers) > n)  # type: ignore[misc]
+                victim = copy_pids()
+                assert len(victim) == 1, victim
+                os.kill(victim[0], signal.SIGKILL)
+                wait_for(lambda v=victim: copy_pids() not in ([], v))  # type: ignore[misc]
+            for f in futures:
+                f.result(timeout=120)
+        assert answers == {i: 2.0 * i + 1 for i in range(400)}
+        assert gw.stop() == 0, gw.log()
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.cleanup()

@@ -34,7 +34,7 @@ from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.errors import NotFound, Unavailable
 from gateway.link import WorkerLink
-from gateway.model_server import ModelServer
+from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters, stats_delta, stats_to_wire
 from shm import wire
@@ -161,8 +161,9 @@ class DataPlane:
             log.info("model %s version %s changed: batching for the new declaration", *key)
             self._stop(server)
             self._reported.pop(key, None)
-        server = self._local[key] = ModelServer(config, self.workers.send, self.slab,
-                                                self.cache)
+        server = self._local[key] = ModelServer(
+            config, self.workers.send, self.slab, self.cache,
+            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED)
         if self._nursery is not None:
             self._start(server)
         return server

@@ -27,7 +27,11 @@ from typing import Any
 import trio
 
 from bridges.dataplane.facade import CoreLink
+from bridges.dataplane.grpc import DataPlaneHandlers, control_address
 from bridges.dataplane.plane import DataPlane
+from bridges.grpc.portal import Portal
+from bridges.grpc.server import serve_grpc
+from bridges.grpc.service import Service
 from gateway import bridge_wire as bw
 from gateway import wakeup
 from gateway.errors import Unavailable
@@ -106,6 +110,21 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                         http_done.set()
 
                 await nursery.start(run_http)
+                grpc_done = trio.Event()
+
+                def handlers(portal: Portal, service: Service) -> DataPlaneHandlers:
+                    return DataPlaneHandlers(portal, service, plane, control_address(run_dir),
+                                             settings.max_body_bytes)
+
+                async def run_grpc(task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await serve_grpc(plane, settings.host,  # type: ignore[arg-type]
+                                         settings.grpc_port, shutdown, reuse_port=True,
+                                         make_handlers=handlers, task_status=task_status)
+                    finally:
+                        grpc_done.set()
+
+                await nursery.start(run_grpc)
                 link.send(bw.HELLO, {"pid": pid, "listening": True})
                 nursery.start_soon(_every, REPORT_EVERY_S, report)
                 nursery.start_soon(_every, PRUNE_EVERY_S, link.cache.prune)
@@ -121,6 +140,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                 shutdown.set()  # the listener closes; open responses go out
                 with trio.move_on_after(settings.drain_timeout_s):
                     await http_done.wait()
+                    await grpc_done.wait()
                 nursery.cancel_scope.cancel()
     finally:
         if not core_gone:

@@ -225,7 +225,7 @@ class Handlers:
         return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
 
 
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
+def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         # A whole request (header and tensors) is one message: the HTTP body limit applies.
         ("grpc.max_receive_message_length", min(settings.max_body_bytes, 2**31 - 1)),
@@ -235,7 +235,8 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_metadata_size", settings.max_grpc_metadata_bytes),
         ("grpc.absolute_max_metadata_size", settings.max_grpc_metadata_bytes),
         # grpcio sets SO_REUSEPORT by default: a second server would share the port silently.
-        ("grpc.so_reuseport", 0),
+        # Data-plane processes share it on purpose (the kernel spreads connections).
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -300,10 +301,19 @@ class ServerThread(threading.Thread):
                 pass
 
 
+MakeHandlers = Callable[[Portal, Service], Handlers]
+
+
 async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Event, *,
+                     address: str | None = None, reuse_port: bool = False,
+                     make_handlers: MakeHandlers = Handlers,
                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve gRPC until ``shutdown`` is set; ``task_status.started`` gets the bound address."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """Serve gRPC until ``shutdown`` is set; ``task_status.started`` gets the bound address.
+
+    ``address`` (e.g. ``unix:/path``) replaces ``host:port``; ``reuse_port``: share the port
+    with other processes (SO_REUSEPORT); ``make_handlers``: the RPCs' asyncio side."""
+    unix = address is not None
+    address = address or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     token = trio.lowlevel.current_trio_token()
     started = trio.Event()
     outcome: list[int | Exception] = []
@@ -317,7 +327,8 @@ async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Even
         service = Service(gateway)
         nursery.start_soon(service.run_deadlines)
         thread = ServerThread(
-            Handlers(portal, service), address, server_options(gateway.settings),
+            make_handlers(portal, service), address,
+            server_options(gateway.settings, reuse_port),
             lambda value: token.run_sync_soon(report, value),
         )
         thread.start()
@@ -326,7 +337,8 @@ async def serve_grpc(gateway: Gateway, host: str, port: int, shutdown: trio.Even
             bound = outcome[0]
             if isinstance(bound, Exception):
                 raise OSError(f"gRPC cannot listen on {address}: {bound}")
-            task_status.started([f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"])
+            task_status.started([address] if unix else [
+                f"{host}:{bound}" if ":" not in host else f"[{host}]:{bound}"])
             await shutdown.wait()
         finally:
             portal.close()
