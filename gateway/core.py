@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class Gateway:
         self._replacing: dict[tuple[str, str], ModelServer] = {}  # changed: starting
         self._leaving: set[tuple[str, str]] = set()  # dropped from their model: serve on
         self._copy_owner: dict[int, ModelServer] = {}  # copy id -> its server
+        self.change_listeners: list[Callable[[], None]] = []  # see changed()
+        self.region_publishers: list[Callable[[], Awaitable[None]]] = []
         self._rollover_wake = trio.Event()
         self.live = False
         self.draining = False
@@ -102,6 +104,17 @@ class Gateway:
         self.supervisor: Supervisor
         self._nursery: trio.Nursery
         self.run_dir = ""
+
+    async def regions_published(self) -> None:
+        """Return once every process serving requests has the client regions as they are
+        now (data-plane processes hold a replica; see ``region_publishers``)."""
+        for publish in self.region_publishers:
+            await publish()
+
+    def changed(self) -> None:
+        """Something data-plane processes mirror changed (a copy's state, the routing)."""
+        for listener in self.change_listeners:
+            listener()
 
     # -- what bridges read -----------------------------------------------------------------
 
@@ -314,7 +327,8 @@ class Gateway:
         placement = self._placement_for(server)
         if placement is None:
             return None
-        copy = Copy(next(self._copy_ids), server.config.name, placement)
+        copy = Copy(next(self._copy_ids), server.config.name, placement,
+                    on_change=self.changed)
         server.copies.append(copy)
         self._copy_owner[copy.id] = server
         return copy
@@ -503,6 +517,7 @@ class Gateway:
         self._rollover_wake.set()
 
     def _route(self, key: tuple[str, str], server: ModelServer) -> ModelServer | None:
+        self.changed()
         old = self.servers.get(key)
         self.servers[key] = server
         self._versions.setdefault(key[0], {})[key[1]] = server
@@ -510,6 +525,7 @@ class Gateway:
         return old
 
     def _unroute(self, key: tuple[str, str]) -> ModelServer | None:
+        self.changed()
         server = self.servers.pop(key, None)
         versions = self._versions.get(key[0], {})
         versions.pop(key[1], None)

@@ -125,7 +125,14 @@ class ModelServer:
         # Waking the batcher for every request cost a trip through the scheduler each;
         # it is asleep until the oldest request's deadline, which a later one cannot move.
         if self.queue.wants_look():
-            self._wake.set()
+            # A batch due now on a free copy goes at once, from here: at low load (one
+            # request in flight) the trip through the batcher task was a scheduler pass
+            # and an epoll round per request.
+            picked = self._next_batch(trio.current_time())
+            if picked is not None:
+                self._dispatch(*picked)
+            else:
+                self._wake.set()
 
     async def wait(self, req: InferRequest) -> RequestResult:
         """Wait for the answer; on deadline or cancellation the request is abandoned safely."""
@@ -190,6 +197,11 @@ class ModelServer:
         req.done.set()
         if req.on_done is not None:
             req.on_done(req)
+
+    def fail_request(self, req: InferRequest, error: InferoxyError) -> None:
+        """Answer a request taken out of the queue with ``error``; its inputs are freed."""
+        self._free_inputs(req)
+        self._finish(req, error=error)
 
     def _log_failure(self, req: InferRequest, reason: str, message: str) -> None:
         """One line per failed request: its id, model and reason, never tensor data."""

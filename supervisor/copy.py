@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisor.lifecycle import CopyEvent, CopyState, next_state
@@ -25,6 +26,8 @@ class Copy:
     busy_s: float = 0.0  # how long the worker's current batch (or health check) has run
     crash_loop: str = ""  # set while the copy is in a crash loop: why
     history: list[CopyState] = field(default_factory=list)
+    # Called after every change of state (the control process republishes its copy table).
+    on_change: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def apply(self, event: CopyEvent) -> CopyState:
         new = next_state(self.state, event)
@@ -32,6 +35,8 @@ class Copy:
             self.history.append(new)
             del self.history[:-16]
             self.state = new
+            if self.on_change is not None:
+                self.on_change()
         return new
 
     @property

@@ -72,15 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma list of scenario names (default: every one of the mode)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds per measurement window (default: the scenario's)")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin server and load generator to separate cores")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the server's process tree to the first core and the load "
+                             "generator to the others (per-core efficiency); default: the "
+                             "whole machine, as users run servers")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory the stamped result directory is made in")
     parser.add_argument("--profile", metavar="SCENARIOS", default=None,
                         help="py-spy the gateway during these scenarios' headline windows "
                              "(profile-SCENARIO.md: the top costs)")
     parser.add_argument("--inferoxy-args", default="",
-                        help="extra flags for inferoxy serve, e.g. '--bridge-workers 2'")
+                        help="extra flags for inferoxy serve, e.g. '--workers 2'")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -135,7 +137,7 @@ class Bench:
         unknown = self.profile - {s.name for s in self.scenarios}
         if unknown:
             raise ScenarioError(f"--profile {sorted(unknown)}: not among the scenarios run")
-        self.pinning = Pinning.split(os.cpu_count() or 1, not args.no_pin)
+        self.pinning = Pinning.split(os.cpu_count() or 1, args.pin)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.out = args.out / stamp
         self.logs = self.out / "logs"

@@ -19,9 +19,10 @@ import grpc
 from bridges.dataplane.plane import DataPlane
 from bridges.grpc import codec
 from bridges.grpc.codec import WireRequest
-from bridges.grpc.portal import Portal
-from bridges.grpc.server import SERVICE, Handlers, Unary
+from bridges.grpc.portal import SHUTTING_DOWN, Portal
+from bridges.grpc.server import SERVICE, Handlers, Unary, abort
 from bridges.grpc.service import Service
+from gateway.errors import Unavailable
 
 # Headers that belong to this hop, not to the request.
 _HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type")
@@ -72,11 +73,15 @@ class DataPlaneHandlers(Handlers):
     async def forward_stream(self, requests: AsyncIterator[bytes],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         method = f"/{SERVICE.full_name}/ModelStreamInfer"
+        if self.closing:
+            await abort(context, Unavailable(SHUTTING_DOWN))
         call = self._control().stream_stream(method)(requests, metadata=_metadata(context))
         try:
             async for answer in call:
                 yield answer
         except grpc.aio.AioRpcError as exc:
+            if self.closing:  # this process is stopping: say so, as the control process would
+                await abort(context, Unavailable(SHUTTING_DOWN))
             await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
 
     async def model_infer(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> Any:

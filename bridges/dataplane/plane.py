@@ -32,7 +32,7 @@ from bridges.dataplane.facade import CoreLink, RemoteAdmission, RemoteModel
 from gateway import intake
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import InferoxyError, NotFound, Unavailable
 from gateway.link import WorkerLink
 from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
 from gateway.settings import Settings
@@ -142,9 +142,15 @@ class DataPlane:
                     versions[version] = RemoteModel(config, e["refuse"])
                     continue
                 seen.add(key)
+                old = self._local.get(key)
                 server = self._local_server(key, config)
                 self._refuse[key] = e["refuse"]
                 self._sync_copies(server, e["copies"])
+                if old is not None and old is not server:
+                    log.info("model %s version %s changed: batching for the new declaration",
+                             *key)
+                    self._reported.pop(key, None)
+                    self._retire(old, server)
                 versions[version] = server
             table[name] = {"default": entry["default"], "versions": versions}
         self._table = table
@@ -157,16 +163,34 @@ class DataPlane:
         server = self._local.get(key)
         if server is not None and server.config == config:
             return server
-        if server is not None:
-            log.info("model %s version %s changed: batching for the new declaration", *key)
-            self._stop(server)
-            self._reported.pop(key, None)
         server = self._local[key] = ModelServer(
             config, self.workers.send, self.slab, self.cache,
             max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED)
         if self._nursery is not None:
             self._start(server)
         return server
+
+    def _retire(self, old: ModelServer, new: ModelServer) -> None:
+        """The control process switched to a new declaration (it is ready): what ``old`` had
+        queued moves to ``new``; what it has running finishes on its own copies, which the
+        control process keeps a moment after the switch."""
+        old.closed = True
+        for request in old.queue.remove(lambda _: True):
+            try:
+                new.submit(request)
+            except InferoxyError as exc:
+                old.fail_request(request, exc)
+        if self._nursery is None:
+            self._stop(old)
+            return
+
+        async def drain() -> None:
+            with trio.move_on_after(self.settings.drain_timeout_s):
+                while old.inflight:
+                    await trio.sleep(0.02)
+            self._stop(old)
+
+        self._nursery.start_soon(drain)
 
     def _start(self, server: ModelServer) -> None:
         assert self._nursery is not None

@@ -47,9 +47,10 @@ from supervisor.backoff import Backoff
 
 log = logging.getLogger("inferoxy.bridges")
 
-# How often the routing table (models, copies and their states, client regions) is compared
-# with what the data-plane processes have: a copy that dies or comes up is seen this late.
-TABLE_EVERY_S = 0.02
+# The routing table (models, copies and their states, client regions) is republished at once
+# when a copy changes state or a model is routed anew (``Gateway.changed``), and compared
+# with what the data-plane processes have this often for everything else.
+TABLE_EVERY_S = 0.25
 PUBLISH_WAIT_S = 1.0  # a region change is answered once every process has it (or after this)
 QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for workers to let go
 HELLO_TIMEOUT_S = 60.0
@@ -81,6 +82,7 @@ class DataPlanePool:
         self._all_listening = trio.Event()
         self._table: dict[str, Any] = {}
         self._regions: list[list[Any]] = []
+        self._quick: tuple[Any, ...] = ()
         self._table_gen = 0
         self._acked: dict[int, int] = {}  # per process: the table generation it applied
         self._sent_gen: dict[int, int] = {}
@@ -104,6 +106,7 @@ class DataPlanePool:
         intake_sock.setsockopt(zmq.RCVHWM, 100_000)
         intake_sock.bind(bw.intake_address(self.run_dir))
         try:
+            self.gateway.region_publishers.append(self.publish)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._refresh_table()
@@ -117,6 +120,8 @@ class DataPlanePool:
                     await self._all_listening.wait()
                 task_status.started()
         finally:
+            if self.publish in self.gateway.region_publishers:
+                self.gateway.region_publishers.remove(self.publish)
             with trio.CancelScope(shield=True):
                 for proc in self._procs.values():
                     if proc.returncode is None:
@@ -193,7 +198,24 @@ class DataPlanePool:
 
     # -- the routing table ----------------------------------------------------------------
 
+    def _quick_fingerprint(self) -> tuple[Any, ...]:
+        """What the table is made of, cheaply: when it is unchanged, so is the table (polled
+        every ``TABLE_EVERY_S``; building the table itself costs ~100x more)."""
+        gateway = self.gateway
+        regions = gateway.regions
+        return (
+            gateway.draining, id(gateway.declarations),
+            tuple((id(s), tuple((c.id, c.state, c.inbox, c.crash_loop, c.last_error)
+                                for c in s.copies))
+                  for s in gateway.all_servers()),
+            tuple(regions.status()) if regions.enabled else (),
+        )
+
     def _refresh_table(self) -> None:
+        quick = self._quick_fingerprint()
+        if quick == self._quick and self._table_gen:
+            return
+        self._quick = quick
         table = intake.routing_table(self.gateway)
         regions = self.gateway.regions
         table_regions = [[r.name, r.key, r.segment, r.offset, r.byte_size]
@@ -219,13 +241,24 @@ class DataPlanePool:
                 await trio.sleep(0.001)
 
     async def _push_tables(self) -> None:
-        while True:
-            self._refresh_table()
-            for index in self._procs:
-                if self._sent_gen.get(index, -1) not in (-1, self._table_gen):
-                    if self._send(index, bw.TABLE, self._table_wire):
-                        self._sent_gen[index] = self._table_gen
-            await trio.sleep(TABLE_EVERY_S)
+        wake = trio.Event()
+
+        def changed() -> None:
+            wake.set()
+
+        self.gateway.change_listeners.append(changed)
+        try:
+            while True:
+                self._refresh_table()
+                for index in self._procs:
+                    if self._sent_gen.get(index, -1) not in (-1, self._table_gen):
+                        if self._send(index, bw.TABLE, self._table_wire):
+                            self._sent_gen[index] = self._table_gen
+                with trio.move_on_after(TABLE_EVERY_S):
+                    await wake.wait()
+                wake = trio.Event()
+        finally:
+            self.gateway.change_listeners.remove(changed)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -432,8 +465,6 @@ class DataPlanePool:
                 response = error_response(503, "not ready (bridge processes starting)")
             else:
                 response = await answer(self.gateway, request)
-                if "sharedmemory/" in request.path and request.method == "POST":
-                    await self.publish()  # registered here, usable through any process
         except Exception:  # a bug in a route must not take the core (and every bridge) down
             log.exception("error answering a forwarded %s %s", body.get("method"),
                           body.get("path"))

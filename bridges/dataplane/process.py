@@ -64,6 +64,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
     plane = DataPlane(settings, link, workers, slab, SegmentCache())
     sent: dict[tuple[str, str], int] = {}
+    last_gauges: list[Any] = [None]
 
     def report() -> None:
         counts = plane.bridge_answers.counts
@@ -71,8 +72,12 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
                  if n != sent.get((b, c), 0)]
         sent.update(counts)
         stats = plane.stats_report()
+        gauges = (plane.pending_report(), slab.slots_in_use, slab.bytes_in_use)
+        if not delta and not stats and gauges == last_gauges[0]:
+            return  # idle: nothing new to say
+        last_gauges[0] = gauges
         try:
-            link.report(delta, stats, plane.pending_report())
+            link.report(delta, stats, gauges[0])
         except Unavailable:
             pass
 

@@ -47,7 +47,7 @@ def _serialize(message: Any) -> bytes:
     return bytes(message.SerializeToString())
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: InferoxyError) -> None:
+async def abort(context: grpc.aio.ServicerContext, exc: InferoxyError) -> None:
     metadata: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, Unavailable):
         metadata = (("retry-after", str(exc.retry_after_s)),)
@@ -81,7 +81,7 @@ class Handlers:
             try:
                 return await self.portal.run_sync(fn, *args)
             except InferoxyError as exc:
-                await _abort(context, exc)
+                await abort(context, exc)
 
         return handler
 
@@ -93,14 +93,14 @@ class Handlers:
             try:
                 return await self.portal.run(fn, *args)
             except InferoxyError as exc:
-                await _abort(context, exc)
+                await abort(context, exc)
 
         return handler
 
     @staticmethod
     def unimplemented(what: str) -> Unary:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _abort(context, unimplemented(what))
+            await abort(context, unimplemented(what))
 
         return handler
 
@@ -108,7 +108,7 @@ class Handlers:
         try:
             return await self.portal.call(self.service.infer, wire)
         except InferoxyError as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def model_stream_infer(self, requests: Any, context: grpc.aio.ServicerContext
                                  ) -> None:
@@ -118,7 +118,7 @@ class Handlers:
         and ends with UNAVAILABLE, rather than being cut off when the grace period ends.
         """
         if self.closing:
-            await _abort(context, Unavailable(SHUTTING_DOWN))
+            await abort(context, Unavailable(SHUTTING_DOWN))
         answers: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         room = asyncio.Semaphore(MAX_STREAM_INFLIGHT)
         pending: set[asyncio.Task[None]] = set()
@@ -162,7 +162,7 @@ class Handlers:
             for task in list(pending):
                 task.cancel()
         if self.closing:
-            await _abort(context, Unavailable(SHUTTING_DOWN))
+            await abort(context, Unavailable(SHUTTING_DOWN))
 
     def close(self) -> None:
         """Shutdown begins (asyncio thread): streams stop reading, new ones are refused."""
@@ -201,9 +201,11 @@ class Handlers:
             "SystemSharedMemoryStatus": unary(
                 h.sync(s.shm_status), pb.SystemSharedMemoryStatusRequest.FromString),
             "SystemSharedMemoryRegister": unary(
-                h.sync(s.shm_register), pb.SystemSharedMemoryRegisterRequest.FromString),
+                h.task(s.shm_register_everywhere),
+                pb.SystemSharedMemoryRegisterRequest.FromString),
             "SystemSharedMemoryUnregister": unary(
-                h.sync(s.shm_unregister), pb.SystemSharedMemoryUnregisterRequest.FromString),
+                h.task(s.shm_unregister_everywhere),
+                pb.SystemSharedMemoryUnregisterRequest.FromString),
             "CudaSharedMemoryStatus": unary(h.unimplemented(cuda),
                                             pb.CudaSharedMemoryStatusRequest.FromString),
             "CudaSharedMemoryRegister": unary(h.unimplemented(cuda),

@@ -153,6 +153,19 @@ class Service:
             raise region_error(exc) from None
         return pb.SystemSharedMemoryRegisterResponse()
 
+    async def shm_register_everywhere(self, request: pb.SystemSharedMemoryRegisterRequest
+                                      ) -> pb.SystemSharedMemoryRegisterResponse:
+        """Register, and answer once every data-plane process can use the region."""
+        response = self.shm_register(request)
+        await self.gateway.regions_published()
+        return response
+
+    async def shm_unregister_everywhere(self, request: pb.SystemSharedMemoryUnregisterRequest
+                                        ) -> pb.SystemSharedMemoryUnregisterResponse:
+        response = self.shm_unregister(request)
+        await self.gateway.regions_published()
+        return response
+
     def shm_status(self, request: pb.SystemSharedMemoryStatusRequest
                    ) -> pb.SystemSharedMemoryStatusResponse:
         try:

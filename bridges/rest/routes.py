@@ -149,6 +149,7 @@ async def shm_register(gateway: Gateway, request: HttpRequest, p: dict[str, str]
         raise InvalidArgument("register takes a JSON object with key, offset, byte_size")
     _regions_call(gateway.regions.register, p["name"], body.get("key"), body.get("offset", 0),
                   body.get("byte_size"))
+    await gateway.regions_published()  # usable through any connection once answered
     return OK
 
 
@@ -161,6 +162,7 @@ async def shm_status(gateway: Gateway, request: HttpRequest, p: dict[str, str]
 async def shm_unregister(gateway: Gateway, request: HttpRequest, p: dict[str, str]
                          ) -> HttpResponse:
     _regions_call(gateway.regions.unregister, p.get("name"))
+    await gateway.regions_published()
     return OK
 
 
