@@ -49,6 +49,8 @@ MAX_ATTEMPTS = 2  # a stateless request is retried once when its copy dies under
 MAX_INFLIGHT_PER_COPY = 1
 MAX_INFLIGHT_PER_COPY_SHARED = 2
 SEND_RETRY_S = 0.002  # a copy whose socket refused a batch is tried again after this
+RELEASE_HOLD_S = 0.005  # output slots a copy may reuse are said with its next batch, or then
+RELEASE_HOLD_MAX = 64  # ... or once this many are waiting
 
 _batch_ids = itertools.count(1)
 
@@ -97,6 +99,7 @@ class ModelServer:
         self.stats = ModelStats()
         self.closed = False  # stopped for good: a request that still finds it is refused
         self._wake = trio.Event()
+        self._sleep: trio.CancelScope | None = None  # the batcher's wait, while it waits
         self._out_dtypes = {t.name: numpy_dtype(t.datatype) for t in config.outputs}
 
     # -- state seen by bridges -------------------------------------------------------------
@@ -214,6 +217,7 @@ class ModelServer:
     async def run(self) -> None:
         while True:
             now = trio.current_time()
+            self._flush_releases(now)
             picked = self._next_batch(now)
             if picked is not None:
                 self._dispatch(*picked)
@@ -222,8 +226,13 @@ class ModelServer:
             wake_at = self._next_wake(now)
             if wake_at is not None:
                 wakeup.wake_at(wake_at)  # epoll alone would round the wait up to whole ms
-            with trio.move_on_at(wake_at if wake_at is not None else float("inf")):
+            held = [c.releases_since + RELEASE_HOLD_S for c in self.copies if c.releases]
+            if held:
+                wake_at = min([*held, wake_at] if wake_at is not None else held)
+            with trio.move_on_at(wake_at if wake_at is not None else float("inf")) as sleep:
+                self._sleep = sleep
                 await self._wake.wait()
+            self._sleep = None
             self._wake = trio.Event()
 
     def _next_batch(self, now: float) -> tuple[Copy, list[InferRequest]] | None:
@@ -268,7 +277,10 @@ class ModelServer:
         }
         if self.config.stateless:  # the copy may run it with other producers' batches
             body["max_rows"] = self.config.batch_size
+        if copy.releases:
+            body["release"], copy.releases = copy.releases, []
         if not self._send(copy.id, wire.BATCH, body):
+            copy.releases[:0] = body.get("release", ())  # still to be said
             # Not connected yet (HELLO can overtake the worker's connect) or not reading:
             # keep the batch at the head and try this copy again shortly. A worker that
             # never reads is caught by the supervisor's watchdog.
@@ -389,20 +401,41 @@ class ModelServer:
         return arrays, shapes
 
     def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
+        """The copy may reuse these output slots. Said with the next batch sent to it (one
+        message less per batch), or on its own after ``RELEASE_HOLD_S``."""
         slots = [[d[0], d[1]] for d in raw.values()
                  if isinstance(d, list) and len(d) == 4 and d[0] is not None]
-        if slots:
-            self._send(copy.id, wire.RELEASE, {"slots": slots})
+        if not slots:
+            return
+        if not copy.releases:
+            copy.releases_since = now = trio.current_time()
+            sleep = self._sleep
+            if sleep is not None and sleep.deadline > now + RELEASE_HOLD_S:
+                sleep.deadline = now + RELEASE_HOLD_S  # no wake-up now, one on time
+        copy.releases.extend(slots)
+        if len(copy.releases) >= RELEASE_HOLD_MAX:
+            self._send_releases(copy)
+
+    def _send_releases(self, copy: Copy) -> None:
+        slots, copy.releases = copy.releases, []
+        self._send(copy.id, wire.RELEASE, {"slots": slots})
+
+    def _flush_releases(self, now: float) -> None:
+        for copy in self.copies:
+            if copy.releases and now >= copy.releases_since + RELEASE_HOLD_S:
+                self._send_releases(copy)
 
     # -- copies --------------------------------------------------------------------------------
 
     def on_copy_ready(self, copy: Copy) -> None:
+        copy.releases.clear()  # slots of a process that is gone
         copy.outstanding = 0
         copy.paused_until = 0.0
         self._wake.set()
 
     def on_copy_lost(self, copy: Copy) -> None:
         """The copy's process is gone: retry what it was running once, fail the rest."""
+        copy.releases.clear()
         lost = [bid for bid, f in self.inflight.items() if f.copy is copy]
         retry: list[InferRequest] = []
         for bid in lost:

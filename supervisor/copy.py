@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from supervisor.lifecycle import CopyEvent, CopyState, next_state
 from supervisor.placement import Placement
@@ -26,6 +27,10 @@ class Copy:
     busy_s: float = 0.0  # how long the worker's current batch (or health check) has run
     crash_loop: str = ""  # set while the copy is in a crash loop: why
     history: list[CopyState] = field(default_factory=list)
+    # Output slots the producer is done with, to tell the copy with its next batch (or after
+    # a short hold), and since when the oldest has waited (trio time).
+    releases: list[list[Any]] = field(default_factory=list)
+    releases_since: float = 0.0
     # Called after every change of state (the control process republishes its copy table).
     on_change: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 

@@ -186,13 +186,22 @@ class Worker:
     def _recv(self) -> tuple[bytes, dict[str, Any]]:
         """The next message; RELEASE is handled on arrival (it never waits behind a batch)."""
         while True:
-            kind, body = wire.decode(self.inp.recv_multipart())
+            kind, body = self._arrived(self.inp.recv_multipart())
             if kind != wire.RELEASE:
                 return kind, body
-            self.release(body)
 
-    def release(self, body: dict[str, Any]) -> None:
-        for segment, offset in body.get("slots", []):
+    def _arrived(self, frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+        """Decode a message; the slots it releases (RELEASE, or a BATCH's ``release``) are
+        free from now on."""
+        kind, body = wire.decode(frames)
+        if kind == wire.RELEASE:
+            self.release(body.get("slots", []))
+        elif kind == wire.BATCH and body.get("release"):
+            self.release(body.pop("release"))
+        return kind, body
+
+    def release(self, slots: list[list[Any]]) -> None:
+        for segment, offset in slots:
             self.slot_owner.pop((segment, offset), None)
             slot = self.slots.pop((segment, offset), None)
             if slot is not None:
@@ -205,12 +214,10 @@ class Worker:
             return [first]
         while True:  # what is waiting now, without blocking; order is kept in the backlog
             try:
-                kind, body = wire.decode(self.inp.recv_multipart(zmq.NOBLOCK))
+                kind, body = self._arrived(self.inp.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            if kind == wire.RELEASE:
-                self.release(body)
-            else:
+            if kind != wire.RELEASE:
                 self.backlog.push(kind, body)
         return [first, *self.backlog.take_mergeable(first, max_rows)]
 
