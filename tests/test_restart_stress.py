@@ -19,9 +19,9 @@ repository index against the processes that exist. Loopback only; bounded in cou
 from __future__ import annotations
 
 import json
-import re
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import tritonclient.http as httpclient
 import urllib3
 import yaml
@@ -205,8 +204,9 @@ def run_round(gw: RunningGateway, model: str, kind: str, rng: random.Random) -> 
         # Killed again and again, every STEADY_EVERY_S once ready: never a crash loop, so
         # never a long wait (before the fix the back-off doubled up to 30 s regardless).
         for n in range(2, STEADY_KILLS + 1):
-            poll(f"model {model} ready after kill {n - 1}", lambda n=n: back_after(gw, model, n - 1),
-                 max(BACKOFFS) + START_LIMIT_S, gw, every=0.01)
+            poll(f"model {model} ready after kill {n - 1}",
+                 lambda n=n: back_after(gw, model, n - 1), max(BACKOFFS) + START_LIMIT_S, gw,
+                 every=0.01)
             time.sleep(max(0.0, rnd.kills[-1] + STEADY_EVERY_S - time.monotonic()))
             [pid] = workers(gw, model)
             rnd.kills.append(kill(pid))
