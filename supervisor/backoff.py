@@ -1,4 +1,9 @@
-"""Restart back-off: exponential, capped, and forgiven after a copy has run stably."""
+"""Restart back-off: exponential, capped, and forgiven after a copy has run stably.
+
+The supervisor also forgets failures that fell out of the crash-loop window (``forget``), so
+a copy outside a crash loop is never kept waiting by exits the crash-loop detector no longer
+counts; only a copy in a crash loop (a verdict given) backs off towards ``max_s``.
+"""
 
 from __future__ import annotations
 
@@ -20,3 +25,7 @@ class Backoff:
         delay = min(self.max_s, self.initial_s * self.factor**self.failures)
         self.failures += 1
         return delay
+
+    def forget(self, keep: int) -> None:
+        """Count at most the last ``keep`` failures (the others are forgiven)."""
+        self.failures = min(self.failures, max(0, keep))

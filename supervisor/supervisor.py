@@ -130,9 +130,15 @@ class Supervisor:
                 ran_for, status = await self._run_once(copy, spec, observer)
                 if self._stops(copy):
                     break
-                delay = backoff.on_exit(ran_for)
                 copy.restarts += 1
-                if loop.on_exit(trio.current_time()):
+                entered = loop.on_exit(trio.current_time())
+                if not loop.looping:
+                    # Outside a crash loop only the exits the detector still counts (those
+                    # within its window) lengthen the back-off: a copy killed every 15 s must
+                    # not wait 30 s with no verdict (the window keeps it at 1.6 s at most).
+                    backoff.forget(loop.recent(trio.current_time()) - 1)
+                delay = backoff.on_exit(ran_for)
+                if entered:
                     last = copy.last_error or f"exit status {status}"
                     copy.crash_loop = (
                         f"crash loop: {loop.recent(trio.current_time())} exits within "

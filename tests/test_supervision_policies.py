@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.config import ConfigError, parse_model
 from supervisor.alerts import Alert, AlertKind, AlertPolicy, Alerts
@@ -390,3 +392,70 @@ def test_a_long_image_pull_does_not_count_against_the_startup_timeout() -> None:
     lived = observer.lost_at[0] - runtime.started_at[0]
     assert lived >= 1.5, f"killed {lived:.2f}s after its start, before the startup timeout"
     assert copy.last_error.startswith("did not start within")
+
+
+# -- the back-off outside a crash loop -----------------------------------------------------------
+
+class _ShortLived:
+    """A copy's process that exits (as if killed) ``life_s`` after it starts."""
+
+    pid: int | None = None
+
+    def __init__(self, life_s: float) -> None:
+        self.life_s = life_s
+
+    async def wait(self) -> int:
+        await trio.sleep(self.life_s)
+        return -9
+
+    def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+class _ShortLivedRuntime:
+    name = "short-lived"
+
+    def __init__(self, life_s: float) -> None:
+        self.life_s = life_s
+        self.started_at: list[float] = []
+
+    async def start(self, spec: CopySpec) -> _ShortLived:
+        self.started_at.append(trio.current_time())
+        return _ShortLived(self.life_s)
+
+    async def sweep_orphans(self) -> int:
+        return 0
+
+    def progress(self, image: str) -> str:
+        return ""
+
+
+@pytest.mark.parametrize(("life_s", "longest_s", "loops"), [
+    (15.0, 1.6, False),  # killed every 15 s: 4 exits a minute, no crash loop, short back-off
+    (0.5, 30.0, True),  # dies at once: a crash loop, and the back-off grows to its cap
+])
+def test_backoff_stays_short_unless_in_a_crash_loop(life_s: float, longest_s: float,
+                                                    loops: bool) -> None:
+    runtime = _ShortLivedRuntime(life_s)
+    verdicts: list[bool] = []
+    supervisor = Supervisor(runtime, _Channel(), on_worker_gone=lambda pid: None,
+                            on_crash_loop=lambda copy, entered: verdicts.append(entered))
+    copy = Copy(id=1, model="m", placement=CPU)
+    spec = CopySpec(copy_id=1, model="m", entrypoint="x:Y", image="", parameters={},
+                    placement=CPU, run_dir="/nonexistent", shm_prefix="ifx-0", heartbeat_s=1.0)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.run_copy, copy, spec, _Observer())
+            while len(runtime.started_at) < 16:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    starts = runtime.started_at
+    delays = [round(b - a - life_s, 3) for a, b in itertools.pairwise(starts)]
+    assert max(delays) == pytest.approx(longest_s), delays
+    assert verdicts == ([True] if loops else []), delays
