@@ -42,6 +42,12 @@ from shm.descriptor import Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
+# Every bridge refuses a CUDA shared-memory registration with this (there is no GPU memory to
+# share here); status and unregister succeed with nothing registered.
+CUDA_SHM_REFUSED = (
+    "CUDA shared memory is not supported by this server; use system shared memory"
+)
+
 _request_ids = itertools.count(1)  # ids of requests that came without one (for logs)
 
 # Parameters the protocol (not the model) consumes; the rest reach the model.

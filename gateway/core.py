@@ -31,7 +31,14 @@ from gateway import wakeup
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import (
+    NotFound,
+    Unavailable,
+    load_failed,
+    model_not_loaded,
+    unknown_model,
+    unknown_version,
+)
 from gateway.intake import BridgeReports
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
@@ -116,12 +123,12 @@ class Gateway:
         versions = self._versions.get(name)
         if not versions:
             if name in self.declarations:
-                raise NotFound(f"model {name!r} is not loaded")
-            raise NotFound(f"unknown model {name!r}")
+                raise model_not_loaded(name)
+            raise unknown_model(name)
         if version:
             server = versions.get(version)
             if server is None:
-                raise NotFound(f"unknown version {version!r} of model {name!r}")
+                raise unknown_version(name, version)
             return server
         if len(versions) == 1:
             return next(iter(versions.values()))
@@ -423,7 +430,8 @@ class Gateway:
         """Start a model's versions and wait (bounded) until one is ready; no-op if loaded."""
         declaration = self.declarations.get(name)
         if declaration is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(load_failed(name, "failed to poll from model repository: no such "
+                                             "model is declared"))
         if self.draining:
             raise Unavailable("the server is shutting down")
         self._unloaded.pop(name, None)
@@ -439,12 +447,12 @@ class Gateway:
         if not any(s.ready for s in servers):
             reason = next((c.last_error for s in servers for c in s.copies if c.last_error),
                           "timed out")
-            raise Unavailable(f"model {name!r} failed to load: {reason}")
+            raise Unavailable(load_failed(name, reason))
 
     async def unload_model(self, name: str) -> None:
         """Stop taking requests for a model, let its pending ones finish, stop its copies."""
         if name not in self.declarations:
-            raise NotFound(f"unknown model {name!r}")
+            raise unknown_model(name)
         self._unloaded[name] = "unloaded"
         servers = self._drop_model(name)
         if servers:

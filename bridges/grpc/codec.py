@@ -208,11 +208,13 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
     params = parameters(msg.parameters)
     if not msg.inputs:
         raise InvalidArgument("the request has no inputs")
-    if wire.raw_inputs and any(i.HasField("contents") for i in msg.inputs):
-        raise InvalidArgument(
-            "inputs carry typed 'contents' and the request also has raw_input_contents; "
-            "use one or the other"
-        )
+    if wire.raw_inputs:
+        for tensor in msg.inputs:
+            if tensor.HasField("contents"):  # Triton's wording: clients match on it
+                raise InvalidArgument(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{msg.model_name}'"
+                )
     checker = InputChecker(config, limits)
     inputs: list[InputTensor] = []
     raw_next = 0

@@ -30,7 +30,13 @@ from gateway import bridge_wire as bw
 from gateway import intake
 from gateway.admission import CheckedInput, Limits
 from gateway.config import ModelConfig, TensorSpec
-from gateway.errors import InferoxyError, NotFound, Unavailable
+from gateway.errors import (
+    InferoxyError,
+    NotFound,
+    Unavailable,
+    unknown_model,
+    unknown_version,
+)
 from gateway.link import read_forever
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters
@@ -327,14 +333,14 @@ class RemoteGateway:
     def model(self, name: str, version: str | None = None) -> RemoteModel:
         entry = self.link.table.get(name)
         if entry is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise unknown_model(name)
         if "missing" in entry:
             raise NotFound(entry["missing"])
         versions = entry["versions"]
         if version:
             model = versions.get(version)
             if model is None:
-                raise NotFound(f"unknown version {version!r} of model {name!r}")
+                raise unknown_version(name, version)
             return model
         return versions[entry["default"]]
 

@@ -257,9 +257,10 @@ def encode_response(
         else:
             entry["data"] = arr.reshape(-1).tolist()
         doc_outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": doc_outputs}
-    if request_id:
-        doc["id"] = request_id
+    # "id" always, even "": the OIP's response schema requires it (KServe's client reads it).
+    doc: dict[str, Any] = {
+        "model_name": model, "model_version": version, "id": request_id, "outputs": doc_outputs,
+    }
     header = orjson.dumps(doc)
     # The binary outputs stay where they are (views of the worker's shared memory): the HTTP
     # layer sends them from there, or copies them once into its own buffer.
