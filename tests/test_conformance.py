@@ -23,7 +23,7 @@ import urllib3
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ROOT, RunningGateway
+from tests.conftest import ROOT, RunningGateway, start_gateway
 
 HTTP = urllib3.PoolManager(retries=False, timeout=30)
 
@@ -219,3 +219,168 @@ def test_cuda_shared_memory_over_grpc_and_http(
         assert hexc.value.status() == "400"
     finally:
         http.close()
+
+
+# -- model control as Triton clients use it --------------------------------------------------
+
+CONFORMANCE_MODELS = ROOT / "tests" / "models_conformance.yaml"
+
+
+@pytest.fixture(scope="module")
+def control_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway of the module's own: these tests load, override and unload its models."""
+    gw = start_gateway(tmp_path_factory.mktemp("conformance"), CONFORMANCE_MODELS)
+    try:
+        yield gw
+    finally:
+        gw.cleanup()
+
+
+def _config_both(gw: RunningGateway, model: str) -> dict[str, object]:
+    """The model's configuration as HTTP reports it, checked equal to what gRPC reports."""
+    http = httpclient.InferenceServerClient(gw.url)
+    g = _grpc(gw)
+    try:
+        doc = http.get_model_config(model)
+        over_grpc = g.get_model_config(model, as_json=True)["config"]
+        assert over_grpc["max_batch_size"] == doc["max_batch_size"]
+        assert over_grpc.get("parameters", {}) == doc.get("parameters", {})
+        assert [i["name"] for i in over_grpc["input"]] == [i["name"] for i in doc["input"]]
+        return doc
+    finally:
+        http.close()
+        g.close()
+
+
+def _synthetic_serves(gw: RunningGateway, rows: int = 1) -> None:
+    x = np.tile(SIXTEEN, (rows, 1))
+    http = httpclient.InferenceServerClient(gw.url)
+    tensor = httpclient.InferInput("INPUT", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    np.testing.assert_allclose(http.infer("synthetic", [tensor]).as_numpy("OUTPUT"), x * 2 + 1)
+    http.close()
+
+
+def test_load_with_a_config_override_over_http_and_grpc(control_gateway: RunningGateway) -> None:
+    gw = control_gateway
+    http = httpclient.InferenceServerClient(gw.url)
+    g = _grpc(gw)
+    override = json.dumps({"max_batch_size": 4, "dynamic_batching": {
+        "max_queue_delay_microseconds": 100}, "parameters": {"a_ms": {"string_value": "2.5"}}})
+    try:
+        assert _config_both(gw, "synthetic")["max_batch_size"] == 16
+        outcomes = []
+        for client in (http, g):
+            client.load_model("synthetic", config=override)
+            assert client.is_model_ready("synthetic")
+            outcomes.append(_config_both(gw, "synthetic"))
+            _synthetic_serves(gw, rows=4)
+            with pytest.raises(InferenceServerException, match=r"batch dimension 5 must be in "
+                                                               r"\[1, 4\]"):
+                _synthetic_serves(gw, rows=5)
+            client.load_model("synthetic")  # a plain load: back to the declaration
+            assert _config_both(gw, "synthetic")["max_batch_size"] == 16
+        assert outcomes[0] == outcomes[1]  # the same outcome over HTTP and gRPC
+        doc = outcomes[0]
+        assert doc["max_batch_size"] == 4
+        assert doc["dynamic_batching"]["max_queue_delay_microseconds"] == 100
+        assert doc["parameters"]["a_ms"] == {"string_value": "2.5"}
+        # The configuration a client read back, modified and loaded, round-trips.
+        full = http.get_model_config("synthetic")
+        full["max_batch_size"] = 2
+        g.load_model("synthetic", config=json.dumps(full))
+        assert _config_both(gw, "synthetic")["max_batch_size"] == 2
+        http.load_model("synthetic")
+        _synthetic_serves(gw, rows=16)
+    finally:
+        http.close()
+        g.close()
+
+
+@pytest.mark.parametrize("config, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"max_batch_size": "many"}', "max_batch_size must be an integer"),
+    ('{"max_batch_size": -3}', "batch_size must be an integer in"),
+    ('{"name": "stub"}', "names model 'stub'"),
+    ('{"optimization": {}}', "cannot honour"),
+    ('{"input": [{"name": "INPUT", "data_type": "TYPE_FP99", "dims": [16]}]}', "datatype"),
+    ('{"instance_group": [{"count": 1}, {"count": 2}]}', "one group"),
+])
+def test_an_invalid_override_is_refused_and_changes_nothing(
+        control_gateway: RunningGateway, config: str, message: str) -> None:
+    gw = control_gateway
+    before = _config_both(gw, "synthetic")
+    http = httpclient.InferenceServerClient(gw.url)
+    g = _grpc(gw)
+    try:
+        with pytest.raises(InferenceServerException, match=message) as hexc:
+            http.load_model("synthetic", config=config)
+        assert hexc.value.status() == "400"
+        with pytest.raises(InferenceServerException, match=message) as exc:
+            g.load_model("synthetic", config=config)
+        assert _code(exc) == "StatusCode.INVALID_ARGUMENT"
+        assert _config_both(gw, "synthetic") == before
+        assert http.is_model_ready("synthetic")
+        _synthetic_serves(gw)
+    finally:
+        http.close()
+        g.close()
+
+
+def test_an_override_that_does_not_load_is_taken_back(control_gateway: RunningGateway) -> None:
+    """Valid as a configuration, but the model cannot start with it: the load fails with
+    "failed to load" and the model serves on as declared."""
+    gw = control_gateway
+    before = _config_both(gw, "synthetic")
+    broken = json.dumps({"parameters": {"no_such_argument": {"string_value": "1"}}})
+    http = httpclient.InferenceServerClient(gw.url)
+    try:
+        with pytest.raises(InferenceServerException, match="failed to load 'synthetic'"):
+            http.load_model("synthetic", config=broken)
+        assert http.is_model_ready("synthetic")
+        _synthetic_serves(gw)
+        deadline = time.monotonic() + 10  # the failed replacement is stopped
+        while _config_both(gw, "synthetic") != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _config_both(gw, "synthetic") == before
+    finally:
+        http.close()
+
+
+def test_unknown_model_load_fails_to_load(control_gateway: RunningGateway) -> None:
+    http = httpclient.InferenceServerClient(control_gateway.url)
+    g = _grpc(control_gateway)
+    try:
+        with pytest.raises(InferenceServerException, match="failed to load 'nope'") as hexc:
+            http.load_model("nope")
+        assert hexc.value.status() == "404"
+        with pytest.raises(InferenceServerException) as exc:
+            g.load_model("nope")
+        # Triton's own tests look for this much of its message.
+        assert "failed to load 'nope', failed to poll from model repository" in (
+            exc.value.message())
+        assert _code(exc) == "StatusCode.NOT_FOUND"
+    finally:
+        http.close()
+        g.close()
+
+
+def test_unload_then_load_returns_to_ready(control_gateway: RunningGateway) -> None:
+    http = httpclient.InferenceServerClient(control_gateway.url)
+    g = _grpc(control_gateway)
+    try:
+        for unloader, loader in ((http, http), (g, g), (http, g), (g, http)):
+            unloader.unload_model("stub")
+            assert not http.is_model_ready("stub") and not g.is_model_ready("stub")
+            loader.load_model("stub")
+            assert http.is_model_ready("stub") and g.is_model_ready("stub")
+            image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
+            tensor = grpcclient.InferInput("IMAGE", list(image.shape), "UINT8")
+            tensor.set_data_from_numpy(image)
+            np.testing.assert_array_equal(g.infer("stub", [tensor]).as_numpy("IMAGE"), image)
+        index = {m["name"]: m for m in http.get_model_repository_index()}
+        assert index["stub"]["state"] == "READY"
+    finally:
+        http.close()
+        g.close()

@@ -555,9 +555,13 @@ def test_repository_load_unload(repo_gateway: RunningGateway) -> None:
         with pytest.raises(InferenceServerException, match="failed to load 'nope'") as exc:
             client.load_model("nope", headers=admin)
         assert _code(exc) == "StatusCode.NOT_FOUND"
+        client.load_model("stub", headers=admin, config='{"max_batch_size": 2}')
+        assert client.get_model_config("stub").config.max_batch_size == 2
         with pytest.raises(InferenceServerException, match="not supported") as exc:
-            client.load_model("stub", headers=admin, config='{"max_batch_size": 2}')
+            client.load_model("stub", headers=admin, files={"file:1/model.py": b"x"})
         assert _code(exc) == "StatusCode.INVALID_ARGUMENT"
+        client.load_model("stub", headers=admin)  # back to the declaration
+        assert client.get_model_config("stub").config.max_batch_size == 8
     finally:
         client.close()
 

@@ -127,12 +127,7 @@ class Service:
                                     authorization: str | None
                                     ) -> pb.RepositoryModelLoadResponse:
         self._require_admin(authorization)
-        if request.parameters:
-            raise InvalidArgument(
-                "loading a model with a new configuration or files is not supported; "
-                "declare the model in models.yaml and load it by name"
-            )
-        await self.gateway.load_model(request.model_name)
+        await self.gateway.load_model(request.model_name, codec.parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,

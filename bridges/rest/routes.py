@@ -219,7 +219,11 @@ async def repository_load(gateway: Gateway, request: HttpRequest, p: dict[str, s
                           ) -> HttpResponse:
     if denied := _admin_denied(gateway, request):
         return denied
-    await gateway.load_model(p["name"])
+    body = _json_body(request)
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidArgument("the load request's parameters must be an object")
+    await gateway.load_model(p["name"], parameters)
     return OK
 
 
