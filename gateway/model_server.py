@@ -83,7 +83,7 @@ class ModelServer:
         self._cache = cache
         self.copies: list[Copy] = []
         self.queue: BatchQueue[InferRequest] = BatchQueue(
-            BatchPolicy(config.batch_size, config.max_queue_delay_us, config.max_queue_size)
+            BatchPolicy(config.max_rows, config.max_queue_delay_us, config.max_queue_size)
         )
         self.inflight: dict[int, InflightBatch] = {}
         self.stats = ModelStats()

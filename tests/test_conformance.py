@@ -243,7 +243,7 @@ def _config_both(gw: RunningGateway, model: str) -> dict[str, object]:
     try:
         doc = http.get_model_config(model)
         over_grpc = g.get_model_config(model, as_json=True)["config"]
-        assert over_grpc["max_batch_size"] == doc["max_batch_size"]
+        assert over_grpc.get("max_batch_size", 0) == doc["max_batch_size"]  # proto3: 0 unsaid
         assert over_grpc.get("parameters", {}) == doc.get("parameters", {})
         assert [i["name"] for i in over_grpc["input"]] == [i["name"] for i in doc["input"]]
         return doc
@@ -384,3 +384,85 @@ def test_unload_then_load_returns_to_ready(control_gateway: RunningGateway) -> N
     finally:
         http.close()
         g.close()
+
+
+# -- models without a batch dimension (batch_size: 0) -------------------------------------------
+
+WHOLE = np.random.default_rng(3).random((3, 224, 224), dtype=np.float32)
+
+
+def _whole_served(gw: RunningGateway) -> None:
+    """tritonclient sends [3, 224, 224] (HTTP binary and JSON, gRPC) and gets it back whole;
+    the model saw one batch row of it."""
+    http = httpclient.InferenceServerClient(gw.url)
+    g = _grpc(gw)
+    try:
+        for binary in (True, False):
+            tensor = httpclient.InferInput("IMAGE", [3, 224, 224], "FP32")
+            tensor.set_data_from_numpy(WHOLE, binary_data=binary)
+            outputs = [httpclient.InferRequestedOutput(n, binary_data=binary)
+                       for n in ("IMAGE", "SEEN")]
+            result = http.infer("whole", [tensor], outputs=outputs)
+            np.testing.assert_array_equal(result.as_numpy("IMAGE"), WHOLE)
+            assert result.as_numpy("SEEN").tolist() == [1, 3, 224, 224]
+            assert [o["shape"] for o in result.get_response()["outputs"]] == [
+                [3, 224, 224], [4]]
+        g_tensor = grpcclient.InferInput("IMAGE", [3, 224, 224], "FP32")
+        g_tensor.set_data_from_numpy(WHOLE)
+        result = g.infer("whole", [g_tensor])
+        np.testing.assert_array_equal(result.as_numpy("IMAGE"), WHOLE)
+        assert result.as_numpy("SEEN").tolist() == [1, 3, 224, 224]
+    finally:
+        http.close()
+        g.close()
+
+
+def test_a_model_without_a_batch_dimension(control_gateway: RunningGateway) -> None:
+    gw = control_gateway
+    doc = _config_both(gw, "whole")
+    assert doc["max_batch_size"] == 0
+    assert doc["input"] == [{"name": "IMAGE", "data_type": "TYPE_FP32", "dims": [3, 224, 224]}]
+    http = httpclient.InferenceServerClient(gw.url)
+    g = _grpc(gw)
+    try:
+        meta = http.get_model_metadata("whole")
+        assert meta["inputs"] == [{"name": "IMAGE", "datatype": "FP32", "shape": [3, 224, 224]}]
+        assert g.get_model_metadata("whole").inputs[0].shape == [3, 224, 224]
+        assert g.get_model_config("whole").config.max_batch_size == 0
+        _whole_served(gw)
+        # A batch dimension is a wrong shape here, as in Triton.
+        batched = WHOLE[None]
+        tensor = httpclient.InferInput("IMAGE", list(batched.shape), "FP32")
+        tensor.set_data_from_numpy(batched)
+        with pytest.raises(InferenceServerException, match="no batch dimension") as exc:
+            http.infer("whole", [tensor])
+        assert exc.value.status() == "400"
+        # Many clients at once: each request is run alone, none mixed with another.
+        images = [np.full((3, 224, 224), i, np.float32) for i in range(8)]
+
+        def one(image: np.ndarray) -> np.ndarray:
+            c = httpclient.InferenceServerClient(gw.url)
+            t = httpclient.InferInput("IMAGE", [3, 224, 224], "FP32")
+            t.set_data_from_numpy(image)
+            try:
+                return c.infer("whole", [t]).as_numpy("IMAGE")
+            finally:
+                c.close()
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            for image, out in zip(images, pool.map(one, images), strict=True):
+                np.testing.assert_array_equal(out, image)
+    finally:
+        http.close()
+        g.close()
+
+
+def test_a_model_without_a_batch_dimension_behind_bridge_processes(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    gw = start_gateway(tmp_path_factory.mktemp("whole-bw"), CONFORMANCE_MODELS,
+                       "--bridge-workers", "1")
+    try:
+        _whole_served(gw)
+    finally:
+        gw.cleanup()

@@ -259,7 +259,7 @@ class Service:
             response = codec.encode_response(
                 config.name, config.version, request.request_id, call.outputs,
                 result.outputs, output_datatypes(config), result.in_regions,
-                stream=call.stream,
+                stream=call.stream, batched=config.batched,
             )
         except Exception:
             log.exception("encoding a gRPC infer response failed")
