@@ -466,3 +466,20 @@ def test_a_model_without_a_batch_dimension_behind_bridge_processes(
         _whole_served(gw)
     finally:
         gw.cleanup()
+
+
+def test_a_model_without_a_batch_dimension_over_websocket_and_zeromq(
+        control_gateway: RunningGateway) -> None:
+    """The WebSocket stream carries whole shapes; a ZeroMQ Arrow batch is one request per
+    row, each a whole tensor."""
+    from inferoxy.client import Client
+
+    with Client.websocket(control_gateway.ws_url) as c:
+        out = c.infer("whole", {"IMAGE": WHOLE})
+        np.testing.assert_array_equal(out["IMAGE"], WHOLE)
+        assert out["SEEN"].tolist() == [1, 3, 224, 224]
+    with Client.zmq(control_gateway.zmq_url) as c:
+        rows = np.stack([WHOLE, WHOLE + 1])
+        out = c.infer("whole", {"IMAGE": rows})
+        np.testing.assert_array_equal(out["IMAGE"], rows)
+        assert out["SEEN"].tolist() == [[1, 3, 224, 224]] * 2
