@@ -42,6 +42,12 @@ from shm.descriptor import Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
+# Every bridge refuses a CUDA shared-memory registration with this (there is no GPU memory to
+# share here); status and unregister succeed with nothing registered.
+CUDA_SHM_REFUSED = (
+    "CUDA shared memory is not supported by this server; use system shared memory"
+)
+
 _request_ids = itertools.count(1)  # ids of requests that came without one (for logs)
 
 # Parameters the protocol (not the model) consumes; the rest reach the model.
@@ -55,13 +61,19 @@ RESERVED_PARAMETERS = frozenset({
 @dataclass(frozen=True, slots=True)
 class CheckedInput:
     spec: TensorSpec
-    shape: tuple[int, ...]  # with the batch dimension
+    shape: tuple[int, ...]  # with the batch dimension (1 added for a model without one)
     dtype: np.dtype
     nbytes: int
+    batched: bool = True  # False: the client's shape is ``shape[1:]``
 
     @property
     def dtype_name(self) -> str:
         return V2_TO_NUMPY_NAME[self.spec.datatype]
+
+    @property
+    def wire_shape(self) -> tuple[int, ...]:
+        """The shape as the client gave it (what errors quote and bridges forward)."""
+        return self.shape if self.batched else self.shape[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +94,8 @@ def region_ref(params: dict[str, Any]) -> RegionRef | None:
                      params.get("shared_memory_byte_size"))
 
 
-def _shape_text(spec: TensorSpec) -> str:
-    return "[" + ", ".join(["-1", *map(str, spec.shape)]) + "]"
+def _shape_text(spec: TensorSpec, batched: bool = True) -> str:
+    return "[" + ", ".join([*(["-1"] if batched else []), *map(str, spec.shape)]) + "]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +166,19 @@ class InputChecker:
                 f"input {spec.name!r}: shape must be an array of non-negative ints"
             )
         dims = tuple(shape)
-        if len(dims) != len(spec.shape) + 1 or not spec.accepts(dims[1:]):
+        batched = config.batch_size > 0
+        if not batched:  # whole shapes; the model still gets a batch (of one) first
+            if not spec.accepts(dims):
+                raise InvalidArgument(
+                    f"input {spec.name!r} has shape {list(dims)}, expected "
+                    f"{_shape_text(spec, False)} (the model has no batch dimension)"
+                )
+            dims = (1, *dims)
+        elif len(dims) != len(spec.shape) + 1 or not spec.accepts(dims[1:]):
             raise InvalidArgument(
                 f"input {spec.name!r} has shape {list(dims)}, expected {_shape_text(spec)}"
             )
-        if not 1 <= dims[0] <= config.batch_size:
+        elif not 1 <= dims[0] <= config.batch_size:
             raise InvalidArgument(
                 f"input {spec.name!r}: batch dimension {dims[0]} must be in "
                 f"[1, {config.batch_size}]"
@@ -183,7 +203,7 @@ class InputChecker:
                 f"input {spec.name!r} has {elements} elements, more than the limit of "
                 f"{self.limits.max_tensor_elements} (--max-tensor-elements)"
             )
-        return CheckedInput(spec, dims, dtype, nbytes)
+        return CheckedInput(spec, dims, dtype, nbytes, batched)
 
     def finish(self) -> int:
         """The request's rows, once every input was checked."""

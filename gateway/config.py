@@ -2,7 +2,8 @@
 
 A model's tensors are declared per item: the batch dimension is implied (as Triton's
 ``dims`` with ``max_batch_size > 0``) and shown as ``-1`` in metadata. ``-1`` in a declared
-shape is a variable dimension.
+shape is a variable dimension. ``batch_size: 0`` (Triton's ``max_batch_size: 0``) declares a
+model without a batch dimension: the shapes are whole shapes, as clients send them.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class TensorSpec:
             d == -1 or d == s for d, s in zip(self.shape, item_shape, strict=True)
         )
 
-    def to_metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
+    def to_metadata(self, batched: bool = True) -> dict[str, Any]:
+        shape = [-1, *self.shape] if batched else list(self.shape)
+        return {"name": self.name, "datatype": self.datatype, "shape": shape}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...]
     address: str = ""  # container image, for the docker runtime
     version: str = "1"
-    batch_size: int = 1
+    batch_size: int = 1  # most rows in one batch; 0: no batch dimension (one request a run)
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024
     run_on_gpu: bool = False
@@ -68,6 +70,17 @@ class ModelConfig:
     # One batch (or health check) running longer than this is a hang and the copy is replaced;
     # None: the gateway's --hang-timeout-s. Per model: a detector and a tracker differ 100-fold.
     hang_timeout_s: float | None = None
+
+    @property
+    def batched(self) -> bool:
+        """Whether requests carry a batch dimension (``batch_size`` > 0)."""
+        return self.batch_size > 0
+
+    @property
+    def max_rows(self) -> int:
+        """The most rows one batch holds. Without a batch dimension each request is one row:
+        the gateway gives its tensors a leading dimension of 1 on their way to the model."""
+        return self.batch_size or 1
 
     @property
     def scale_up_delay_s(self) -> float:
@@ -177,7 +190,7 @@ def parse_model(name: Any, raw: Any) -> ModelConfig:
         version=version,
         inputs=_tensors(name, "inputs", raw.get("inputs")),
         outputs=_tensors(name, "outputs", raw.get("outputs")),
-        batch_size=_int(name, "batch_size", raw.get("batch_size"), 1, 1, 4096),
+        batch_size=_int(name, "batch_size", raw.get("batch_size"), 1, 0, 4096),
         max_queue_delay_us=_int(
             name, "max_queue_delay_us", raw.get("max_queue_delay_us"), 0, 0, 10_000_000
         ),

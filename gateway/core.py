@@ -31,7 +31,14 @@ from gateway import wakeup
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
-from gateway.errors import NotFound, Unavailable
+from gateway.errors import (
+    NotFound,
+    Unavailable,
+    load_failed,
+    model_not_loaded,
+    unknown_model,
+    unknown_version,
+)
 from gateway.intake import BridgeReports
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
@@ -40,6 +47,7 @@ from gateway.scaler import ModelScaler
 from gateway.settings import Settings
 from gateway.stateful_server import StatefulModelServer
 from gateway.stats import BridgeCounters
+from gateway.triton_config import load_override
 from shm import wire
 from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, pid_alive, sweep_stale, unlink_matching
@@ -85,6 +93,8 @@ class Gateway:
         self._copy_ids = itertools.count(1)
         self._model_scopes: dict[ModelServer, trio.CancelScope] = {}
         self._unloaded: dict[str, str] = {}  # name -> why it is not loaded
+        # name -> its declaration with a repository load's config override (this gateway only)
+        self._overrides: dict[str, ModelDeclaration] = {}
         self._unloading: set[ModelServer] = set()  # still answering their last requests
         self._model_nurseries: dict[ModelServer, trio.Nursery] = {}  # where its copies run
         self._retiring: set[Copy] = set()  # scaled down: finishing their batches, then stop
@@ -129,12 +139,12 @@ class Gateway:
         versions = self._versions.get(name)
         if not versions:
             if name in self.declarations:
-                raise NotFound(f"model {name!r} is not loaded")
-            raise NotFound(f"unknown model {name!r}")
+                raise model_not_loaded(name)
+            raise unknown_model(name)
         if version:
             server = versions.get(version)
             if server is None:
-                raise NotFound(f"unknown version {version!r} of model {name!r}")
+                raise unknown_version(name, version)
             return server
         if len(versions) == 1:
             return next(iter(versions.values()))
@@ -433,33 +443,69 @@ class Gateway:
         reason = next((c.last_error for c in server.copies if c.last_error), "")
         return reason or self.runtime.progress(server.config.address)  # e.g. an image pull
 
-    async def load_model(self, name: str) -> None:
-        """Start a model's versions and wait (bounded) until one is ready; no-op if loaded."""
+    async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Start a model's versions and wait (bounded) until one is ready; no-op if loaded.
+
+        ``parameters.config`` (Triton's model config JSON, ``gateway.triton_config``) overrides
+        the declaration on this gateway until the next load without one or an unload; an
+        invalid override is refused before anything changes, and one that fails to load is
+        taken back (the model serves on as before).
+        """
         declaration = self.declarations.get(name)
         if declaration is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(load_failed(name, "failed to poll from model repository: no such "
+                                             "model is declared"))
         if self.draining:
             raise Unavailable("the server is shutting down")
+        override = load_override(declaration, parameters)
+        previous = self._overrides.pop(name, None)
+        if override is not None:
+            self._overrides[name] = override
+        target = override or declaration
         self._unloaded.pop(name, None)
-        self._reconcile_model(declaration)
-        servers = list(self._versions.get(name, {}).values())
-        log.info("loading model %s", name)
+        self._reconcile_model(target)
+        log.info("loading model %s%s", name, " with a config override" if override else "")
+        reason = await self._wait_loaded(target)
+        if reason is not None:
+            if override is not None:  # take it back: what served before serves on
+                self._overrides.pop(name, None)
+                if previous is not None:
+                    self._overrides[name] = previous
+                self._reconcile_model(previous or declaration)
+            raise Unavailable(load_failed(name, reason))
+
+    async def _wait_loaded(self, target: ModelDeclaration) -> str | None:
+        """Wait until requests go to ``target``'s configuration and a version is ready (None),
+        or its copies all failed or the startup timeout passed (why)."""
+        name = target.name
+        keys = [(name, v) for v in target.versions]
+
+        def switched() -> bool:
+            return all((s := self.servers.get(k)) is not None and s.config == target.versions[k[1]]
+                       for k in keys) and any(self.servers[k].ready for k in keys)
+
+        def starting() -> list[ModelServer]:
+            return [s for k in keys
+                    if (s := self._replacing.get(k) or self.servers.get(k)) is not None
+                    and s.config == target.versions[k[1]]]
+
         with trio.move_on_after(self.settings.startup_timeout_s):
-            while not any(s.ready for s in servers):
-                if all(s.copies and all(c.last_error or c.crash_loop for c in s.copies)
-                       for s in servers):
+            while not switched():
+                servers = starting()
+                if not servers or all(self._failed(s) for s in servers):
                     break
                 await trio.sleep(0.02)
-        if not any(s.ready for s in servers):
-            reason = next((c.last_error for s in servers for c in s.copies if c.last_error),
-                          "timed out")
-            raise Unavailable(f"model {name!r} failed to load: {reason}")
+        if switched():
+            return None
+        return next((c.last_error or c.crash_loop for s in starting() for c in s.copies
+                     if c.last_error or c.crash_loop), "timed out")
 
     async def unload_model(self, name: str) -> None:
         """Stop taking requests for a model, let its pending ones finish, stop its copies."""
         if name not in self.declarations:
-            raise NotFound(f"unknown model {name!r}")
+            raise unknown_model(name)
         self._unloaded[name] = "unloaded"
+        self._overrides.pop(name, None)  # a later load reads the declaration again
         servers = self._drop_model(name)
         if servers:
             log.info("unloading model %s: %d request(s) pending", name,
@@ -481,6 +527,7 @@ class Gateway:
             return
         for name in old.keys() - self.declarations.keys():
             self._unloaded.pop(name, None)
+            self._overrides.pop(name, None)
             servers = self._drop_model(name)
             if servers:
                 log.info("model %s was removed from the registry: draining and stopping it", name)
@@ -488,7 +535,7 @@ class Gateway:
                 self._nursery.start_soon(self._stop_server, server, "was removed")
         for declaration in self.declarations.values():
             if declaration.name not in self._unloaded:
-                self._reconcile_model(declaration)
+                self._reconcile_model(self._overrides.get(declaration.name, declaration))
 
     def _reconcile_model(self, declaration: ModelDeclaration) -> None:
         name = declaration.name

@@ -65,3 +65,25 @@ class ModelError(InferoxyError):
 
     http_status = 500
     grpc_code = "INTERNAL"
+
+
+# Triton's wording for the errors clients and their tests match on (see the README's
+# "Error wording"); the status codes stay ours.
+
+def unknown_model(name: str) -> NotFound:
+    return NotFound(f"Request for unknown model: {name!r} is not found")
+
+
+def unknown_version(name: str, version: str) -> NotFound:
+    return NotFound(f"Request for unknown model: {name!r} version {version} is not found")
+
+
+def model_not_loaded(name: str) -> NotFound:
+    return NotFound(
+        f"Request for unknown model: {name!r} has no available versions (it is not loaded)"
+    )
+
+
+def load_failed(name: str, why: str) -> str:
+    """The message of a failed repository load (Triton's tests look for "failed to load")."""
+    return f"failed to load {name!r}, {why}"

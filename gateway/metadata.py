@@ -14,8 +14,8 @@ def model_metadata(server: ModelServer) -> dict[str, Any]:
         "name": c.name,
         "versions": list(server.versions),
         "platform": "inferoxy",
-        "inputs": [t.to_metadata() for t in c.inputs],
-        "outputs": [t.to_metadata() for t in c.outputs],
+        "inputs": [t.to_metadata(c.batched) for t in c.inputs],
+        "outputs": [t.to_metadata(c.batched) for t in c.outputs],
     }
 
 

@@ -93,7 +93,7 @@ class ModelServer:
         self._cache = cache
         self.copies: list[Copy] = []
         self.queue: BatchQueue[InferRequest] = BatchQueue(
-            BatchPolicy(config.batch_size, config.max_queue_delay_us, config.max_queue_size)
+            BatchPolicy(config.max_rows, config.max_queue_delay_us, config.max_queue_size)
         )
         self.inflight: dict[int, InflightBatch] = {}
         self.stats = ModelStats()
@@ -276,7 +276,7 @@ class ModelServer:
             "parameters": batch[0].parameters,
         }
         if self.config.stateless:  # the copy may run it with other producers' batches
-            body["max_rows"] = self.config.batch_size
+            body["max_rows"] = self.config.max_rows
         if copy.releases:
             body["release"], copy.releases = copy.releases, []
         if not self._send(copy.id, wire.BATCH, body):

@@ -46,7 +46,7 @@ class StatefulModelServer(ModelServer):
             max_idle_s=c.max_sequence_idle_us / 1e6,
             max_waiting=c.max_queue_size,
         )
-        self._policy = BatchPolicy(c.batch_size, c.max_queue_delay_us, c.max_queue_size)
+        self._policy = BatchPolicy(c.max_rows, c.max_queue_delay_us, c.max_queue_size)
         self._queues: dict[int, BatchQueue[InferRequest]] = {}
         self._parked: dict[Sequence, deque[InferRequest]] = {}
         self._queued = 0

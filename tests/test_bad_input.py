@@ -27,6 +27,8 @@ from gateway.config import TensorSpec
 from gateway.errors import InvalidArgument
 from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
 
+UNKNOWN_NOPE = "Request for unknown model: 'nope' is not found"  # Triton's words
+
 PATH_LIKE = re.compile(r"(?:/[\w.-]+){2,}")  # /dev/shm/x, /work/main/y.py, ...
 HCL = "Inference-Header-Content-Length"
 SEGMENT_BYTES = 64 << 20  # the gateway's input-slab segment size (gateway/core.py)
@@ -157,10 +159,10 @@ def test_malformed_json(raw: Raw, body: bytes, fragments: list[str]) -> None:
 
 def test_unknown_model_or_version_is_404(raw: Raw) -> None:
     body = syn(SIXTEEN)
-    raw.error(raw.post("nope", body), 404, "unknown model 'nope'")
-    raw.error(raw.post("synthetic", body, version="2"), 404, "unknown version '2'",
-              "'synthetic'")
-    raw.error(raw.post("nope", b"{not json"), 404, "unknown model 'nope'")
+    raw.error(raw.post("nope", body), 404, UNKNOWN_NOPE)
+    raw.error(raw.post("synthetic", body, version="2"), 404,
+              "Request for unknown model: 'synthetic' version 2 is not found")
+    raw.error(raw.post("nope", b"{not json"), 404, UNKNOWN_NOPE)
     doc = raw.ok(raw.post("synthetic", body, version="1"))
     assert doc["outputs"][0]["data"] == [v * 2 + 1 for v in SIXTEEN]
     raw.still_serving()

@@ -222,7 +222,7 @@ def test_repository_over_http(tmp_path: Path) -> None:
         c.load_model("stub")
         assert c.is_model_ready("stub")
         np.testing.assert_array_equal(c.infer("stub", [inp]).as_numpy("IMAGE"), img)
-        with pytest.raises(InferenceServerException, match="unknown model"):
+        with pytest.raises(InferenceServerException, match="failed to load 'nope'"):
             c.load_model("nope")
         assert gw.stop() == 0
     finally:

@@ -149,7 +149,7 @@ class TestConfig:
     @pytest.mark.parametrize(
         ("field", "value", "message"),
         [
-            ("batch_size", 0, "batch_size must be an integer"),
+            ("batch_size", -1, "batch_size must be an integer"),
             ("copies", "two", "copies must be an integer"),
             ("entrypoint", "os.system", "entrypoint must be 'module:Class'"),
             ("run_on_gpu", "yes", "run_on_gpu must be true or false"),

@@ -23,6 +23,8 @@ from tritonclient.utils import InferenceServerException
 from gateway.settings import Settings
 from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
 
+UNKNOWN_NOPE = "Request for unknown model: 'nope' is not found"  # Triton's words
+
 Client = grpcclient.InferenceServerClient
 
 
@@ -109,7 +111,7 @@ def test_health_and_metadata(client: Client) -> None:
     assert model["versions"] == ["1"]
     assert model["inputs"] == [{"name": "INPUT", "datatype": "FP32", "shape": ["-1", "16"]}]
     assert model["outputs"] == [{"name": "OUTPUT", "datatype": "FP32", "shape": ["-1", "16"]}]
-    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
+    with pytest.raises(InferenceServerException, match=UNKNOWN_NOPE) as exc:
         client.get_model_metadata("nope")
     assert _code(exc) == "StatusCode.NOT_FOUND"
 
@@ -275,7 +277,7 @@ def test_stream_error_carries_the_request_id(gateway: RunningGateway) -> None:
         responses = list(stub.ModelStreamInfer(iter([bad, ok])))
     by_id = {r.infer_response.id: r for r in responses}
     assert set(by_id) == {"fine", "lost"}
-    assert "unknown model 'nope'" in by_id["lost"].error_message
+    assert "Request for unknown model: 'nope' is not found" in by_id["lost"].error_message
     assert by_id["fine"].error_message == ""
     assert by_id["fine"].infer_response.raw_output_contents[0] == (0).to_bytes(4, "little")
 
@@ -285,10 +287,10 @@ def test_stream_error_carries_the_request_id(gateway: RunningGateway) -> None:
 
 def test_errors_have_codes(client: Client) -> None:
     x = np.zeros((1, 16), dtype=np.float32)
-    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
+    with pytest.raises(InferenceServerException, match=UNKNOWN_NOPE) as exc:
         client.infer("nope", [_input("INPUT", x, "FP32")])
     assert _code(exc) == "StatusCode.NOT_FOUND"
-    with pytest.raises(InferenceServerException, match="unknown version '9'") as exc:
+    with pytest.raises(InferenceServerException, match="'synthetic' version 9 is not found") as exc:
         client.infer("synthetic", [_input("INPUT", x, "FP32")], model_version="9")
     assert _code(exc) == "StatusCode.NOT_FOUND"
 
@@ -349,8 +351,6 @@ def test_timeout_parameter_answers_deadline_exceeded(client: Client) -> None:
 
 def test_unsupported_extensions_say_so(client: Client) -> None:
     for call in (
-        lambda: client.get_cuda_shared_memory_status(),
-        lambda: client.unregister_cuda_shared_memory(),
         lambda: client.get_trace_settings(),
         lambda: client.get_log_settings(),
     ):
@@ -552,12 +552,16 @@ def test_repository_load_unload(repo_gateway: RunningGateway) -> None:
         result = client.infer("stub", [_input("IMAGE", image, "UINT8")])
         np.testing.assert_array_equal(result.as_numpy("IMAGE"), image)
 
-        with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
+        with pytest.raises(InferenceServerException, match="failed to load 'nope'") as exc:
             client.load_model("nope", headers=admin)
         assert _code(exc) == "StatusCode.NOT_FOUND"
+        client.load_model("stub", headers=admin, config='{"max_batch_size": 2}')
+        assert client.get_model_config("stub").config.max_batch_size == 2
         with pytest.raises(InferenceServerException, match="not supported") as exc:
-            client.load_model("stub", headers=admin, config='{"max_batch_size": 2}')
+            client.load_model("stub", headers=admin, files={"file:1/model.py": b"x"})
         assert _code(exc) == "StatusCode.INVALID_ARGUMENT"
+        client.load_model("stub", headers=admin)  # back to the declaration
+        assert client.get_model_config("stub").config.max_batch_size == 8
     finally:
         client.close()
 

@@ -169,7 +169,7 @@ def test_pipelined_requests_are_answered_in_order(conn: Raw) -> None:
     np.testing.assert_array_equal(outputs(conn.response()), xs[0])
     assert conn.response().status == 200
     np.testing.assert_array_equal(outputs(conn.response()), xs[1])
-    error(conn.response(), 404, "unknown model 'nope'")
+    error(conn.response(), 404, "Request for unknown model: 'nope' is not found")
     np.testing.assert_array_equal(outputs(conn.response()), xs[2])
     np.testing.assert_array_equal(outputs(conn.response()), xs[3])
     # and the connection stays usable

@@ -9,6 +9,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningGateway
 
+UNKNOWN_NOPE = "Request for unknown model: 'nope' is not found"  # Triton's words
+
 
 @pytest.fixture
 def client(gateway: RunningGateway) -> httpclient.InferenceServerClient:
@@ -113,8 +115,8 @@ def test_face_detector_finds_the_astronaut(client: httpclient.InferenceServerCli
 def test_unknown_model_is_404(client: httpclient.InferenceServerClient) -> None:
     inp = httpclient.InferInput("X", [1, 1], "INT32")
     inp.set_data_from_numpy(np.zeros((1, 1), np.int32))
-    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as exc:
+    with pytest.raises(InferenceServerException, match=UNKNOWN_NOPE) as exc:
         client.infer("nope", [inp])
     assert exc.value.status() == "404"
-    with pytest.raises(InferenceServerException, match="unknown version '9'"):
+    with pytest.raises(InferenceServerException, match="'faulty' version 9 is not found"):
         client.infer("faulty", [inp], model_version="9")

@@ -138,7 +138,7 @@ def test_import_crud_and_validation(tmp_path: Path, redis_server: RedisServer) -
         assert status == 200 and doc["default_version"] == "1"
 
         # validation: 400 naming the field, nothing written
-        status, doc = admin.call("PATCH", "/v2/admin/models/added", {"batch_size": 0})
+        status, doc = admin.call("PATCH", "/v2/admin/models/added", {"batch_size": -1})
         assert status == 400 and "batch_size" in doc["error"], doc
         status, doc = admin.call("PATCH", "/v2/admin/models/added", {"colour": "red"})
         assert status == 400 and "colour" in doc["error"], doc

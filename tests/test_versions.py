@@ -131,7 +131,7 @@ def test_versioned_yaml_errors_name_the_version(tmp_path: Path) -> None:
 
     bad = tmp_path / "models.yaml"
     bad.write_text(VERSIONS_MODELS.read_text().replace(
-        '"2": {parameters: {factor: 2.0}}', '"2": {batch_size: 0}'))
+        '"2": {parameters: {factor: 2.0}}', '"2": {batch_size: -1}'))
     with pytest.raises(ConfigError, match=r"model 'scaled' version '2': batch_size"):
         load_declarations(bad)
     bad.write_text(VERSIONS_MODELS.read_text().replace('default_version: "1"',

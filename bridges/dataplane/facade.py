@@ -266,13 +266,13 @@ class RemoteAdmission:
             raise Unavailable(f"out of request memory: {exc}") from None
         self.slots.append(slot)
         desc = slot.descriptor(tensor.dtype.name, tensor.shape)
-        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.shape),
+        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.wire_shape),
                              desc.to_wire(), None])
         return slot
 
     def region_input(self, tensor: CheckedInput, region: object, offset: object,
                      byte_size: object) -> None:
-        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.shape),
+        self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.wire_shape),
                              None, [region, offset, byte_size]])
 
     def region_output(self, spec: TensorSpec, region: object, offset: object,

@@ -32,7 +32,7 @@ from bridges.dataplane.facade import CoreLink, RemoteAdmission, RemoteModel
 from gateway import intake
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
-from gateway.errors import InferoxyError, NotFound, Unavailable
+from gateway.errors import InferoxyError, NotFound, Unavailable, unknown_model, unknown_version
 from gateway.link import WorkerLink
 from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
 from gateway.settings import Settings
@@ -88,14 +88,14 @@ class DataPlane:
     def model(self, name: str, version: str | None = None) -> ModelServer | RemoteModel:
         entry = self._table.get(name)
         if entry is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise unknown_model(name)
         if "missing" in entry:
             raise NotFound(entry["missing"])
         versions = entry["versions"]
         if version:
             model = versions.get(version)
             if model is None:
-                raise NotFound(f"unknown version {version!r} of model {name!r}")
+                raise unknown_version(name, version)
             return model
         return versions[entry["default"]]
 

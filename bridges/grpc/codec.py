@@ -208,11 +208,13 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
     params = parameters(msg.parameters)
     if not msg.inputs:
         raise InvalidArgument("the request has no inputs")
-    if wire.raw_inputs and any(i.HasField("contents") for i in msg.inputs):
-        raise InvalidArgument(
-            "inputs carry typed 'contents' and the request also has raw_input_contents; "
-            "use one or the other"
-        )
+    if wire.raw_inputs:
+        for tensor in msg.inputs:
+            if tensor.HasField("contents"):  # Triton's wording: clients match on it
+                raise InvalidArgument(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{msg.model_name}'"
+                )
     checker = InputChecker(config, limits)
     inputs: list[InputTensor] = []
     raw_next = 0
@@ -239,7 +241,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
             if size != checked.nbytes:
                 raise InvalidArgument(
                     f"input {name!r}: raw_input_contents[{raw_next}] has {size} bytes, but "
-                    f"shape {list(checked.shape)} of {checked.spec.datatype} takes "
+                    f"shape {list(checked.wire_shape)} of {checked.spec.datatype} takes "
                     f"{checked.nbytes}"
                 )
             inputs.append(InputTensor(checked, raw=raw_next))
@@ -291,7 +293,7 @@ def write_contents(tensor: InputTensor, out: np.ndarray) -> None:
     if len(values) != out.size:
         raise InvalidArgument(
             f"input {name!r}: contents.{field} has {len(values)} elements, shape "
-            f"{list(tensor.checked.shape)} needs {out.size}"
+            f"{list(tensor.checked.wire_shape)} needs {out.size}"
         )
     if not out.size:
         return
@@ -317,6 +319,7 @@ def encode_response(
     in_regions: dict[str, tuple[int, ...]] | None = None,
     *,
     stream: bool = False,
+    batched: bool = True,
 ) -> bytes:
     """A serialized ``ModelInferResponse`` (``ModelStreamInferResponse`` with ``stream``).
 
@@ -324,13 +327,14 @@ def encode_response(
     index one by the other); an output the worker wrote into the client's region gets an
     empty one, and its ``shared_memory_*`` parameters, as Triton answers.
     """
+    skip = 0 if batched else 1  # no batch dimension: the gateway's leading 1 goes
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
     blobs: list[memoryview | bytes] = []
     for o in outputs:
         entry = response.outputs.add(name=o.name, datatype=datatypes[o.name])
         if in_regions and o.name in in_regions and o.region is not None:
             shape = in_regions[o.name]
-            entry.shape.extend(shape)
+            entry.shape.extend(shape[skip:])
             entry.parameters["shared_memory_region"].string_param = str(o.region.name)
             entry.parameters["shared_memory_byte_size"].int64_param = (
                 math.prod(shape) * V2_TO_NUMPY[datatypes[o.name]].itemsize
@@ -340,7 +344,7 @@ def encode_response(
             blobs.append(b"")
             continue
         arr = np.ascontiguousarray(arrays[o.name])
-        entry.shape.extend(arr.shape)
+        entry.shape.extend(arr.shape[skip:])
         blobs.append(arr.reshape(-1).view(np.uint8).data)
     header = response.SerializeToString()
     parts: list[bytes | memoryview] = [header]

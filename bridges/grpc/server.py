@@ -180,7 +180,6 @@ class Handlers:
                 behavior, request_deserializer=deserializer, response_serializer=_serialize
             )
 
-        cuda = "CUDA shared memory (use system shared memory)"
         methods = {
             "ServerLive": unary(h.sync(s.server_live), pb.ServerLiveRequest.FromString),
             "ServerReady": unary(h.sync(s.server_ready), pb.ServerReadyRequest.FromString),
@@ -206,12 +205,12 @@ class Handlers:
             "SystemSharedMemoryUnregister": unary(
                 h.task(s.shm_unregister_everywhere),
                 pb.SystemSharedMemoryUnregisterRequest.FromString),
-            "CudaSharedMemoryStatus": unary(h.unimplemented(cuda),
+            "CudaSharedMemoryStatus": unary(h.sync(s.cuda_shm_status),
                                             pb.CudaSharedMemoryStatusRequest.FromString),
-            "CudaSharedMemoryRegister": unary(h.unimplemented(cuda),
+            "CudaSharedMemoryRegister": unary(h.sync(s.cuda_shm_register),
                                               pb.CudaSharedMemoryRegisterRequest.FromString),
             "CudaSharedMemoryUnregister": unary(
-                h.unimplemented(cuda), pb.CudaSharedMemoryUnregisterRequest.FromString),
+                h.sync(s.cuda_shm_unregister), pb.CudaSharedMemoryUnregisterRequest.FromString),
             "TraceSetting": unary(h.unimplemented("the trace extension (TraceSetting)"),
                                   pb.TraceSettingRequest.FromString),
             "LogSettings": unary(h.unimplemented("the logging extension (LogSettings)"),

@@ -26,7 +26,7 @@ from bridges.auth import bearer_ok
 from bridges.grpc import codec
 from bridges.grpc.codec import OutputRequest, WireRequest
 from bridges.grpc.portal import INTERNAL, InternalError, Reply
-from gateway.admission import Admission, output_datatypes, region_error
+from gateway.admission import CUDA_SHM_REFUSED, Admission, output_datatypes, region_error
 from gateway.core import Gateway
 from gateway.deadlines import DeadlineHeap, Entry
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
@@ -127,12 +127,7 @@ class Service:
                                     authorization: str | None
                                     ) -> pb.RepositoryModelLoadResponse:
         self._require_admin(authorization)
-        if request.parameters:
-            raise InvalidArgument(
-                "loading a model with a new configuration or files is not supported; "
-                "declare the model in models.yaml and load it by name"
-            )
-        await self.gateway.load_model(request.model_name)
+        await self.gateway.load_model(request.model_name, codec.parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def repository_model_unload(self, request: pb.RepositoryModelUnloadRequest,
@@ -186,6 +181,22 @@ class Service:
         except RegionError as exc:
             raise region_error(exc) from None
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    # -- CUDA shared memory: none here, answered as the HTTP bridge (and Triton without a GPU)
+    # answer: nothing registered, nothing to unregister, and a registration refused. Clients
+    # unregister everything at start and exit, before they ever use system shared memory.
+
+    def cuda_shm_status(self, request: pb.CudaSharedMemoryStatusRequest
+                        ) -> pb.CudaSharedMemoryStatusResponse:
+        return pb.CudaSharedMemoryStatusResponse()
+
+    def cuda_shm_register(self, request: pb.CudaSharedMemoryRegisterRequest
+                          ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise InvalidArgument(CUDA_SHM_REFUSED)
+
+    def cuda_shm_unregister(self, request: pb.CudaSharedMemoryUnregisterRequest
+                            ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- inference -----------------------------------------------------------------------------
     # No Trio task per request: ``infer`` admits and submits synchronously, the model server's
@@ -261,7 +272,7 @@ class Service:
             response = codec.encode_response(
                 config.name, config.version, request.request_id, call.outputs,
                 result.outputs, output_datatypes(config), result.in_regions,
-                stream=call.stream,
+                stream=call.stream, batched=config.batched,
             )
         except Exception:
             log.exception("encoding a gRPC infer response failed")

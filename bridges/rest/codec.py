@@ -149,7 +149,7 @@ def parse_request(
             if isinstance(size, bool) or not isinstance(size, int) or size != nbytes:
                 raise InvalidArgument(
                     f"input {name!r}: binary_data_size is {size!r}, but shape "
-                    f"{list(checked.shape)} of {checked.spec.datatype} takes {nbytes} bytes"
+                    f"{list(checked.wire_shape)} of {checked.spec.datatype} takes {nbytes} bytes"
                 )
             if "data" in raw:
                 raise InvalidArgument(f"input {name!r} has both binary_data_size and data")
@@ -200,15 +200,16 @@ def write_json_data(tensor: InputTensor, out: np.ndarray) -> None:
         raise InvalidArgument(f"input {tensor.name!r}: data is not a regular array") from None
     # Data may be flat or nested, but nesting that disagrees with the declared shape (say
     # [[..4..]]*4 for [1, 16]) is a client bug: reshaping it silently would reorder values.
-    if arr.ndim > 1 and arr.shape != tensor.shape:
+    shape = tensor.checked.wire_shape
+    if arr.ndim > 1 and arr.shape != shape:
         raise InvalidArgument(
             f"input {tensor.name!r}: nested data has shape {list(arr.shape)}, declared "
-            f"{list(tensor.shape)}"
+            f"{list(shape)}"
         )
     if arr.size != out.size:
         raise InvalidArgument(
             f"input {tensor.name!r}: data has {arr.size} elements, shape "
-            f"{list(tensor.shape)} needs {out.size}"
+            f"{list(shape)} needs {out.size}"
         )
     accepted = _JSON_KINDS[tensor.dtype.kind]
     if arr.size and arr.dtype.kind not in accepted:
@@ -231,12 +232,16 @@ def encode_response(
     arrays: dict[str, np.ndarray],
     datatypes: dict[str, str],
     in_regions: dict[str, tuple[int, ...]] | None = None,
+    batched: bool = True,
 ) -> tuple[bytes, list[memoryview]]:
     """The response's JSON header, and the bytes of its binary outputs (to follow it, in
     order; views into the outputs, valid until they are released).
 
     Outputs the worker wrote into the client's regions carry their shape and region only.
+    Without ``batched`` (a model without a batch dimension) shapes lose the leading 1 the
+    gateway added on the way in.
     """
+    skip = 0 if batched else 1
     doc_outputs: list[dict[str, Any]] = []
     blobs: list[np.ndarray] = []
     for o in outputs:
@@ -244,12 +249,13 @@ def encode_response(
             # As Triton does: no "parameters" (Triton's C++ client, perf_analyzer's, reads any
             # output parameters as the binary extension's and fails without binary_data_size).
             doc_outputs.append({
-                "name": o.name, "datatype": datatypes[o.name], "shape": list(in_regions[o.name]),
+                "name": o.name, "datatype": datatypes[o.name],
+                "shape": list(in_regions[o.name][skip:]),
             })
             continue
         arr = arrays[o.name]
         entry: dict[str, Any] = {
-            "name": o.name, "datatype": datatypes[o.name], "shape": list(arr.shape),
+            "name": o.name, "datatype": datatypes[o.name], "shape": list(arr.shape[skip:]),
         }
         if o.binary:
             entry["parameters"] = {"binary_data_size": arr.nbytes}
@@ -257,9 +263,10 @@ def encode_response(
         else:
             entry["data"] = arr.reshape(-1).tolist()
         doc_outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": doc_outputs}
-    if request_id:
-        doc["id"] = request_id
+    # "id" always, even "": the OIP's response schema requires it (KServe's client reads it).
+    doc: dict[str, Any] = {
+        "model_name": model, "model_version": version, "id": request_id, "outputs": doc_outputs,
+    }
     header = orjson.dumps(doc)
     # The binary outputs stay where they are (views of the worker's shared memory): the HTTP
     # layer sends them from there, or copies them once into its own buffer.

@@ -217,6 +217,7 @@ def _answer(gateway: Gateway, server: ModelServer, parsed: codec.ParsedRequest,
         header, blobs = codec.encode_response(
             server.config.name, server.config.version, parsed.request_id, parsed.outputs,
             result.outputs, output_datatypes(server.config), result.in_regions,
+            server.config.batched,
         )
     except BaseException:
         result.release()

@@ -25,7 +25,7 @@ import orjson
 
 from bridges.auth import bearer_ok
 from bridges.rest.http11 import HttpRequest, HttpResponse, error_response
-from gateway.admission import region_error
+from gateway.admission import CUDA_SHM_REFUSED, region_error
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
 from gateway.metadata import model_config, model_metadata
@@ -91,12 +91,20 @@ def _json_body(request: HttpRequest) -> Any:
 
 # -- the routes ----------------------------------------------------------------------------
 
+# Health answers carry the OIP's JSON bodies (KServe's client parses them; tritonclient reads
+# only the status). The answers themselves are built once: they are polled often.
+LIVE = json_response({"live": True})
+NOT_LIVE = json_response({"live": False, "error": "not live"}, 503)
+READY = json_response({"ready": True})
+NOT_READY = json_response({"ready": False, "error": "not ready"}, 503)
+
+
 async def live(gateway: Gateway, request: HttpRequest, p: dict[str, str]) -> HttpResponse:
-    return OK if gateway.live else error_response(503, "not live")
+    return LIVE if gateway.live else NOT_LIVE
 
 
 async def ready(gateway: Gateway, request: HttpRequest, p: dict[str, str]) -> HttpResponse:
-    return OK if gateway.ready else error_response(503, "not ready")
+    return READY if gateway.ready else NOT_READY
 
 
 async def server_metadata(gateway: Gateway, request: HttpRequest, p: dict[str, str]
@@ -112,8 +120,10 @@ async def model_ready(gateway: Gateway, request: HttpRequest, p: dict[str, str]
                       ) -> HttpResponse:
     server = gateway.model(p["name"], p.get("version"))
     if server.ready and not gateway.draining:
-        return OK
-    return error_response(503, f"model {p['name']!r} is not ready")
+        return json_response({"name": p["name"], "ready": True})
+    return json_response(
+        {"name": p["name"], "ready": False, "error": f"model {p['name']!r} is not ready"}, 503
+    )
 
 
 async def config(gateway: Gateway, request: HttpRequest, p: dict[str, str]) -> HttpResponse:
@@ -178,7 +188,7 @@ async def cuda_shm_unregister(gateway: Gateway, request: HttpRequest, p: dict[st
 
 async def cuda_shm_register(gateway: Gateway, request: HttpRequest, p: dict[str, str]
                             ) -> HttpResponse:
-    raise InvalidArgument("CUDA shared memory is not supported; use system shared memory")
+    raise InvalidArgument(CUDA_SHM_REFUSED)
 
 
 # Model repository (v2 extension): management, so they need the admin token when one is set.
@@ -211,7 +221,11 @@ async def repository_load(gateway: Gateway, request: HttpRequest, p: dict[str, s
                           ) -> HttpResponse:
     if denied := _admin_denied(gateway, request):
         return denied
-    await gateway.load_model(p["name"])
+    body = _json_body(request)
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidArgument("the load request's parameters must be an object")
+    await gateway.load_model(p["name"], parameters)
     return OK
 
 
@@ -246,7 +260,7 @@ _TABLE: list[tuple[str, dict[str, Route]]] = [
     (r"/", {"GET": status_page}),
     (r"/v2/health/live", {"GET": live}),
     (r"/v2/health/ready", {"GET": ready}),
-    (r"/v2", {"GET": server_metadata}),
+    (r"/v2/?", {"GET": server_metadata}),
     (r"/v2/models/stats", {"GET": stats}),
     (_MODEL, {"GET": metadata}),
     (_MODEL + r"/ready", {"GET": model_ready}),

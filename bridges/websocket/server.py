@@ -93,9 +93,10 @@ async def _writer(ws: WebSocketConnection, server: ModelServer,
                 answers.answered("ws", 200)
                 try:
                     outputs = [(n, a) for n, a in result.outputs.items()]
+                    skip = 0 if server.config.batched else 1  # the gateway's leading 1
                     reply = encode_reply(
                         {"id": frame_id, "outputs": [
-                            {"name": n, "datatype": datatypes[n], "shape": list(a.shape)}
+                            {"name": n, "datatype": datatypes[n], "shape": list(a.shape[skip:])}
                             for n, a in outputs]},
                         [a for _, a in outputs],
                     )

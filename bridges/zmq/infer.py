@@ -199,23 +199,25 @@ def prepare(gateway: Gateway, header: wire.Header, frame: memoryview) -> Prepare
     rows = batch.num_rows
     del batch
     params = header.parameters or {}
-    if rows > config.batch_size and params.get("sequence_id") not in (None, 0, ""):
+    step = config.max_rows  # a model without a batch dimension: one request per row
+    if rows > step and params.get("sequence_id") not in (None, 0, ""):
         raise InvalidArgument(
             f"a sequence request must fit one batch: {rows} rows, model {config.name!r} "
-            f"takes at most {config.batch_size}"
+            f"takes at most {step}"
         )
     parts: list[tuple[Admission, int]] = []
     prepared = Prepared(server, header, parts, passthrough)
     try:
-        for start in range(0, rows, config.batch_size):
-            n = min(config.batch_size, rows - start)
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
             checker = InputChecker(config, gateway.limits)
             admission = gateway.admission(server)
             parts.append((admission, n))
             for rows_of in inputs:
                 spec = rows_of.spec
+                shape = (n, *rows_of.item_shape) if config.batched else rows_of.item_shape
                 checked = checker.check(f"column {spec.name!r}", spec.name, spec.datatype,
-                                        (n, *rows_of.item_shape))
+                                        shape)
                 slot = admission.slot(checked)
                 dest = slot.view(V2_TO_NUMPY[spec.datatype], (n, rows_of.values.shape[1]))
                 np.copyto(dest, rows_of.values[start:start + n])
