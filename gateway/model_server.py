@@ -280,7 +280,7 @@ class ModelServer:
         if copy.releases:
             body["release"], copy.releases = copy.releases, []
         if not self._send(copy.id, wire.BATCH, body):
-            copy.releases[:0] = body.get("release", ())  # still to be said
+            copy.releases[:0] = body.get("release") or []  # still to be said
             # Not connected yet (HELLO can overtake the worker's connect) or not reading:
             # keep the batch at the head and try this copy again shortly. A worker that
             # never reads is caught by the supervisor's watchdog.

@@ -26,8 +26,8 @@ Sockets (all ``ipc://`` in the gateway's run directory):
   said here rather than in a message of their own when a batch follows soon; ``rid``: the
   request's id, for log lines only — the client's v2 ``id``, or one the gateway made up;
   ``outputs``: client regions the item's rows of that output go to; ``max_rows``: the model's
-  batch size — a worker that finds several such batches waiting runs them as one ``predict`` of at most this many rows and
-  answers each on its own; ``reply``: where its RESULT/ERROR go — a data-plane process's
+  batch size — a worker that finds several such batches waiting runs them as one
+  ``predict`` of at most this many rows and answers each on its own; ``reply``: where its RESULT/ERROR go — a data-plane process's
   PULL socket in the run directory, and its pid: the worker frees the output slots it holds
   for a producer that is gone),
   ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the producer is done with),
