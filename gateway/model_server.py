@@ -270,17 +270,18 @@ class ModelServer:
     def _dispatch(self, copy: Copy, batch: list[InferRequest]) -> None:
         batch_id = next(_batch_ids)
         now_ns = time.perf_counter_ns()
-        body = {
+        body: dict[str, Any] = {
             "id": batch_id,
             "items": [_item(r) for r in batch],
             "parameters": batch[0].parameters,
         }
         if self.config.stateless:  # the copy may run it with other producers' batches
             body["max_rows"] = self.config.max_rows
-        if copy.releases:
-            body["release"], copy.releases = copy.releases, []
+        releases, copy.releases = copy.releases, []
+        if releases:
+            body["release"] = releases
         if not self._send(copy.id, wire.BATCH, body):
-            copy.releases[:0] = body.get("release") or []  # still to be said
+            copy.releases[:0] = releases  # still to be said
             # Not connected yet (HELLO can overtake the worker's connect) or not reading:
             # keep the batch at the head and try this copy again shortly. A worker that
             # never reads is caught by the supervisor's watchdog.

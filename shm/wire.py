@@ -22,14 +22,14 @@ Sockets (all ``ipc://`` in the gateway's run directory):
   ``BATCH {id, items: [{rid, rows, inputs: {name: desc}, regions?: [input names in client
   regions, re-checked before use], outputs?: {name: [segment, offset, byte_size]}}],
   parameters, max_rows?, reply?: [address, pid], release?: [[segment, offset], ...]}``
-  (``release``: output slots of earlier batches the producer is done with, as in RELEASE;
-  said here rather than in a message of their own when a batch follows soon; ``rid``: the
-  request's id, for log lines only — the client's v2 ``id``, or one the gateway made up;
-  ``outputs``: client regions the item's rows of that output go to; ``max_rows``: the model's
-  batch size — a worker that finds several such batches waiting runs them as one
-  ``predict`` of at most this many rows and answers each on its own; ``reply``: where its RESULT/ERROR go — a data-plane process's
-  PULL socket in the run directory, and its pid: the worker frees the output slots it holds
-  for a producer that is gone),
+  (``release``: output slots of earlier batches the producer is done with, as in RELEASE; said
+  here rather than in a message of their own when a batch follows soon; ``rid``: the request's
+  id, for log lines only — the client's v2 ``id``, or one the gateway made up; ``outputs``:
+  client regions the item's rows of that output go to; ``max_rows``: the model's batch size —
+  a worker that finds several such batches waiting runs them as one ``predict`` of at most
+  this many rows and answers each on its own; ``reply``: where its RESULT/ERROR go — a data-
+  plane process's PULL socket in the run directory, and its pid: the worker frees the output
+  slots it holds for a producer that is gone),
   ``RELEASE {slots: [[segment, offset], ...]}`` (output slots the producer is done with),
   ``SEQUENCE_END {sequence_id, reason}`` (a sequence ended without a request saying so:
   ``evicted`` after idling, ``cancelled``, ``closed``, ``restarted``), ``STOP {}``.
