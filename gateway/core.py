@@ -330,6 +330,11 @@ class Gateway:
             simulated=self.settings.simulate_gpus > 0,
         )
 
+    def queued_elsewhere_s(self, server: ModelServer) -> float:
+        """How long the oldest request of the model queued in a data-plane process has
+        waited (seconds; as last reported)."""
+        return self.bridge_reports.head_age(server.config.name, server.config.version)
+
     def slot_free(self, server: ModelServer) -> bool:
         return self._placement_for(server) is not None
 

@@ -323,6 +323,8 @@ class BridgeReports:
     answers: dict[int, int] = field(default_factory=dict)  # worker index -> answers
     # per process: requests it has queued or running, by (model, version)
     pending: dict[int, dict[tuple[str, str], int]] = field(default_factory=dict)
+    # per process: how long its oldest queued request of a model has waited (seconds)
+    head_ages: dict[int, dict[tuple[str, str], float]] = field(default_factory=dict)
     slots_in_use: dict[int, int] = field(default_factory=dict)
     bytes_in_use: dict[int, int] = field(default_factory=dict)
 
@@ -335,12 +337,14 @@ class BridgeReports:
                     and 0 < item[2] < 1 << 40):
                 counts.append((item[0], item[1], item[2]))
                 self.answers[index] = self.answers.get(index, 0) + item[2]
-        pending = {}
+        pending, ages = {}, {}
         for item in body.get("pending") or []:
-            if (isinstance(item, list) and len(item) == 3 and isinstance(item[2], int)
-                    and item[2] >= 0):
+            if (isinstance(item, list) and len(item) == 4 and isinstance(item[2], int)
+                    and item[2] >= 0 and isinstance(item[3], int | float)):
                 pending[(str(item[0]), str(item[1]))] = item[2]
+                ages[(str(item[0]), str(item[1]))] = max(0.0, float(item[3]))
         self.pending[index] = pending
+        self.head_ages[index] = ages
         for key, book in (("slots_in_use", self.slots_in_use),
                           ("bytes_in_use", self.bytes_in_use)):
             value = body.get(key)
@@ -352,9 +356,14 @@ class BridgeReports:
         """Requests of a model queued or running in the data-plane processes."""
         return sum(p.get((name, version), 0) for p in self.pending.values())
 
+    def head_age(self, name: str, version: str) -> float:
+        """The longest any data-plane process's oldest queued request has waited."""
+        return max((a.get((name, version), 0.0) for a in self.head_ages.values()), default=0.0)
+
     def gone(self, index: int) -> None:
         """A process died: its slab went with it."""
         self.pending.pop(index, None)
+        self.head_ages.pop(index, None)
         self.slots_in_use.pop(index, None)
         self.bytes_in_use.pop(index, None)
 

@@ -44,6 +44,8 @@ class Fleet(Protocol):
 
     def slot_free(self, server: ModelServer) -> bool: ...
 
+    def queued_elsewhere_s(self, server: ModelServer) -> float: ...
+
 
 def _busy_ns(server: ModelServer) -> int:
     return sum(b.compute_input.ns + b.compute_infer.ns + b.compute_output.ns
@@ -65,6 +67,7 @@ class ModelScaler:
         head = server.queue.next_deadline()
         head_age = 0.0 if head is None else max(
             0.0, now - (head - server.config.max_queue_delay_us / 1e6))
+        head_age = max(head_age, self.fleet.queued_elsewhere_s(server))
         count, ns = stats.queue.count - self._queued[0], stats.queue.ns - self._queued[1]
         recent = ns / count / 1e9 if count > 0 else 0.0
         busy_ns = _busy_ns(server)

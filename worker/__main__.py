@@ -164,7 +164,10 @@ class Worker:
         while True:
             if not self.backlog and not self._message_waiting():
                 continue
-            kind, body = self.backlog.pop() if self.backlog else self._recv()
+            # RELEASE is handled on arrival (``_arrived``): it never waits behind a batch.
+            # One message per turn: the health check's timing is ``_message_waiting``'s.
+            kind, body = (self.backlog.pop() if self.backlog
+                          else self._arrived(self.inp.recv_multipart()))
             if kind == wire.BATCH:
                 group = self._merge(body)
                 self.busy_since = time.monotonic()
@@ -182,13 +185,6 @@ class Worker:
                 self.end_sequence(body.get("sequence_id"), str(body.get("reason", "ended")))
             elif kind == wire.STOP:
                 return
-
-    def _recv(self) -> tuple[bytes, dict[str, Any]]:
-        """The next message; RELEASE is handled on arrival (it never waits behind a batch)."""
-        while True:
-            kind, body = self._arrived(self.inp.recv_multipart())
-            if kind != wire.RELEASE:
-                return kind, body
 
     def _arrived(self, frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
         """Decode a message; the slots it releases (RELEASE, or a BATCH's ``release``) are

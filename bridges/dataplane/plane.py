@@ -283,8 +283,16 @@ class DataPlane:
         return report
 
     def pending_report(self) -> list[list[Any]]:
-        """``[[name, version, requests queued or running], ...]``: a gauge, sent every time."""
-        return [[*key, server.pending] for key, server in self._local.items()]
+        """``[[name, version, requests queued or running, seconds the oldest queued one has
+        waited], ...]``: gauges (the status page, metrics, the autoscaler)."""
+        now = trio.current_time()
+        report: list[list[Any]] = []
+        for key, server in self._local.items():
+            head = server.queue.next_deadline()
+            age = 0.0 if head is None else max(
+                0.0, now - (head - server.config.max_queue_delay_us / 1e6))
+            report.append([*key, server.pending, round(age, 4)])
+        return report
 
     def fail_all(self, error: Unavailable) -> None:
         for server in self._local.values():
