@@ -92,7 +92,7 @@ HELP = {
                        "closed",
     "workers": "data-plane processes serving HTTP on the shared port, each batching "
                "stateless models itself: 'auto' (one per usable core: affinity and cgroup "
-               "quota) or N (0: everything in one process)",
+               "quota; one below 4 cores) or N (0: everything in one process)",
     "log_level": "DEBUG, INFO, WARNING, ERROR",
     "log_format": "text or json",
 }

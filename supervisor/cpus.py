@@ -2,7 +2,10 @@
 
 ``inferoxy serve --workers auto`` starts one data-plane process per such core. A container
 limited with ``--cpus 4`` on a 64-core host sees 64 CPUs in its affinity mask but may only
-use 4 cores' worth of time; starting 64 processes there would only add switching.
+use 4 cores' worth of time; starting 64 processes there would only add switching. Below
+``SMALL_HOST_CORES`` it starts one: on two cores the load generator, the copies and one
+data-plane process already fill the machine, and a second process cost 15-25 % of tiny-JSON
+throughput in the same runs (docs/decisions/data-plane-processes.md).
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ def usable_cores(root: Path = CGROUP) -> int:
     return max(1, cores)
 
 
+SMALL_HOST_CORES = 4
+
+
 def parse_workers(value: str, root: Path = CGROUP) -> int:
-    """``--workers``: ``auto`` (one data-plane process per usable core) or a count >= 0."""
+    """``--workers``: ``auto`` (one data-plane process per usable core; one on a host of
+    fewer than ``SMALL_HOST_CORES``) or a count >= 0."""
     text = value.strip().lower()
     if text == "auto":
-        return usable_cores(root)
+        cores = usable_cores(root)
+        return cores if cores >= SMALL_HOST_CORES else 1
     if not text.isdecimal():
         raise ValueError(f"--workers must be 'auto' or a number of processes, not {value!r}")
     return int(text)

@@ -96,3 +96,7 @@ def test_workers_auto_counts_usable_cores_and_the_cgroup_quota(tmp_path: Path) -
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert usable_cores(tmp_path) == 1
     assert parse_workers("auto", tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("800000\n")  # 8 cores' worth
+    assert parse_workers("auto", tmp_path) == (
+        min(8, usable_cores(Path("/nonexistent"))) if usable_cores(Path("/nonexistent")) >= 4
+        else 1)

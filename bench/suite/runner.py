@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(profile-SCENARIO.md: the top costs)")
     parser.add_argument("--inferoxy-args", default="",
                         help="extra flags for inferoxy serve, e.g. '--workers 2'")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="also write the results page the repository keeps "
+                             "(docs/benchmarks.md)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
 
@@ -133,6 +136,7 @@ class Bench:
         self.systems = parse_systems(args.systems)
         self.duration = args.duration
         self.inferoxy_args = tuple(shlex.split(args.inferoxy_args))
+        self.doc: Path | None = args.doc
         self.profile = {p.strip() for p in (args.profile or "").split(",") if p.strip()}
         unknown = self.profile - {s.name for s in self.scenarios}
         if unknown:
@@ -421,6 +425,34 @@ class Bench:
         (self.out / "run.json").write_text(json.dumps(run, indent=2, default=str))
         self.write_readme(run, summary_md, sections)
         self.say(f"wrote {self.out}")
+        if self.doc is not None:
+            self.write_doc(run, summary_md, sections)
+            self.say(f"wrote {self.doc}")
+
+    def write_doc(self, run: dict[str, Any], summary_md: str, sections: list[str]) -> None:
+        """The results page the repository keeps (``--doc``): the latest run and how to
+        reproduce it, written whole each time — never edited by hand."""
+        m = run["machine"]
+        argv = " ".join(a for a in self.argv if not a.startswith("--doc")
+                        and a != str(self.doc))
+        lines = [
+            "# Benchmark results", "",
+            "Written by `inferoxy bench --doc docs/benchmarks.md`; a run replaces this page "
+            "whole. The method, the peers and what every column means: README.md, "
+            "\"Benchmarks\".", "",
+            f"Latest run: {run['started_utc']}, {self.mode} mode, `inferoxy {argv}` "
+            f"({run['elapsed_s']} s).", "",
+            f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory']}; load average at "
+            f"start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. "
+            f"Pinning: {self.pinning.describe()}.", "",
+            "## Summary (each scenario at its headline concurrency)", "",
+            "Inferoxy's throughput divided by each peer's in the same run (> 1: Inferoxy is "
+            "faster). Numbers are comparable within one run only.", "",
+            summary_md, "## Per scenario", "", *sections,
+        ]
+        assert self.doc is not None
+        self.doc.parent.mkdir(parents=True, exist_ok=True)
+        self.doc.write_text("\n".join(lines))
 
     def version_table(self) -> dict[str, str]:
         out = {"inferoxy": metadata.version("inferoxy")}
