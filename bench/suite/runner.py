@@ -433,8 +433,9 @@ class Bench:
         """The results page the repository keeps (``--doc``): the latest run and how to
         reproduce it, written whole each time — never edited by hand."""
         m = run["machine"]
-        argv = " ".join(a for a in self.argv if not a.startswith("--doc")
-                        and a != str(self.doc))
+        args = self.argv[self.argv.index("bench") + 1:] if "bench" in self.argv \
+            else self.argv[1:]
+        argv = " ".join(["bench", *args])
         lines = [
             "# Benchmark results", "",
             "Written by `inferoxy bench --doc docs/benchmarks.md`; a run replaces this page "
