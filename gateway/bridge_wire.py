@@ -24,8 +24,11 @@ Bridge -> core:
   worker reuse their slots.
 * ``CALL {id, method, path, query, headers}`` + body frame: a non-infer HTTP request,
   answered by the core's route layer with one ``REPLY``.
-* ``REPORT {answers, slots_in_use, bytes_in_use}``: the bridge's answer counts since its last
-  report (``[[bridge, status_class, n], ...]``) and its slab's use now.
+* ``REPORT {answers, stats, pending, slots_in_use, bytes_in_use, flush?}``: the process's
+  answer counts since its last report (``[[bridge, status_class, n], ...]``), its models'
+  statistics since then (``[[name, version, delta], ...]``, ``gateway.stats.stats_delta``),
+  requests queued or running and the oldest one's wait (``[[name, version, n, seconds],
+  ...]``), and its slab's use now.
 
 Core -> bridge:
 
@@ -39,6 +42,9 @@ Core -> bridge:
 * ``FREE {id}``: no worker reads this request's input slots any more: the bridge frees them.
 * ``REPLY {id, status, headers}`` + body frame.
 * ``STOP {}``: drain: stop accepting connections, finish what is open, exit.
+* ``FLUSH {gen}``: report now; the ``REPORT`` carries ``flush: gen`` (statistics read through
+  any process then hold what every process counted until then).
+* ``TABLE`` is acknowledged with ``ACK {gen}`` once applied.
 """
 
 from __future__ import annotations
@@ -59,9 +65,10 @@ FREE = b"FREE"
 REPLY = b"REPLY"
 STOP = b"STOP"
 ACK = b"ACK"
+FLUSH = b"FLUSH"
 
 TO_CORE = frozenset({HELLO, INFER, CANCEL, DONE, CALL, REPORT, ACK})
-TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP})
+TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP, FLUSH})
 
 MAX_BLOBS = 1  # more frames than any message carries: a malformed peer
 

@@ -86,6 +86,7 @@ class Gateway:
         self._copy_owner: dict[int, ModelServer] = {}  # copy id -> its server
         self.change_listeners: list[Callable[[], None]] = []  # see changed()
         self.region_publishers: list[Callable[[], Awaitable[None]]] = []
+        self.stats_fresheners: list[Callable[[], Awaitable[None]]] = []
         self._rollover_wake = trio.Event()
         self.live = False
         self.draining = False
@@ -120,6 +121,12 @@ class Gateway:
         now (data-plane processes hold a replica; see ``region_publishers``)."""
         for publish in self.region_publishers:
             await publish()
+
+    async def stats_fresh(self) -> None:
+        """Return once the statistics hold what every process counted until now (data-plane
+        processes report on their own only every 0.1 s; see ``stats_fresheners``)."""
+        for freshen in self.stats_fresheners:
+            await freshen()
 
     def changed(self) -> None:
         """Something data-plane processes mirror changed (a copy's state, the routing)."""

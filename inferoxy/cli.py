@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from dataclasses import fields
 from typing import Any
 
@@ -15,6 +13,7 @@ import trio
 
 from gateway.config import ConfigError
 from gateway.declaration import load_declarations
+from gateway.logs import setup_logging
 from gateway.registry import RegistryUnreachable
 from gateway.runtimes import runtime_for
 from gateway.settings import Settings
@@ -121,31 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, type=kind, default=default,
                            help=f"{HELP.get(f.name, '')} (default: {shown})")
     return parser
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    os.environ.setdefault("INFEROXY_LOG_LEVEL", level.upper())  # workers inherit it
-    os.environ.setdefault("INFEROXY_LOG_FORMAT", fmt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,7 @@ class CoreLink:
         self._outbox: list[dict[str, Any]] = []
         self._flush_wake = trio.Event()
         self.on_table: Callable[[dict[str, Any]], None] = lambda body: None
+        self.on_flush: Callable[[int], None] = lambda gen: None
         self.table_gen = 0
         self.got_table = trio.Event()
         self.stop_requested = trio.Event()
@@ -116,6 +117,8 @@ class CoreLink:
             self.send(bw.ACK, {"gen": self.table_gen})
         elif kind == bw.STOP:
             self.stop_requested.set()
+        elif kind == bw.FLUSH:
+            self.on_flush(int(body["gen"]))
 
     def _on_answer(self, item: dict[str, Any], blob: Any) -> None:
         msg_id = item["id"]
@@ -210,10 +213,12 @@ class CoreLink:
                     pending.done.set()
 
     def report(self, answers: list[list[Any]], stats: list[list[Any]],
-               pending: list[list[Any]]) -> None:
-        self.send(bw.REPORT, {"answers": answers, "stats": stats, "pending": pending,
-                              "slots_in_use": self.slab.slots_in_use,
-                              "bytes_in_use": self.slab.bytes_in_use})
+               pending: list[list[Any]], flush: int | None = None) -> None:
+        body = {"answers": answers, "stats": stats, "pending": pending,
+                "slots_in_use": self.slab.slots_in_use, "bytes_in_use": self.slab.bytes_in_use}
+        if flush is not None:
+            body["flush"] = flush
+        self.send(bw.REPORT, body)
 
     def close(self) -> None:
         self.cache.close()

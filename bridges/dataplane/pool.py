@@ -85,6 +85,8 @@ class DataPlanePool:
         self._quick: tuple[Any, ...] = ()
         self._table_gen = 0
         self._acked: dict[int, int] = {}  # per process: the table generation it applied
+        self._flush_gen = 0
+        self._flushed: dict[int, int] = {}  # per process: the last FLUSH it reported for
         self._sent_gen: dict[int, int] = {}
         self._stopping = False
         self._nursery: trio.Nursery
@@ -107,6 +109,7 @@ class DataPlanePool:
         intake_sock.bind(bw.intake_address(self.run_dir))
         try:
             self.gateway.region_publishers.append(self.publish)
+            self.gateway.stats_fresheners.append(self.fresh_stats)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._refresh_table()
@@ -122,6 +125,8 @@ class DataPlanePool:
         finally:
             if self.publish in self.gateway.region_publishers:
                 self.gateway.region_publishers.remove(self.publish)
+            if self.fresh_stats in self.gateway.stats_fresheners:
+                self.gateway.stats_fresheners.remove(self.fresh_stats)
             with trio.CancelScope(shield=True):
                 for proc in self._procs.values():
                     if proc.returncode is None:
@@ -166,6 +171,7 @@ class DataPlanePool:
             self._outs[index] = out
             self._sent_gen.pop(index, None)
             self._acked.pop(index, None)
+            self._flushed.pop(index, None)
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridges.dataplane", "--index", str(index),
                  "--core-pid", str(os.getpid()), "--run-dir", self.run_dir],
@@ -227,6 +233,15 @@ class DataPlanePool:
             self._table_gen += 1
             self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table),
                                 "regions": table_regions}
+
+    async def fresh_stats(self) -> None:
+        """Ask every live process to report now and wait (bounded) until each has."""
+        self._flush_gen += 1
+        gen = self._flush_gen
+        asked = [i for i in self._listening if self._send(i, bw.FLUSH, {"gen": gen})]
+        with trio.move_on_after(PUBLISH_WAIT_S):
+            while any(self._flushed.get(i, 0) < gen for i in asked if i in self._listening):
+                await trio.sleep(0.001)
 
     async def publish(self) -> None:
         """Send the table now and wait (bounded) until every live process has applied it:
@@ -308,6 +323,8 @@ class DataPlanePool:
                 server = self.gateway.servers.get((name, version))
                 if server is not None:
                     add_stats(server.stats, delta)
+            if isinstance(body.get("flush"), int):
+                self._flushed[index] = max(self._flushed.get(index, 0), body["flush"])
         elif kind == bw.ACK:
             self._acked[index] = max(self._acked.get(index, 0), int(body["gen"]))
         elif kind == bw.HELLO:

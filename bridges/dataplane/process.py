@@ -36,6 +36,7 @@ from gateway import bridge_wire as bw
 from gateway import wakeup
 from gateway.errors import Unavailable
 from gateway.link import WorkerLink
+from gateway.logs import setup_logging
 from gateway.settings import Settings
 from shm import wire
 from shm.segment import SegmentCache, segment_name
@@ -63,21 +64,22 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     link = CoreLink(index, run_dir, slab)
     workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
     plane = DataPlane(settings, link, workers, slab, SegmentCache())
+    link.on_flush = lambda gen: report(gen)
     sent: dict[tuple[str, str], int] = {}
     last_gauges: list[Any] = [None]
 
-    def report() -> None:
+    def report(flush: int | None = None) -> None:
         counts = plane.bridge_answers.counts
         delta = [[b, c, n - sent.get((b, c), 0)] for (b, c), n in list(counts.items())
                  if n != sent.get((b, c), 0)]
         sent.update(counts)
         stats = plane.stats_report()
         gauges = (plane.pending_report(), slab.slots_in_use, slab.bytes_in_use)
-        if not delta and not stats and gauges == last_gauges[0]:
+        if not delta and not stats and gauges == last_gauges[0] and flush is None:
             return  # idle: nothing new to say
         last_gauges[0] = gauges
         try:
-            link.report(delta, stats, gauges[0])
+            link.report(delta, stats, gauges[0], flush)
         except Unavailable:
             pass
 
@@ -176,6 +178,5 @@ def main(argv: list[str] | None = None) -> None:
     if os.getppid() != args.core_pid:  # the core died before we could ask
         return
     settings = Settings(**json.loads(os.environ["INFEROXY_BRIDGE_SETTINGS"]))
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(settings.log_level, settings.log_format)
     trio.run(serve_bridge, args.index, args.core_pid, args.run_dir, settings)

@@ -189,7 +189,7 @@ class Handlers:
             "ModelMetadata": unary(h.sync(s.model_metadata),
                                    pb.ModelMetadataRequest.FromString),
             "ModelConfig": unary(h.sync(s.model_config), pb.ModelConfigRequest.FromString),
-            "ModelStatistics": unary(h.sync(s.model_statistics),
+            "ModelStatistics": unary(h.task(s.model_statistics_fresh),
                                      pb.ModelStatisticsRequest.FromString),
             "RepositoryIndex": unary(h.sync(s.repository_index, admin=True),
                                      pb.RepositoryIndexRequest.FromString),

@@ -89,6 +89,12 @@ class Service:
         doc = {k: v for k, v in model_config(server).items() if v is not None}
         return pb.ModelConfigResponse(config=_parse(doc, mc.ModelConfig()))
 
+    async def model_statistics_fresh(self, request: pb.ModelStatisticsRequest
+                                     ) -> pb.ModelStatisticsResponse:
+        """The statistics with what every data-plane process counted until now."""
+        await self.gateway.stats_fresh()
+        return self.model_statistics(request)
+
     def model_statistics(self, request: pb.ModelStatisticsRequest
                          ) -> pb.ModelStatisticsResponse:
         if request.version:

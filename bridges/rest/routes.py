@@ -132,6 +132,7 @@ async def config(gateway: Gateway, request: HttpRequest, p: dict[str, str]) -> H
 
 
 async def stats(gateway: Gateway, request: HttpRequest, p: dict[str, str]) -> HttpResponse:
+    await gateway.stats_fresh()  # what every process counted until now
     name, version = p.get("name"), p.get("version")
     if not name:
         servers = gateway.all_servers()
