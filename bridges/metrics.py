@@ -116,6 +116,7 @@ async def serve_metrics(gateway: Gateway, host: str, port: int, shutdown: trio.E
         if scope["path"] != "/metrics":
             await send_json(send, 404, b'{"error": "not found; try /metrics"}')
             return
+        await gateway.stats_fresh()  # what every process counted until now
         body = generate_latest(registry)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})

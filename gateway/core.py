@@ -685,11 +685,18 @@ class Gateway:
             server.copies.clear()  # a request that still finds it is refused, not stranded
             log.info("model %s version %s %s: stopped", name, version, why)
 
+    def begin_drain(self) -> None:
+        """Readiness goes false and new requests are refused (once)."""
+        if not self.draining:
+            self.draining = True
+            pending = sum(s.pending for s in self._running_servers())
+            log.info("draining: %d request(s) pending", pending + sum(
+                n for p in self.bridge_reports.pending.values() for n in p.values()))
+
     async def drain(self) -> None:
         """Readiness goes false, queued and in-flight requests finish (bounded), copies stop."""
-        self.draining = True
+        self.begin_drain()
         servers = self._running_servers()
-        log.info("draining: %d request(s) pending", sum(s.pending for s in servers))
         with trio.move_on_after(self.settings.drain_timeout_s):
             while any(s.pending for s in servers):
                 await trio.sleep(0.02)

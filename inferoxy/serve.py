@@ -91,7 +91,7 @@ async def serve(settings: Settings,
             if pool is not None:
                 # Readiness goes false first; then every data-plane process stops accepting
                 # and finishes what it holds — while the copies still run.
-                gateway.draining = True
+                gateway.begin_drain()
                 await pool.stop(settings.drain_timeout_s)
             await gateway.drain()
             http_stop.set()  # the HTTP servers close their listeners and idle connections

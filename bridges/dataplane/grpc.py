@@ -11,6 +11,7 @@ answer (or status) comes back unchanged: one place answers them, whatever the co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,7 @@ class DataPlaneHandlers(Handlers):
         self._control_address = control
         self._max_message_bytes = max_message_bytes
         self._channel: grpc.aio.Channel | None = None
+        self._streams: set[Any] = set()  # forwarded streams open now
 
     def _control(self) -> grpc.aio.Channel:
         """The channel to the control process (made on the asyncio thread, on first use)."""
@@ -76,13 +78,24 @@ class DataPlaneHandlers(Handlers):
         if self.closing:
             await abort(context, Unavailable(SHUTTING_DOWN))
         call = self._control().stream_stream(method)(requests, metadata=_metadata(context))
+        self._streams.add(call)
         try:
             async for answer in call:
                 yield answer
-        except grpc.aio.AioRpcError as exc:
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
             if self.closing:  # this process is stopping: say so, as the control process would
                 await abort(context, Unavailable(SHUTTING_DOWN))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+        finally:
+            self._streams.discard(call)
+
+    def close(self) -> None:
+        """Shutdown begins: forwarded streams end now, with UNAVAILABLE (shutting down)."""
+        super().close()
+        for call in list(self._streams):
+            call.cancel()
 
     async def model_infer(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> Any:
         header = wire.header
