@@ -46,7 +46,7 @@ from tritonclient.utils import InferenceServerException
 
 from bridges.websocket.frames import decode_reply, encode_frame
 from bridges.zmq import wire
-from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
+from tests.conftest import ROOT, RunningGateway, child_pids, shm_names, start_gateway
 from tests.fuzzing import assert_no_leak, assert_still_serving
 from tests.test_lifecycle_e2e import _worker_pids
 
@@ -250,10 +250,12 @@ def foreign_segments(gw: RunningGateway) -> list[str]:
     live = set(_worker_pids(gw.process.pid, "stub") + _worker_pids(gw.process.pid,
                                                                      "running_sum"))
     own = f"{gw.shm_prefix}-{gw.process.pid}-"
+    planes = tuple(f"{gw.shm_prefix}-{pid}-" for pid in  # data-plane processes' slabs
+                   child_pids(gw.process.pid, b"-m", b"bridges.dataplane"))
     stray = []
     for name in shm_names(gw.shm_prefix):
         rest = name.removeprefix(own)
-        if rest == name:
+        if rest == name and not name.startswith(planes):
             stray.append(name)  # another (dead) gateway's: swept at start, never made here
         elif rest.startswith("w"):
             pid = int(rest[1:].split("-")[0])

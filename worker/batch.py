@@ -57,6 +57,17 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
     return inputs, rows
 
 
+def output_rows(name: object, value: object, rows: int) -> np.ndarray:
+    """A model output as an array whose first dimension is the batch's ``rows``."""
+    arr = np.asarray(value)
+    if arr.ndim == 0 or arr.shape[0] != rows:
+        raise BatchError(
+            f"model output {name!r} has shape {list(arr.shape)}; its first dimension "
+            f"must be the batch size {rows}"
+        )
+    return arr
+
+
 def place_outputs(
     slab: SlabAllocator,
     cache: SegmentCache,
@@ -78,12 +89,7 @@ def place_outputs(
     taken: list[Slot] = []
     try:
         for name, value in outputs.items():
-            arr = np.asarray(value)
-            if arr.ndim == 0 or arr.shape[0] != rows:
-                raise BatchError(
-                    f"model output {name!r} has shape {list(arr.shape)}; its first dimension "
-                    f"must be the batch size {rows}"
-                )
+            arr = output_rows(name, value, rows)
             if arr.dtype.kind not in "biuf":
                 raise BatchError(f"model output {name!r} has unsupported dtype {arr.dtype}")
             name = str(name)

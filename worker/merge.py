@@ -20,9 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import numpy as np
-
-from worker.batch import BatchError
+from worker.batch import BatchError, output_rows
 
 Message = tuple[bytes, dict[str, Any]]
 
@@ -87,11 +85,5 @@ def slice_rows(outputs: object, start: int, rows: int, total: int) -> dict[str, 
         raise BatchError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
     part: dict[str, Any] = {}
     for name, value in outputs.items():
-        arr = np.asarray(value)
-        if arr.ndim == 0 or arr.shape[0] != total:
-            raise BatchError(
-                f"model output {name!r} has shape {list(arr.shape)}; its first dimension "
-                f"must be the batch size {total}"
-            )
-        part[name] = arr[start:start + rows]
+        part[name] = output_rows(name, value, total)[start:start + rows]
     return part
