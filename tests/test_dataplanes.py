@@ -296,7 +296,7 @@ def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> Non
         # The process is restarted (a new pid beside the survivor) and serves again.
         wait_for(lambda: len(bridge_pids(gw)) == 2 and victim not in bridge_pids(gw))
         assert survivor in bridge_pids(gw)
-        assert "bridge process 0" in gw.log() or "bridge process 1" in gw.log()
+        assert "data-plane process 0" in gw.log() or "data-plane process 1" in gw.log()
         for _ in range(8):
             sock, status = _raw_infer(port, None)
             sock.close()

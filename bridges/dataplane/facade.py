@@ -1,16 +1,14 @@
-"""The gateway as a bridge process sees it: a façade over messages to the core.
+"""A data-plane process's link to the control process, and what it forwards there.
 
-The REST infer handler touches a small surface of the gateway — ``model(name, version)``,
-``ensure_accepting(server)``, ``admission(server)``, ``settings``, ``bridge_answers`` — and
-``RemoteGateway`` implements exactly that, so the same handler runs in the core and in a
-bridge process. Models resolve against the routing table the core pushes
-(``gateway.intake.routing_table``); admissions take slots from the bridge's own slab, and
-``run`` sends one INFER message of descriptors and waits for its one ANSWER.
+``CoreLink`` carries the messages of ``gateway.bridge_wire``: the copy table in (``TABLE``),
+reports and forwarded requests out. ``RemoteAdmission`` is the ``Admission`` surface for
+models the control process serves (stateful ones): slots come from this process's own slab,
+and ``run`` sends one INFER message of descriptors and waits for its one ANSWER.
 
-Slot ownership (``gateway.intake`` has the core's side): before INFER is sent, slots belong
-to the admission (``release`` frees them); after, to ``CoreLink``, which frees them when the
-core says no worker can read them (``freed`` in the ANSWER, or a later FREE) — even when the
-client went away in between. Nothing else ever frees them.
+Slot ownership (``gateway.intake`` has the control process's side): before INFER is sent,
+slots belong to the admission (``release`` frees them); after, to ``CoreLink``, which frees
+them when the control process says no worker can read them (``freed`` in the ANSWER, or a
+later FREE) — even when the client went away in between. Nothing else ever frees them.
 """
 
 from __future__ import annotations
@@ -143,7 +141,7 @@ class CoreLink:
     def submit(self, body: dict[str, Any], slots: list[Slot]) -> int:
         """Send an INFER; from now on ``slots`` are the link's. Raises before that."""
         if len(self._infers) >= MAX_IN_FLIGHT:
-            raise Unavailable("this bridge process has too many requests in flight")
+            raise Unavailable("this data-plane process has too many requests in flight")
         msg_id = next(self._ids)
         body["id"] = msg_id
         if not self._outbox:
@@ -188,7 +186,7 @@ class CoreLink:
     async def call(self, body: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         """A non-infer HTTP request, answered by the core's route layer."""
         if len(self._calls) >= MAX_IN_FLIGHT:
-            raise Unavailable("this bridge process has too many requests in flight")
+            raise Unavailable("this data-plane process has too many requests in flight")
         msg_id = next(self._ids)
         body["id"] = msg_id
         pending = self._calls[msg_id] = _Pending([])
@@ -253,7 +251,7 @@ class RemoteResult:
 
 
 class RemoteAdmission:
-    """The ``Admission`` surface, in a bridge process: slots from its own slab; client
+    """The ``Admission`` surface, in a data-plane process: slots from its own slab; client
     regions are resolved (and refused) by the core, which keeps the registry."""
 
     def __init__(self, link: CoreLink, server: RemoteModel) -> None:

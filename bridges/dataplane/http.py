@@ -1,9 +1,10 @@
-"""The HTTP server of a bridge process: the REST layer's own handler over a ``RemoteGateway``.
+"""The HTTP server of a data-plane process: the REST layer's own handlers over a
+``DataPlane``.
 
-Infer requests run the same handler as in the core (``bridges.rest.infer``); every other
-route is forwarded to the core as one CALL message and answered there by
-``bridges.rest.routes.answer`` (the registry of client regions and the statistics live in
-the core).
+Infer requests run the same handlers as in the control process (``bridges.rest.infer``; the
+reactor's no-task path for the models this process batches); every other route is forwarded
+to the control process as one CALL message and answered there by
+``bridges.rest.routes.answer`` (the registry of client regions lives there).
 """
 
 from __future__ import annotations

@@ -1,18 +1,25 @@
-"""The core's Trio adapter for bridge processes: spawn, supervise, and serve their messages.
+"""The control process's Trio adapter for data-plane processes: spawn, supervise, publish
+the copy table, and serve what they forward.
 
-``BridgePool.run`` binds the intake (a PULL socket every bridge pushes to) and one PUSH
-socket per bridge (``bridge-<i>.sock``, fresh for each process), starts ``N`` processes of
-``python -m bridges.dataplane`` and restarts any that dies (with back-off). Each socket has one
-owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent to, with
-``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s business.
-Per request the core does as little as it can, since it is the part that does not scale with
-N: an INFER item is checked and submitted synchronously in the intake task (no task per
-request); its answer comes from the model server's ``on_done`` callback; one task keeps every
-deadline in a heap; answers queued in one round of the event loop leave in one message.
+``DataPlanePool.run`` binds the intake (a PULL socket every data-plane process pushes to) and
+one PUSH socket per process (``bridge-<i>.sock``, fresh for each process), starts ``N``
+processes of ``python -m bridges.dataplane`` and restarts any that dies (with back-off). Each
+socket has one owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent
+to, with ``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s
+business.
 
-A bridge process dies with the core (it watches its parent). On SIGTERM the core drains first
-(its bridges' new requests get 503), then tells every bridge to ``STOP``: close its listener,
-finish open responses, exit.
+Stateless requests never come here: the processes batch them and send them to the copies
+themselves. What does come (stateful models' requests, every other route) is handled as the
+bridge processes' requests were: an INFER item is checked and submitted synchronously in the
+intake task (no task per request); its answer comes from the model server's ``on_done``
+callback; one task keeps every deadline in a heap; answers queued in one round of the event
+loop leave in one message. The copy table goes out when it changes (``Gateway.changed``);
+region changes and statistics reads wait until every process has caught up (``publish``,
+``fresh_stats``).
+
+A data-plane process dies with the control process (it watches its parent). On SIGTERM
+readiness goes false first, then every process is told to ``STOP``: close its listeners,
+finish open responses (the copies still run), exit.
 """
 
 from __future__ import annotations
@@ -151,7 +158,7 @@ class DataPlanePool:
                 await proc.wait()
         for proc in self._procs.values():
             if proc.returncode is None:
-                log.warning("bridge process %d did not stop in time; killing it", proc.pid)
+                log.warning("data-plane process %d did not stop in time; killing it", proc.pid)
                 proc.kill()
 
     def _spawn_env(self) -> dict[str, str]:
@@ -174,7 +181,8 @@ class DataPlanePool:
             self._flushed.pop(index, None)
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "bridges.dataplane", "--index", str(index),
-                 "--core-pid", str(os.getpid()), "--run-dir", self.run_dir],
+                 "--core-pid", str(os.getpid()), "--run-dir", self.run_dir,
+                 "--count", str(self.count)],
                 env=self._spawn_env(), stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the core, which stops them in order
             )
@@ -191,7 +199,7 @@ class DataPlanePool:
             if self._stopping:
                 return
             delay = backoff.on_exit(time.monotonic() - started)
-            log.warning("bridge process %d (pid %d) exited with status %s; restarting in "
+            log.warning("data-plane process %d (pid %d) exited with status %s; restarting in "
                         "%.1fs", index, proc.pid, code, delay)
             await trio.sleep(delay)
 
@@ -361,7 +369,7 @@ class DataPlanePool:
         gateway = self.gateway
         try:
             if book.dead:
-                raise Unavailable("the bridge process is gone")
+                raise Unavailable("the data-plane process is gone")
             try:
                 server = gateway.model(item["model"], item.get("version"))
                 gateway.ensure_accepting(server)
@@ -479,7 +487,7 @@ class DataPlanePool:
             if request.path == "/v2/health/ready" and not self._all_listening.is_set():
                 # Ready means every bridge listens: until then the kernel would hand every
                 # connection to the ones that do.
-                response = error_response(503, "not ready (bridge processes starting)")
+                response = error_response(503, "not ready (data-plane processes starting)")
             else:
                 response = await answer(self.gateway, request)
         except Exception:  # a bug in a route must not take the core (and every bridge) down

@@ -52,13 +52,16 @@ PRUNE_EVERY_S = 5.0  # output segments of workers that are gone are unmapped thi
 SEGMENT_BYTES = 16 << 20  # smaller than the core's: workers keep a dead bridge's mapped
 
 
-async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settings) -> None:
+async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settings,
+                       count: int = 1) -> None:
     from bridges.dataplane.http import serve_http  # the REST layer, imported in the child only
 
     pid = os.getpid()
     slab = SlabAllocator(
         segment_name(settings.shm_prefix, pid, "b"),
-        limit_bytes=max(SEGMENT_BYTES, settings.shm_limit_bytes // 2),
+        # The data-plane processes share --shm-limit-bytes (the control process keeps its own
+        # for the WebSocket and ZeroMQ bridges).
+        limit_bytes=max(SEGMENT_BYTES, settings.shm_limit_bytes // max(count, 1)),
         segment_bytes=SEGMENT_BYTES,
     )
     link = CoreLink(index, run_dir, slab)
@@ -174,9 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--core-pid", type=int, required=True)
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--count", type=int, default=1, help="data-plane processes in all")
     args = parser.parse_args(argv)
     if os.getppid() != args.core_pid:  # the core died before we could ask
         return
     settings = Settings(**json.loads(os.environ["INFEROXY_BRIDGE_SETTINGS"]))
     setup_logging(settings.log_level, settings.log_format)
-    trio.run(serve_bridge, args.index, args.core_pid, args.run_dir, settings)
+    trio.run(serve_bridge, args.index, args.core_pid, args.run_dir, settings, args.count)
