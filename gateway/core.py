@@ -41,6 +41,7 @@ from gateway.errors import (
 )
 from gateway.intake import BridgeReports
 from gateway.link import WorkerLink
+from gateway.loadboard import LoadBoard, board_name
 from gateway.model_server import ModelServer
 from gateway.runtimes import runtime_for
 from gateway.scaler import ModelScaler
@@ -111,6 +112,7 @@ class Gateway:
         # Created in run(): they need the run directory, and cleanup follows run()'s scope.
         self.slab: SlabAllocator
         self.cache: SegmentCache
+        self.board: LoadBoard  # every producer's batches outstanding at each copy
         self.link: WorkerLink
         self.supervisor: Supervisor
         self._nursery: trio.Nursery
@@ -240,6 +242,7 @@ class Gateway:
             segment_bytes=64 << 20,
         )
         self.cache = SegmentCache()
+        self.board = LoadBoard.create(board_name(self.shm_prefix))
         self.link = WorkerLink(run_dir)
         self.supervisor = Supervisor(
             self.runtime, self.link,
@@ -277,7 +280,7 @@ class Gateway:
 
     def _start_model(self, config: ModelConfig) -> ModelServer:
         kind = ModelServer if config.stateless else StatefulModelServer
-        server = kind(config, self.link.send, self.slab, self.cache)
+        server = kind(config, self.link.send, self.slab, self.cache, board=self.board)
         if isinstance(server, StatefulModelServer):
             server.live_sequences = self.live_sequences
             server.max_live_sequences = self.settings.max_live_sequences
@@ -711,6 +714,7 @@ class Gateway:
                 server.fail_all(Unavailable("the server is shutting down"))
             await self.supervisor.shutdown(timeout_s=5.0)
         self.link.close()
+        self.board.close()
         self.cache.close()
         self.slab.close()
         unlink_matching(f"{self.shm_prefix}-")  # worker slabs of copies that were killed

@@ -29,6 +29,7 @@ from gateway.errors import (
     ModelError,
     Unavailable,
 )
+from gateway.loadboard import LoadBoard
 from gateway.request import BatchOutputs, InferRequest, RequestResult
 from gateway.stats import ModelStats
 from shm import wire
@@ -84,9 +85,11 @@ class ModelServer:
         slab: SlabAllocator,
         cache: SegmentCache,
         max_inflight_per_copy: int = MAX_INFLIGHT_PER_COPY,
+        board: LoadBoard | None = None,
     ) -> None:
         self.config = config
         self.max_inflight_per_copy = max_inflight_per_copy
+        self.board = board  # every producer's outstanding batches per copy (gateway.loadboard)
         self.versions: tuple[str, ...] = (config.version,)  # of its model, set by the gateway
         self._send = send
         self._slab = slab
@@ -258,14 +261,24 @@ class ModelServer:
 
     def _free_copy(self, now: float) -> Copy | None:
         best: Copy | None = None
+        best_key: tuple[int, float] = (0, 0.0)
         most = self.max_inflight_per_copy
+        board = self.board
         for c in self.copies:
-            if c.ready and c.outstanding < most and c.paused_until <= now and (
-                best is None
-                or (c.outstanding, c.last_dispatch) < (best.outstanding, best.last_dispatch)
-            ):
-                best = c
+            if c.ready and c.outstanding < most and c.paused_until <= now:
+                # The least loaded first: counting every producer's batches there when the
+                # board says, else this producer's own.
+                key = (board.load(c.id) if board is not None else c.outstanding,
+                       c.last_dispatch)
+                if best is None or key < best_key:
+                    best, best_key = c, key
         return best
+
+    def _set_outstanding(self, copy: Copy, n: int) -> None:
+        """``copy.outstanding``, and this producer's cell of the load board with it."""
+        if self.board is not None and n != copy.outstanding:
+            self.board.add(copy.id, n - copy.outstanding)
+        copy.outstanding = n
 
     def _dispatch(self, copy: Copy, batch: list[InferRequest]) -> None:
         batch_id = next(_batch_ids)
@@ -289,7 +302,7 @@ class ModelServer:
             self._requeue(copy, batch)
             copy.paused_until = trio.current_time() + SEND_RETRY_S
             return
-        copy.outstanding += 1
+        self._set_outstanding(copy, copy.outstanding + 1)
         copy.last_dispatch = trio.current_time()
         self.inflight[batch_id] = InflightBatch(copy, batch, now_ns)
         for r in batch:
@@ -353,7 +366,7 @@ class ModelServer:
         """A batch was answered, one way or another (stateful models release sequences)."""
 
     def _copy_answered(self, copy: Copy) -> None:
-        copy.outstanding = max(0, copy.outstanding - 1)
+        self._set_outstanding(copy, max(0, copy.outstanding - 1))
         self._wake.set()
 
     def _fail_batch(self, requests: list[InferRequest], error: InferoxyError) -> None:
@@ -430,7 +443,7 @@ class ModelServer:
 
     def on_copy_ready(self, copy: Copy) -> None:
         copy.releases.clear()  # slots of a process that is gone
-        copy.outstanding = 0
+        self._set_outstanding(copy, 0)
         copy.paused_until = 0.0
         self._wake.set()
 
@@ -455,7 +468,7 @@ class ModelServer:
                         copy.id, self.config.name, len(retry))
             retry.sort(key=lambda r: r.serial)
             self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in retry)
-        copy.outstanding = 0
+        self._set_outstanding(copy, 0)
         self._wake.set()
 
     def fail_all(self, error: InferoxyError) -> None:

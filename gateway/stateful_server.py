@@ -240,7 +240,7 @@ class StatefulModelServer(ModelServer):
         if queue is not None:
             self._fail_batch(queue.remove(lambda _: True), error)
         self.sequences.remove_copy(copy.id)  # nothing to tell: the worker is gone
-        copy.outstanding = 0
+        self._set_outstanding(copy, 0)
         self._wake.set()
 
     def fail_all(self, error: Any) -> None:

@@ -46,6 +46,7 @@ def usable_cores(root: Path = CGROUP) -> int:
 
 
 SMALL_HOST_CORES = 4
+MAX_WORKERS = 256  # rows of the load board (gateway.loadboard), less the control process's
 
 
 def parse_workers(value: str, root: Path = CGROUP) -> int:
@@ -53,8 +54,9 @@ def parse_workers(value: str, root: Path = CGROUP) -> int:
     fewer than ``SMALL_HOST_CORES``) or a count >= 0."""
     text = value.strip().lower()
     if text == "auto":
-        cores = usable_cores(root)
+        cores = min(usable_cores(root), MAX_WORKERS)
         return cores if cores >= SMALL_HOST_CORES else 1
-    if not text.isdecimal():
-        raise ValueError(f"--workers must be 'auto' or a number of processes, not {value!r}")
+    if not text.isdecimal() or int(text) > MAX_WORKERS:
+        raise ValueError(f"--workers must be 'auto' or a number of processes up to "
+                         f"{MAX_WORKERS}, not {value!r}")
     return int(text)

@@ -100,3 +100,33 @@ def test_workers_auto_counts_usable_cores_and_the_cgroup_quota(tmp_path: Path) -
     assert parse_workers("auto", tmp_path) == (
         min(8, usable_cores(Path("/nonexistent"))) if usable_cores(Path("/nonexistent")) >= 4
         else 1)
+
+
+def test_load_board_sums_every_producer_and_forgets_a_dead_one() -> None:
+    import uuid
+
+    from gateway.loadboard import COLUMNS, ROWS, LoadBoard, board_name
+    from supervisor.cpus import MAX_WORKERS
+
+    assert ROWS == MAX_WORKERS + 1  # a row per data-plane process, and the control's
+    name = board_name(f"ifxtest{uuid.uuid4().hex[:8]}-1")
+    control = LoadBoard.create(name)
+    try:
+        plane = LoadBoard.attach(name, 1)
+        control.add(7, 1)
+        plane.add(7, 2)
+        plane.add(8, 1)
+        assert (control.load(7), plane.load(7), plane.load(8)) == (3, 3, 1)
+        assert control.load(7 + COLUMNS) == 3  # ids share columns modulo COLUMNS
+        plane.add(7, -2)
+        assert control.load(7) == 1
+        plane.add(8, 5)
+        control.clear_row(1)  # the data-plane process died
+        assert (control.load(7), control.load(8)) == (1, 0)
+        again = LoadBoard.attach(name, 1)  # its restart starts from a clean row
+        assert again.load(8) == 0
+        again.close()
+        plane.close()
+    finally:
+        control.segment.unlink()
+        control.close()

@@ -34,6 +34,7 @@ from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
 from gateway.errors import InferoxyError, NotFound, Unavailable, unknown_model, unknown_version
 from gateway.link import WorkerLink
+from gateway.loadboard import LoadBoard
 from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters, stats_delta, stats_to_wire
@@ -52,13 +53,15 @@ class DataPlane:
     """What the bridges use of ``gateway.core.Gateway``, in a data-plane process."""
 
     def __init__(self, settings: Settings, link: CoreLink, workers: WorkerLink,
-                 slab: SlabAllocator, cache: SegmentCache) -> None:
+                 slab: SlabAllocator, cache: SegmentCache, board: LoadBoard | None = None
+                 ) -> None:
         self.settings = settings
         self.limits = Limits.of(settings)
         self.link = link
         self.workers = workers
         self.slab = slab
         self.cache = cache
+        self.board = board
         self.bridge_answers = BridgeCounters()
         self.draining = False
         self.regions = RegionRegistry(enabled=settings.allow_client_shm,
@@ -165,7 +168,7 @@ class DataPlane:
             return server
         server = self._local[key] = ModelServer(
             config, self.workers.send, self.slab, self.cache,
-            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED)
+            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED, board=self.board)
         if self._nursery is not None:
             self._start(server)
         return server

@@ -195,6 +195,7 @@ class DataPlanePool:
             self._listening.discard(index)
             book.die()
             self.gateway.bridge_reports.gone(index)
+            self.gateway.board.clear_row(index + 1)  # its batches at the copies went with it
             self._nursery.start_soon(self._unlink_when_quiet, book)
             if self._stopping:
                 return

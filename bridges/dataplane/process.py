@@ -36,6 +36,7 @@ from gateway import bridge_wire as bw
 from gateway import wakeup
 from gateway.errors import Unavailable
 from gateway.link import WorkerLink
+from gateway.loadboard import LoadBoard, board_name
 from gateway.logs import setup_logging
 from gateway.settings import Settings
 from shm import wire
@@ -66,7 +67,8 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     )
     link = CoreLink(index, run_dir, slab)
     workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
-    plane = DataPlane(settings, link, workers, slab, SegmentCache())
+    board = LoadBoard.attach(board_name(f"{settings.shm_prefix}-{core_pid}"), index + 1)
+    plane = DataPlane(settings, link, workers, slab, SegmentCache(), board)
     link.on_flush = lambda gen: report(gen)
     sent: dict[tuple[str, str], int] = {}
     last_gauges: list[Any] = [None]
@@ -158,6 +160,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
         link.close()
         workers.close()
         plane.cache.close()
+        board.close()
         slab.close()
 
 
