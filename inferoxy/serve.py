@@ -69,7 +69,7 @@ async def serve(settings: Settings,
             if pool is not None:  # last: a bridge answering "ready" means all else listens
                 await nursery.start(pool.run)
                 log.info("listening: HTTP and gRPC (Open Inference Protocol v2) on %s:%d and "
-                         ":%d in %d data-plane processes", settings.host, settings.http_port,
+                         ":%d in %d data-plane process(es)", settings.host, settings.http_port,
                          settings.grpc_port, pool.count)
 
             # What exists now (modules, configurations, the models' metadata: ~85 k objects)
