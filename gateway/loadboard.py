@@ -35,6 +35,7 @@ class LoadBoard:
         self.row = row
         self._table: np.ndarray = segment.view(0, "int64", (ROWS, COLUMNS))
         self._mine: np.ndarray = self._table[row]
+        self.rows = row + 1  # rows in use (the producers there are): only these are summed
 
     @classmethod
     def create(cls, name: str) -> LoadBoard:
@@ -54,7 +55,7 @@ class LoadBoard:
 
     def load(self, copy_id: int) -> int:
         """Batches every producer has outstanding at the copy."""
-        return int(self._table[:, copy_id % COLUMNS].sum())
+        return int(self._table[:self.rows, copy_id % COLUMNS].sum())
 
     def clear_row(self, row: int) -> None:
         """A producer died: what it had outstanding went with it (its writer is gone)."""

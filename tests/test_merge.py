@@ -113,6 +113,7 @@ def test_load_board_sums_every_producer_and_forgets_a_dead_one() -> None:
     control = LoadBoard.create(name)
     try:
         plane = LoadBoard.attach(name, 1)
+        control.rows = 2  # the pool says how many producers there are
         control.add(7, 1)
         plane.add(7, 2)
         plane.add(8, 1)

@@ -35,7 +35,11 @@ from gateway.config import ModelConfig
 from gateway.errors import InferoxyError, NotFound, Unavailable, unknown_model, unknown_version
 from gateway.link import WorkerLink
 from gateway.loadboard import LoadBoard
-from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
+from gateway.model_server import (
+    MAX_INFLIGHT_PER_COPY,
+    MAX_INFLIGHT_PER_COPY_SHARED,
+    ModelServer,
+)
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters, stats_delta, stats_to_wire
 from shm import wire
@@ -53,8 +57,8 @@ class DataPlane:
     """What the bridges use of ``gateway.core.Gateway``, in a data-plane process."""
 
     def __init__(self, settings: Settings, link: CoreLink, workers: WorkerLink,
-                 slab: SlabAllocator, cache: SegmentCache, board: LoadBoard | None = None
-                 ) -> None:
+                 slab: SlabAllocator, cache: SegmentCache, board: LoadBoard | None = None,
+                 producers: int = 1) -> None:
         self.settings = settings
         self.limits = Limits.of(settings)
         self.link = link
@@ -62,6 +66,9 @@ class DataPlane:
         self.slab = slab
         self.cache = cache
         self.board = board
+        # With other data-plane processes feeding the same copies, keep a second batch
+        # waiting at each (the copy merges what waits); alone, one: fuller batches.
+        self._inflight = MAX_INFLIGHT_PER_COPY_SHARED if producers > 1 else MAX_INFLIGHT_PER_COPY
         self.bridge_answers = BridgeCounters()
         self.draining = False
         self.regions = RegionRegistry(enabled=settings.allow_client_shm,
@@ -168,7 +175,7 @@ class DataPlane:
             return server
         server = self._local[key] = ModelServer(
             config, self.workers.send, self.slab, self.cache,
-            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED, board=self.board)
+            max_inflight_per_copy=self._inflight, board=self.board)
         if self._nursery is not None:
             self._start(server)
         return server

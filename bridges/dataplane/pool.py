@@ -116,6 +116,7 @@ class DataPlanePool:
         intake_sock.bind(bw.intake_address(self.run_dir))
         try:
             self.gateway.region_publishers.append(self.publish)
+            self.gateway.board.rows = self.count + 1  # see gateway.loadboard
             self.gateway.stats_fresheners.append(self.fresh_stats)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

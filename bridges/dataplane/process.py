@@ -68,7 +68,8 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     link = CoreLink(index, run_dir, slab)
     workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
     board = LoadBoard.attach(board_name(f"{settings.shm_prefix}-{core_pid}"), index + 1)
-    plane = DataPlane(settings, link, workers, slab, SegmentCache(), board)
+    board.rows = count + 1  # the control process's row and one per data-plane process
+    plane = DataPlane(settings, link, workers, slab, SegmentCache(), board, producers=count)
     link.on_flush = lambda gen: report(gen)
     sent: dict[tuple[str, str], int] = {}
     last_gauges: list[Any] = [None]
