@@ -69,7 +69,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
     workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
     board = LoadBoard.attach(board_name(f"{settings.shm_prefix}-{core_pid}"), index + 1)
     board.rows = count + 1  # the control process's row and one per data-plane process
-    plane = DataPlane(settings, link, workers, slab, SegmentCache(), board, producers=count)
+    plane = DataPlane(settings, link, workers, slab, SegmentCache(), board)
     link.on_flush = lambda gen: report(gen)
     sent: dict[tuple[str, str], int] = {}
     last_gauges: list[Any] = [None]
