@@ -70,8 +70,9 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
-def tree_cpu(root: int) -> tuple[float, float]:
-    """(CPU seconds of ``root`` alone, CPU seconds of ``root`` and every descendant)."""
+def tree_cpu(root: int, front: bytes = b"") -> tuple[float, float]:
+    """(CPU seconds of the server's front: ``root`` and its children whose command line holds
+    ``front``; CPU seconds of ``root`` and every descendant)."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -82,12 +83,19 @@ def tree_cpu(root: int) -> tuple[float, float]:
             continue
         children.setdefault(st[0], []).append(int(entry))
         ticks[int(entry)] = st[1]
+    front_ticks = ticks.get(root, 0)
+    for child in children.get(root, ()) if front else ():
+        try:
+            if front in Path(f"/proc/{child}/cmdline").read_bytes():
+                front_ticks += ticks.get(child, 0)
+        except OSError:
+            continue
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
         total += ticks.get(pid, 0)
         todo.extend(children.get(pid, ()))
-    return ticks.get(root, 0) / CLOCK_TICKS, total / CLOCK_TICKS
+    return front_ticks / CLOCK_TICKS, total / CLOCK_TICKS
 
 
 def tree_pids(root: int) -> list[int]:

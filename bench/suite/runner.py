@@ -51,6 +51,9 @@ from bench.suite.systems import ALL, Running, StartContext
 from bench.suite.systems.base import ROOT, base_env
 from bench.suite.verify import verify
 
+# A server's front: the processes that take requests, not its model processes. Inferoxy's is
+# its control process and its data-plane processes (``--workers``).
+FRONT: dict[str, bytes] = {"inferoxy": b"bridges.dataplane"}
 RESULTS = ROOT / "bench" / "results"
 EXTRA = ("ideal", "ceiling")
 ALONE = ("ray",)  # systems that busy the machine while idle: started on their own
@@ -316,7 +319,7 @@ class Bench:
             spy = profile.record(running.pid, duration, raw, self.logs / "py-spy.log")
             self.commands.append({"system": "py-spy", "scenario": s.name,
                                   "command": profile.command(running.pid, duration, raw)})
-        cpu0 = procs.tree_cpu(running.pid)
+        cpu0 = procs.tree_cpu(running.pid, FRONT.get(running.name, b""))
         m: Measurement
         if path == "http-json":
             body = self.work / f"body-{model.name}.json"
@@ -338,7 +341,7 @@ class Bench:
                                  duration, cores)
         else:
             raise LoadError(f"no load generator for {path}")
-        cpu1 = procs.tree_cpu(running.pid)
+        cpu1 = procs.tree_cpu(running.pid, FRONT.get(running.name, b""))
         if spy is not None:
             self.finish_profile(spy, s, m)
         stats1 = observe.v2_stats(running.http or "", model.name) if stats0 else None
