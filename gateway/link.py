@@ -1,7 +1,7 @@
 """ZeroMQ between the gateway and its workers, driven from Trio.
 
 Every socket is one-way and has one owner, which sidesteps the edge-triggered ``zmq.FD``
-trap (DESIGN.md §8): the inbox (PULL) is read by exactly one task, which drains it until
+trap (docs/facts.md): the inbox (PULL) is read by exactly one task, which drains it until
 ``Again`` before it waits on the fd; the per-copy PUSH sockets are only ever sent to, with
 ``NOBLOCK``, from the Trio thread. A send that would block means the worker is not reading;
 it is reported to the caller (who fails or retries the batch) instead of waiting.
@@ -27,7 +27,7 @@ async def read_forever(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], 
     """Be ``sock``'s one reader: hand each message to ``handle`` (synchronous, never blocks).
 
     Drains until ``Again`` before waiting on the edge-triggered ``zmq.FD``, re-checking
-    ``EVENTS`` first (DESIGN.md §8); a flood must not starve the other tasks, hence the
+    ``EVENTS`` first (docs/facts.md); a flood must not starve the other tasks, hence the
     checkpoint every 64 messages.
     """
     fd = int(sock.getsockopt(zmq.FD))

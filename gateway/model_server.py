@@ -266,10 +266,10 @@ class ModelServer:
         board = self.board
         for c in self.copies:
             if c.ready and c.outstanding < most and c.paused_until <= now:
-                # The least loaded first: counting every producer's batches there when the
-                # board says, else this producer's own.
-                key = (board.load(c.id) if board is not None else c.outstanding,
-                       c.last_dispatch)
+                # The least loaded first: every producer's batches there when there are
+                # several producers (the board), else this one's own (the same number).
+                key = (board.load(c.id) if board is not None and board.rows > 1
+                       else c.outstanding, c.last_dispatch)
                 if best is None or key < best_key:
                     best, best_key = c, key
         return best

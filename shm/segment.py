@@ -1,14 +1,14 @@
 """POSIX shared-memory segments over ``/dev/shm``, without ``multiprocessing.shared_memory``.
 
 ``multiprocessing.shared_memory`` registers every attach with the resource tracker, which
-unlinks the *owner's* segment when the attaching process exits (DESIGN §8). So segments are
+unlinks the *owner's* segment when the attaching process exits (docs/facts.md). So segments are
 plain files in ``/dev/shm`` opened with ``os.open`` and mapped with ``mmap``: the owner
 creates and unlinks, everyone else only attaches.
 
 Naming: every segment is ``{prefix}-{owner_pid}-{rest}``. The owner pid in the name lets a
 restarted gateway sweep the segments of dead owners (``sweep_stale``).
 
-Error messages never contain segment names or paths: errors can reach clients (DESIGN §5).
+Error messages never contain segment names or paths: errors can reach clients (gateway/errors.py).
 """
 
 from __future__ import annotations

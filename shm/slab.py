@@ -1,7 +1,7 @@
 """A slab allocator: slots for tensors out of a few pooled shared-memory segments.
 
 Creating a segment costs 30-130 µs and the first write to fresh pages is ~6x slower than to
-warm ones (DESIGN §8), so segments are created lazily, kept, and their slots reused — never
+warm ones (docs/facts.md), so segments are created lazily, kept, and their slots reused — never
 one segment per request.
 
 Theory of operation:

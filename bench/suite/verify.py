@@ -1,4 +1,4 @@
-"""Check a system's answers before trusting its numbers (DESIGN.md §8: Triton's stub with
+"""Check a system's answers before trusting its numbers (docs/facts.md: Triton's stub with
 numpy 2 answers every request with empty outputs at full speed, and perf_analyzer reports no
 error). One request over the scenario's protocol family, compared with the model itself
 called in-process on the same input."""

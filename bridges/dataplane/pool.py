@@ -4,7 +4,7 @@ the copy table, and serve what they forward.
 ``DataPlanePool.run`` binds the intake (a PULL socket every data-plane process pushes to) and
 one PUSH socket per process (``bridge-<i>.sock``, fresh for each process), starts ``N``
 processes of ``python -m bridges.dataplane`` and restarts any that dies (with back-off). Each
-socket has one owner (DESIGN §8): the intake is read by one task; PUSH sockets are only sent
+socket has one owner (docs/facts.md): the intake is read by one task; PUSH sockets are only sent
 to, with ``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.intake``'s
 business.
 

@@ -4,7 +4,7 @@ Theory of operation:
 
 - One I/O task owns the socket and does every receive and every send on it, with ``NOBLOCK``;
   when there is nothing to do it waits on ``zmq.FD`` (edge-triggered: it re-checks
-  ``EVENTS`` after every burst, DESIGN §8). It never waits for anything else.
+  ``EVENTS`` after every burst, docs/facts.md). It never waits for anything else.
 - The I/O task reads a request's frames and its header (small), and refuses at once, from
   the I/O task itself, what cannot run: bad framing, an unreadable header, a frame over the
   size limit, or a connection or the bridge at its in-flight limit. Everything else becomes

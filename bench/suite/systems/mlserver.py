@@ -1,6 +1,6 @@
 """Seldon MLServer (the Python v2 server: uvicorn + FastAPI, gRPC) from
 ``.venv-bench-mlserver``, with ``parallel_workers: 0`` (1.7 crashes at start with its default
-under uvloop 0.23: DESIGN.md §8) and adaptive batching set to the model's batch size and delay.
+under uvloop 0.23: docs/facts.md) and adaptive batching set to the model's batch size and delay.
 It has no binary tensor extension, no shared memory and no ``/config``: HTTP JSON and gRPC."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ on a generated model repository (``config.pbtxt`` + the Python-backend ``model.p
 one CPU instance per copy. Triton's C++ front end, the model in a stub process fed through
 shared memory: the peer closest to Inferoxy's architecture.
 
-Pitfalls handled here (DESIGN.md §8): the stub links the interpreter's ``libpython3.11`` (its
+Pitfalls handled here (docs/facts.md): the stub links the interpreter's ``libpython3.11`` (its
 lib dir goes first on ``LD_LIBRARY_PATH``), and it must import numpy 1.x (the peer venv's
 site-packages go first on ``PYTHONPATH``; with numpy 2 every output comes back empty).
 """
