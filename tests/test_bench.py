@@ -159,6 +159,7 @@ def test_grpc_takes_perf_analyzer_where_it_works_and_one_client_for_the_rest() -
     assert loadgen.loadgens_for("grpc", "inferoxy", ("inferoxy", "triton")) == (
         "perf_analyzer",)
     assert loadgen.loadgens_for("http-json", "mlserver", both) == ("wrk",)
+    assert loadgen.loadgens_for("grpc", "ceiling", both) == ("perf_analyzer", "grpc_load")
     rows = [Row("g", "inferoxy", "grpc", "perf_analyzer", 16, 3000.0, 3000.0),
             Row("g", "inferoxy", "grpc", "grpc_load", 16, 1000.0, 1000.0),
             Row("g", "triton", "grpc", "perf_analyzer", 16, 6000.0, 6000.0),

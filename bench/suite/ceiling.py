@@ -7,7 +7,8 @@
   answers a canned v2 JSON body, keep-alive;
 * ``v2http``: the same, answering perf_analyzer's metadata / config / statistics calls and
   every infer with the model's outputs in the binary extension (canned zeros);
-* ``grpc``: a ``grpc.aio`` server whose ``ModelInfer`` answers one canned output;
+* ``grpc``: a ``grpc.aio`` server whose ``ModelInfer`` answers the model's outputs, canned,
+  with the metadata, config and statistics perf_analyzer asks for;
 * ``zmq``: a ROUTER that answers every ``[header, arrow]`` with an ok header and the same
   Arrow frame (what an identity model sends back).
 """
@@ -119,17 +120,72 @@ async def http(port: int, v2: bool = False) -> None:
 
 
 async def grpc_server(port: int) -> None:
+    """A ``grpc.aio`` server that does nothing: canned infer answers (the model's outputs,
+    zeros, for one item) and just enough metadata, config and statistics for perf_analyzer.
+    What grpcio in Python reaches on these cores, with no work behind it."""
     import grpc
+    from tritonclient.grpc import model_config_pb2 as mc
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-    reply = pb.ModelInferResponse(model_name="ceiling", model_version="1")
-    reply.outputs.add(name="OUTPUT", datatype="FP32", shape=[1, 1])
-    reply.raw_output_contents.append(b"\0\0\0\0")
+    from bench.suite.scenario import load_models
+
+    models = load_models()
+    replies: dict[str, Any] = {}
+    for m in models.values():
+        reply = pb.ModelInferResponse(model_name=m.name, model_version="1")
+        for t in m.outputs:
+            reply.outputs.add(name=t.name, datatype=t.datatype, shape=[1, *t.shape])
+            reply.raw_output_contents.append(b"\0" * t.item_bytes)
+        replies[m.name] = reply
+    fallback = pb.ModelInferResponse(model_name="ceiling", model_version="1")
+    fallback.outputs.add(name="OUTPUT", datatype="FP32", shape=[1, 1])
+    fallback.raw_output_contents.append(b"\0\0\0\0")
+
+    def metadata(name: str) -> Any:
+        m = models[name]
+        return pb.ModelMetadataResponse(
+            name=name, versions=["1"], platform="ceiling",
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=t.datatype, shape=[-1, *t.shape]) for t in m.inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=t.datatype, shape=[-1, *t.shape]) for t in m.outputs])
+
+    def config(name: str) -> Any:
+        m = models[name]
+        return pb.ModelConfigResponse(config=mc.ModelConfig(
+            name=name, max_batch_size=m.batch_size,
+            input=[mc.ModelInput(name=t.name, data_type=mc.DataType.Value(f"TYPE_{t.datatype}"),
+                                 dims=list(t.shape)) for t in m.inputs],
+            output=[mc.ModelOutput(name=t.name,
+                                   data_type=mc.DataType.Value(f"TYPE_{t.datatype}"),
+                                   dims=list(t.shape)) for t in m.outputs]))
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):
-        async def ModelInfer(self, request: object, context: object) -> object:
-            return reply
+        async def ModelInfer(self, request: Any, context: object) -> object:
+            return replies.get(request.model_name, fallback)
+
+        async def ModelMetadata(self, request: Any, context: object) -> object:
+            return metadata(request.name)
+
+        async def ModelConfig(self, request: Any, context: object) -> object:
+            return config(request.name)
+
+        async def ModelStatistics(self, request: Any, context: object) -> object:
+            return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
+                name=request.name, version="1")])
+
+        async def ServerMetadata(self, request: object, context: object) -> object:
+            return pb.ServerMetadataResponse(name="ceiling", version="1")
+
+        async def ServerLive(self, request: object, context: object) -> object:
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request: object, context: object) -> object:
+            return pb.ServerReadyResponse(ready=True)
+
+        async def ModelReady(self, request: object, context: object) -> object:
+            return pb.ModelReadyResponse(ready=True)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)

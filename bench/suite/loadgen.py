@@ -55,8 +55,10 @@ def loadgens_for(path: str, system: str, scenario_systems: tuple[str, ...]) -> t
     """The load generators a system is measured with on ``path``. gRPC: perf_analyzer where
     it works (the strongest client) and our gRPC client for the others — and for Inferoxy too
     when one of those is in the scenario, so every ratio compares one load generator."""
-    if path != "grpc" or system == "ceiling":
+    if path != "grpc":
         return (loadgen_for(path),)
+    if system == "ceiling":  # both clients' ceilings: each row compares within its client
+        return ("perf_analyzer", "grpc_load")
     if system not in PA_SYSTEMS:
         return ("grpc_load",)
     if system == "inferoxy" and any(s not in PA_SYSTEMS for s in scenario_systems):
