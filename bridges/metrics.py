@@ -85,13 +85,13 @@ class GatewayCollector(Collector):
         slab, reports = self.gateway.slab, self.gateway.bridge_reports
         yield GaugeMetricFamily(
             "inferoxy_shm_slots_in_use", "Input slots in use (the gateway's slab and its "
-            "bridge processes')", value=slab.slots_in_use + sum(reports.slots_in_use.values()))
+            "data-plane processes')", value=slab.slots_in_use + sum(reports.slots_in_use.values()))
         yield GaugeMetricFamily(
             "inferoxy_shm_bytes_in_use", "Bytes of input slabs in use (the gateway's and its "
-            "bridge processes')", value=slab.bytes_in_use + sum(reports.bytes_in_use.values()))
+            "data-plane processes')", value=slab.bytes_in_use + sum(reports.bytes_in_use.values()))
         per_worker = CounterMetricFamily(
-            "inferoxy_bridge_worker_responses", "Infer requests answered by each bridge process "
-            "(--bridge-workers)", labels=["worker"])
+            "inferoxy_dataplane_responses", "Infer requests answered by each data-plane process "
+            "(--workers), by its index", labels=["process"])
         for index, n in sorted(reports.answers.items()):
             per_worker.add_metric([str(index)], n)
         yield per_worker

@@ -1,6 +1,6 @@
-"""The core <-> bridge-process wire format (``--bridge-workers N``). I/O-free.
+"""The control process <-> data-plane process wire format (``--workers N``). I/O-free.
 
-Bridge processes parse HTTP and write tensor bytes into shared memory themselves; what
+Data-plane processes parse HTTP and write tensor bytes into shared memory themselves; what
 crosses this wire is JSON (never pickle) and, for small outputs and forwarded HTTP bodies,
 one raw byte frame. Every message is ``[kind, body, *blobs]``: ``kind`` one of the byte
 strings below, ``body`` a JSON object that names its sender (``b``: the bridge's index).

@@ -1,7 +1,8 @@
-"""The core's side of bridge processes (``--bridge-workers N``): what their messages mean.
+"""The control process's side of data-plane processes (``--workers N``): their messages.
 
 I/O-free: the Trio adapter (``bridges.dataplane.pool``) owns the sockets and the processes and
-calls in here. A bridge process parses HTTP, checks the request against its copy of the
+calls in here. A data-plane process forwards what it does not serve itself (stateful
+models, sequences): it parses HTTP, checks the request against its copy of the
 model's configuration and writes tensor bytes into its *own* slab; the core receives only
 descriptors. Theory of operation:
 
@@ -247,7 +248,7 @@ class Entry:
 
 @dataclass(eq=False, slots=True)
 class BridgeBook:
-    """The requests one bridge process has in the core, by the bridge's message id."""
+    """The requests one data-plane process has in the control process, by its message id."""
 
     index: int
     pid: int
@@ -318,7 +319,7 @@ class BridgeBook:
 
 @dataclass(slots=True)
 class BridgeReports:
-    """What bridge processes report: answers per worker and their slabs' use (metrics)."""
+    """What data-plane processes report: answers per process and their slabs' use (metrics)."""
 
     answers: dict[int, int] = field(default_factory=dict)  # worker index -> answers
     # per process: requests it has queued or running, by (model, version)

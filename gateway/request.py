@@ -60,7 +60,7 @@ class InferRequest:
     sequence: SequenceRef | None = None
     seq: Any = None  # the gateway.sequences.Sequence incarnation it belongs to
     seq_expect: Any = None  # a stream's own incarnation: anything else is refused
-    # Called once when no worker can read the inputs any more (inputs a bridge process owns).
+    # Called once when no worker can read the inputs any more (inputs a data-plane process owns).
     on_inputs_freed: Callable[[], None] | None = None
     # Called once answered (result or error), for callers that do not ``await wait()``.
     on_done: Callable[[InferRequest], None] | None = None

@@ -458,7 +458,7 @@ def test_a_model_without_a_batch_dimension(control_gateway: RunningGateway) -> N
         g.close()
 
 
-def test_a_model_without_a_batch_dimension_behind_bridge_processes(
+def test_a_model_without_a_batch_dimension_behind_data_plane_processes(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     gw = start_gateway(tmp_path_factory.mktemp("whole-bw"), CONFORMANCE_MODELS,
                        "--workers", "1")

@@ -156,7 +156,7 @@ def test_client_shared_memory(bw_gateway: RunningGateway,
 
 def test_requests_land_on_both_processes(bw_gateway: RunningGateway) -> None:
     def answered(worker: str) -> float:
-        return metric(bw_gateway, f'inferoxy_bridge_worker_responses_total{{worker="{worker}"}}')
+        return metric(bw_gateway, f'inferoxy_dataplane_responses_total{{process="{worker}"}}')
 
     before = [answered("0"), answered("1")]
 
@@ -259,7 +259,7 @@ def _raw_infer(port: int, sock: socket.socket | None) -> tuple[socket.socket, by
 
 
 @pytest.mark.timeout(120)
-def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> None:
+def test_killed_data_plane_process_costs_only_its_connections(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, TEST_MODELS, "--workers", BRIDGES,
                        env={"SYNTHETIC_A_MS": "2"})
     try:
@@ -285,8 +285,8 @@ def test_killed_bridge_process_costs_only_its_connections(tmp_path: Path) -> Non
 
         with ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(client, i) for i in range(16)]
-            wait_for(lambda: metric(gw, 'inferoxy_bridge_worker_responses_total{worker="0"}')
-                     + metric(gw, 'inferoxy_bridge_worker_responses_total{worker="1"}') > 50)
+            wait_for(lambda: metric(gw, 'inferoxy_dataplane_responses_total{process="0"}')
+                     + metric(gw, 'inferoxy_dataplane_responses_total{process="1"}') > 50)
             os.kill(victim, signal.SIGKILL)
             results = [f.result(timeout=90) for f in futures]
         broken = [r for r in results if r[1] != "ok"]
@@ -346,7 +346,7 @@ def test_sigterm_drains_every_bridge(tmp_path: Path) -> None:
         gw.cleanup()
 
 
-def test_bridge_processes_die_with_a_killed_core(tmp_path: Path) -> None:
+def test_data_plane_processes_die_with_a_killed_core(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, TEST_MODELS, "--workers", BRIDGES)
     try:
         pids = bridge_pids(gw)
@@ -505,8 +505,8 @@ def test_statistics_and_metrics_sum_every_process(probe_gateway: RunningGateway)
 
     wait_for(counted, timeout=5)
     assert metric(gw, 'nv_inference_request_success_total{model="synthetic"') >= 24
-    assert metric(gw, 'inferoxy_bridge_worker_responses_total{worker="0"}') > 0
-    assert metric(gw, 'inferoxy_bridge_worker_responses_total{worker="1"}') > 0
+    assert metric(gw, 'inferoxy_dataplane_responses_total{process="0"}') > 0
+    assert metric(gw, 'inferoxy_dataplane_responses_total{process="1"}') > 0
 
 
 def test_grpc_on_every_process(probe_gateway: RunningGateway) -> None:

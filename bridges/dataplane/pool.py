@@ -9,12 +9,12 @@ to, with ``NOBLOCK``, from the Trio thread. What messages mean is ``gateway.inta
 business.
 
 Stateless requests never come here: the processes batch them and send them to the copies
-themselves. What does come (stateful models' requests, every other route) is handled as the
-bridge processes' requests were: an INFER item is checked and submitted synchronously in the
-intake task (no task per request); its answer comes from the model server's ``on_done``
-callback; one task keeps every deadline in a heap; answers queued in one round of the event
-loop leave in one message. The copy table goes out when it changes (``Gateway.changed``);
-region changes and statistics reads wait until every process has caught up (``publish``,
+themselves. What does come (stateful models' requests, every other route) is handled this way:
+an INFER item is checked and submitted synchronously in the intake task (no task per request);
+its answer comes from the model server's ``on_done`` callback; one task keeps every deadline in
+a heap; answers queued in one round of the event loop leave in one message. The copy table goes
+out when it changes (``Gateway.changed``); region changes and statistics reads wait until every
+process has caught up (``publish``,
 ``fresh_stats``).
 
 A data-plane process dies with the control process (it watches its parent). On SIGTERM

@@ -207,7 +207,7 @@ class Service:
     # -- inference -----------------------------------------------------------------------------
     # No Trio task per request: ``infer`` admits and submits synchronously, the model server's
     # ``on_done`` callback encodes the answer, and one task (``run_deadlines``) keeps every
-    # request's deadline in a heap — the way the core serves bridge processes.
+    # request's deadline in a heap — the way the control process serves data-plane processes.
 
     def infer(self, reply: Reply, wire: WireRequest, stream: bool = False
               ) -> Callable[[], None] | None:

@@ -34,7 +34,8 @@ CONTROL_BODY_BYTES = 1 << 20  # register/index/load bodies are small
 
 
 def create_handler(gateway: Gateway, answer: routes.Answer = routes.answer) -> Handler:
-    """``answer``: the non-infer route layer (a bridge process forwards to the core's)."""
+    """``answer``: the non-infer route layer (a data-plane process forwards to the control
+    process's)."""
 
     async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
         target = routes.infer_target(request)

@@ -9,7 +9,7 @@ Interface (bridge worker processes rely on it; keep it)::
 at its end, ``ClientGone`` if the client leaves). Of the gateway it uses only
 ``gateway.model(name, version)``, ``.ensure_accepting(server)``, ``.admission(server)``,
 ``.settings`` (``max_body_bytes``, ``request_timeout_s``), ``.limits`` and
-``.bridge_answers`` -- the surface a bridge process's stand-in for the gateway must offer.
+``.bridge_answers`` -- the surface a data-plane process's stand-in for the gateway must offer.
 
 Body bytes go straight into the shared-memory slots of the binary inputs (received into them
 once nothing is buffered: the one copy, socket -> shared memory); JSON ``data`` is converted
