@@ -14,8 +14,7 @@ an INFER item is checked and submitted synchronously in the intake task (no task
 its answer comes from the model server's ``on_done`` callback; one task keeps every deadline in
 a heap; answers queued in one round of the event loop leave in one message. The copy table goes
 out when it changes (``Gateway.changed``); region changes and statistics reads wait until every
-process has caught up (``publish``,
-``fresh_stats``).
+process has caught up (``publish``, ``fresh_stats``).
 
 A data-plane process dies with the control process (it watches its parent). On SIGTERM
 readiness goes false first, then every process is told to ``STOP``: close its listeners,
