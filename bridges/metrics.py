@@ -91,7 +91,7 @@ class GatewayCollector(Collector):
             "bridge processes')", value=slab.bytes_in_use + sum(reports.bytes_in_use.values()))
         per_worker = CounterMetricFamily(
             "inferoxy_bridge_worker_responses", "Infer requests answered by each bridge process "
-            "(--bridge-workers)", labels=["worker"])
+            "(--workers)", labels=["worker"])
         for index, n in sorted(reports.answers.items()):
             per_worker.add_metric([str(index)], n)
         yield per_worker

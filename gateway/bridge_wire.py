@@ -1,4 +1,4 @@
-"""The core <-> bridge-process wire format (``--bridge-workers N``). I/O-free.
+"""The core <-> bridge-process wire format (``--workers N``: data-plane processes). I/O-free.
 
 Bridge processes parse HTTP and write tensor bytes into shared memory themselves; what
 crosses this wire is JSON (never pickle) and, for small outputs and forwarded HTTP bodies,

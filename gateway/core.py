@@ -102,7 +102,7 @@ class Gateway:
         self._retiring: set[Copy] = set()  # scaled down: finishing their batches, then stop
         self.limits = Limits.of(settings)  # what one request may ask for (every bridge)
         self.bridge_answers = BridgeCounters()  # infer answers per bridge and status class
-        self.bridge_reports = BridgeReports()  # what --bridge-workers processes report
+        self.bridge_reports = BridgeReports()  # what data-plane processes (--workers) report
         self.alerts = Alerts(settings.alert_webhook,
                              AlertPolicy(recover_hold_s=settings.alert_recover_hold_s))
         self.regions = RegionRegistry(

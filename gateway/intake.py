@@ -1,4 +1,4 @@
-"""The core's side of bridge processes (``--bridge-workers N``): what their messages mean.
+"""The control process's side of data-plane processes (``--workers N``): their messages.
 
 I/O-free: the Trio adapter (``bridges.dataplane.pool``) owns the sockets and the processes and
 calls in here. A bridge process parses HTTP, checks the request against its copy of the
