@@ -67,7 +67,7 @@ class ModelError(InferoxyError):
     grpc_code = "INTERNAL"
 
 
-# Triton's wording for the errors clients and their tests match on (see the README's
+# Triton's wording for the errors clients and their tests match on (docs/protocols/v2.md,
 # "Error wording"); the status codes stay ours.
 
 def unknown_model(name: str) -> NotFound:

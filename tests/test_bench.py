@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,11 +262,11 @@ def test_pinning_splits_the_cores_between_server_and_client() -> None:
 def test_inferoxy_bench_writes_tables_plots_and_the_setup(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "inferoxy", "bench", "--quick", "--systems",
                "inferoxy,ideal", "--scenarios", "tiny-json", "--duration", "1",
-               "--out", str(tmp_path)]
+               "--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "page" / "results.md")]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert run.returncode == 0, run.stdout + run.stderr
-    (out,) = tmp_path.iterdir()
+    (out,) = (tmp_path / "runs").iterdir()
 
     rows = list(csv.DictReader((out / "tiny-json.csv").read_text().splitlines()))
     ours = [r for r in rows if r["system"] == "inferoxy"]
@@ -304,6 +305,12 @@ def test_inferoxy_bench_writes_tables_plots_and_the_setup(tmp_path: Path) -> Non
     assert doc["histograms"]["tiny-json"], doc["histograms"]
     readme = (out / "README.md").read_text()
     assert "Pinning:" in readme and "Exact command lines" in readme
+    # the results page (--doc) has the summary and links to the method page, wherever it lies
+    page = (tmp_path / "page" / "results.md").read_text()
+    assert "| tiny-json | 16 |" in page, page
+    (method,) = re.findall(r"\[docs/benchmarking\.md\]\(([^)]+)\)", page)
+    assert (tmp_path / "page" / method).resolve() == ROOT / "docs" / "benchmarking.md"
+    assert (ROOT / "docs" / "benchmarking.md").is_file()
     # what the command lines read stays beside them: the gateway's models, wrk's script and body
     assert (out / "work" / "inferoxy" / "models.yaml").exists()
     assert (out / "work" / "wrk-body-tiny.lua").exists()

@@ -55,6 +55,7 @@ from bench.suite.verify import verify
 # its control process and its data-plane processes (``--workers``).
 FRONT: dict[str, bytes] = {"inferoxy": b"bridges.dataplane"}
 RESULTS = ROOT / "bench" / "results"
+METHOD_DOC = ROOT / "docs" / "benchmarking.md"  # what the results page links to
 EXTRA = ("ideal", "ceiling")
 ALONE = ("ray",)  # systems that busy the machine while idle: started on their own
 
@@ -435,15 +436,17 @@ class Bench:
     def write_doc(self, run: dict[str, Any], summary_md: str, sections: list[str]) -> None:
         """The results page the repository keeps (``--doc``): the latest run and how to
         reproduce it, written whole each time — never edited by hand."""
+        assert self.doc is not None
         m = run["machine"]
         args = self.argv[self.argv.index("bench") + 1:] if "bench" in self.argv \
             else self.argv[1:]
         argv = " ".join(["bench", *args])
+        method = Path(os.path.relpath(METHOD_DOC, self.doc.resolve().parent)).as_posix()
         lines = [
             "# Benchmark results", "",
             "Written by `inferoxy bench --doc docs/benchmarks.md`; a run replaces this page "
-            "whole. The method, the peers and what every column means: README.md, "
-            "\"Benchmarks\".", "",
+            "whole. The method, the peers and what every column means: "
+            f"[docs/benchmarking.md]({method}).", "",
             f"Latest run: {run['started_utc']}, {self.mode} mode, `inferoxy {argv}` "
             f"({run['elapsed_s']} s).", "",
             f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory']}; load average at "
@@ -454,7 +457,6 @@ class Bench:
             "faster). Numbers are comparable within one run only.", "",
             summary_md, "## Per scenario", "", *sections,
         ]
-        assert self.doc is not None
         self.doc.parent.mkdir(parents=True, exist_ok=True)
         self.doc.write_text("\n".join(lines))
 

@@ -1,6 +1,6 @@
 """``POST /v2/models/{model}[/versions/{version}]/infer``: the hot path.
 
-Interface (bridge worker processes rely on it; keep it)::
+Interface (data-plane processes rely on it; keep it)::
 
     async def handle_infer(gateway, request, body, model, version) -> HttpResponse
 

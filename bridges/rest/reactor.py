@@ -7,8 +7,8 @@ the request, the wait for its answer) and two ``epoll_ctl`` calls (Trio register
 for each wait and drops it after). On one core, with wrk at 16 connections sending tiny
 POSTs, an empty handler answers several times more requests from one loop over an epoll set
 of its own than from a task per connection (``python -m bench.floor PORT thin|reactor``:
-figures in the README). The request itself needs no task either: the model server calls
-back when it is answered (``InferRequest.on_done``).
+figures in docs/decisions/reactor.md). The request itself needs no task either: the model
+server calls back when it is answered (``InferRequest.on_done``).
 
 How
 ---

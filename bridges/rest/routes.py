@@ -1,6 +1,6 @@
 """The v2 data-plane routes other than infer, as plain functions: request in, answer out.
 
-Interface contract (bridge worker processes rely on it; keep it):
+Interface contract (data-plane processes rely on it; keep it):
 
     async def answer(gateway, request: HttpRequest) -> HttpResponse
 

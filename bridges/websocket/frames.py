@@ -1,26 +1,8 @@
-"""The WebSocket stream's message format. I/O-free.
+"""The WebSocket stream's message format, I/O-free: parsing a client's frame, encoding a
+reply (and, for ``inferoxy.client``, the other two directions).
 
-Every message, both ways, is one binary WebSocket message::
-
-    [4 bytes: little-endian uint32 N][N bytes: JSON header][raw tensor bytes ...]
-
-Client -> server (one frame of the stream)::
-
-    {"id": "f17",                              # optional, echoed back
-     "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4]}],
-     "parameters": {...},                      # optional, reach the model
-     "end": true}                              # optional: the last frame of the sequence
-
-followed by the raw bytes of each input, in the order of ``inputs``, C order, little-endian.
-
-Server -> client, one per frame and in the same order::
-
-    {"id": "f17", "outputs": [{"name": "SUM", "datatype": "FP32", "shape": [1, 4]}]}
-    + the raw bytes of each output in that order
-
-or, for a frame that failed (the stream goes on)::
-
-    {"id": "f17", "error": "input 'INPUT' has shape [1, 3], expected [-1, 4]", "code": 400}
+The format (``[uint32 LE N][N bytes of JSON header][raw tensor bytes]``, the header's
+keys both ways) is specified in ``docs/protocols/websocket.md``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The WebSocket bridge: one connection is one stream (a sequence, for stateful models).
 
 ``ws://host:port/v2/models/{model}[/versions/{v}]/stream[?sequence_id=...]``. Frames and
-replies are described in ``bridges.websocket.frames``. The reader task admits each frame in
-arrival order (synchronously up to the queue, so a sequence keeps its order) and hands it to
-the writer through a channel of ``ws_max_inflight`` places: when that many frames are in
-flight the reader stops reading, and TCP pushes back on the client. The writer answers in
-order. Closing the socket ends the sequence (the worker is told, reason ``closed``).
+replies are specified in ``docs/protocols/websocket.md`` (parsed by ``frames``). The reader
+task admits each frame in arrival order (synchronously up to the queue, so a sequence keeps
+its order) and hands it to the writer through a channel of ``ws_max_inflight`` places: when
+that many frames are in flight the reader stops reading, and TCP pushes back on the client.
+The writer answers in order. Closing the socket ends the sequence (the worker is told,
+reason ``closed``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ZeroMQ bridge: a ROUTER socket on ``tcp://{host}:{zmq_port}`` (protocol: ``wire``).
+"""The ZeroMQ bridge: a ROUTER socket on ``tcp://{host}:{zmq_port}``.
+
+The protocol is specified in ``docs/protocols/zeromq-arrow.md`` (encoded and checked by
+``wire``).
 
 Theory of operation:
 

@@ -3,78 +3,9 @@
 Both sides use this module: the bridge (``bridges.zmq.app``) and the Python client
 (``inferoxy.client``). It imports nothing of the gateway but its typed errors.
 
-Protocol
-========
-
-**Socket.** The gateway binds a ROUTER socket on ``tcp://{host}:{zmq_port}`` (default 7787).
-Clients connect a DEALER (many requests in flight) or a REQ (one at a time; the gateway echoes
-its empty delimiter frame). Every message is multipart::
-
-    request  [header, arrow]
-    reply    [header, arrow]     success
-             [header]            failure
-
-**Request header**: a UTF-8 JSON object of at most ``--max-frame-header-bytes`` (64 KiB),
-with these keys and no others:
-
-=============  ==========================  ==================================================
-``model``      string, required            the model's name
-``id``         string or integer,          echoed in the reply; at most 256 characters
-               required
-``version``    string or integer           the model's version (default: the one served)
-``parameters`` object of strings, numbers  request parameters; those the protocol does not
-               and booleans                consume (``timeout``, ``sequence_*``, ...) reach
-                                           the model
-``timeout_us`` integer >= 0                server-side deadline in microseconds (0 or absent:
-                                           the gateway's ``--request-timeout-s``)
-``shape``      object                      ``{input: per-item shape}``; needed only to
-                                           resolve ``-1`` dimensions of an input sent as a
-                                           plain ``fixed_size_list``
-=============  ==========================  ==================================================
-
-**Request arrow**: an Arrow IPC *stream* — a schema message, exactly one record batch, and
-optionally the end-of-stream marker — uncompressed and without dictionaries. Each row is one
-item (one image).
-
-- One column per model input, named as the input, no nulls. Its type is the canonical
-  fixed-shape tensor extension type ``arrow.fixed_shape_tensor`` (row-major: no
-  ``permutation``; ``dim_names`` are ignored) whose value type is the input's datatype and
-  whose shape is the per-item shape. A plain ``fixed_size_list<T>[n]`` is accepted too: its
-  per-item shape is the declared one, ``-1`` dimensions taken from the header's ``shape``
-  (``n`` must be their product). An input declared with per-item shape ``[]`` is a plain
-  column of ``T``. The per-item shape must match the model's declaration (``-1`` matches any
-  size). Value types: ``BOOL`` bool, ``UINT8``..``UINT64`` uint8..uint64, ``INT8``..``INT64``
-  int8..int64, ``FP16`` halffloat, ``FP32`` float, ``FP64`` double.
-- Every other column is passed through to the reply unchanged (same rows, same order). It
-  must be of a plain type — integer, floating point, boolean, string, binary (and their
-  ``large_`` and ``fixed_size_`` forms), date, time, timestamp, duration — and must not be
-  named as an output of the model.
-- The frame is at most ``--max-body-bytes`` long.
-
-A request with more rows than the model's ``batch_size`` runs as several parts of at most
-``batch_size`` rows each, concurrently; the reply has their rows back in request order. If a
-part fails, the request fails with that part's error.
-
-**Reply, success**: header ``{"id": <id>, "status": "ok"}``; arrow: an Arrow IPC stream of one
-record batch with one column per model output (declaration order, type
-``arrow.fixed_shape_tensor``; per-item shape ``[]`` gives a plain column), then the
-passed-through columns, one row per request row in request order.
-
-**Reply, failure**: one frame, ``{"id": <id or null>, "status": "error", "code": <int>,
-"message": <string>}``. ``code`` follows HTTP: 400 bad request (the message names the field and
-what was expected), 404 unknown model or version, 413 frame too large, 500 the model failed,
-503 overloaded, not ready, shutting down or too many requests in flight (retry later), 504
-deadline exceeded. ``id`` is null when the header could not be read.
-
-**Ordering and bounds.** Many requests may be in flight on one connection; replies come back
-as they finish, not necessarily in request order: correlate them by ``id``. The gateway takes
-at most 32 requests in flight per connection and 1024 in all (beyond: 503). It queues at most
-32 replies for a connection that does not read them; further replies to it are dropped (and
-logged once), so a client that keeps at most 32 requests unanswered never loses a reply.
-Frames up to 1 MiB over ``--max-body-bytes`` are answered with 413; a larger frame makes the
-gateway close that connection. Nothing is ever unpickled: unknown extension types,
-dictionaries, nested lists, unions, maps, structs, compressed buffers, tensor messages and
-more than one batch are refused with 400.
+The format (socket, header keys, Arrow columns, replies, bounds) is specified in
+``docs/protocols/zeromq-arrow.md``. This module implements the header and the Arrow rules;
+the socket and its bounds are the bridge's.
 """
 
 from __future__ import annotations
