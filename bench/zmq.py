@@ -38,8 +38,8 @@ from bench.http import (
     wait_http,
     wrk,
 )
-from bridges.zmq import wire
 from inferoxy.client import Client
+from inferoxy.protocol import zmq_message
 
 SIDE = 224
 
@@ -47,7 +47,7 @@ SIDE = 224
 def zmq_raw(url: str, images: int, window: int, duration: float) -> float:
     """Images/s with pre-encoded requests, ``window`` in flight, replies not decoded."""
     batch = np.random.default_rng(0).integers(0, 256, (images, SIDE, SIDE, 3), dtype=np.uint8)
-    frames = wire.encode_request({"model": "image", "id": 0}, {"IMAGE": batch})
+    frames = zmq_message.encode_request({"model": "image", "id": 0}, {"IMAGE": batch})
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -55,7 +55,7 @@ def zmq_raw(url: str, images: int, window: int, duration: float) -> float:
     try:
         for _ in range(3):  # warm up: slots, segments, connections
             sock.send_multipart(frames, copy=False)
-            wire.decode_reply(sock.recv_multipart())
+            zmq_message.decode_reply(sock.recv_multipart())
         sent = done = 0
         start = time.perf_counter()
         end = start + duration

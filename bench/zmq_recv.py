@@ -7,7 +7,7 @@ loopback to a ROUTER in this thread, which lands each one in a slot of a real
 ``SlabAllocator`` (warm slots, as in the gateway):
 
 - ``copy=False``: receive the frames zero-copy, read the Arrow stream in place
-  (``bridges.zmq.wire.read_batch``), copy the tensor's values buffer into the slot (the
+  (``bridges.zmq.arrow_ipc.read_batch``), copy the tensor's values buffer into the slot (the
   bridge's way);
 - ``recv_into``: receive the header, take a slot as large as the arrow frame (the header has
   to say how large), ``recv_into`` the slot, read the Arrow stream in place there; the values
@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import zmq
 
-from bridges.zmq import wire
+from inferoxy.protocol import arrow_ipc, zmq_message
 from shm.slab import SlabAllocator
 
 
@@ -51,7 +51,7 @@ def sender(ctx: zmq.Context[zmq.Socket[bytes]], url: str, frames: list[Any], cou
 
 def run(mode: str, images: int, count: int) -> tuple[list[float], float]:
     batch = np.random.default_rng(0).integers(0, 256, (images, 224, 224, 3), dtype=np.uint8)
-    header, arrow = wire.encode_request({"model": "stub", "id": 1}, {"IMAGE": batch})
+    header, arrow = zmq_message.encode_request({"model": "stub", "id": 1}, {"IMAGE": batch})
     size = arrow.size
     header = orjson.dumps({"model": "stub", "id": 1, "arrow_bytes": size})
     slab = SlabAllocator(f"ifxbench{os.getpid()}", limit_bytes=1 << 30, segment_bytes=64 << 20)
@@ -72,7 +72,7 @@ def run(mode: str, images: int, count: int) -> tuple[list[float], float]:
             t0 = time.perf_counter()
             if mode == "copy=False":
                 peer, _head, frame = sock.recv_multipart(copy=False)
-                values = wire.tensor_column("IMAGE", wire.read_batch(frame.buffer)
+                values = arrow_ipc.tensor_column("IMAGE", arrow_ipc.read_batch(frame.buffer)
                                             .column(0)).values
                 slot = slab.allocate(values.nbytes)
                 np.copyto(slot.view(np.dtype(np.uint8), values.shape), values)
@@ -83,8 +83,8 @@ def run(mode: str, images: int, count: int) -> tuple[list[float], float]:
                 slot = slab.allocate(need)
                 got = sock.recv_into(slot.memory(need))
                 assert got == need
-                column = wire.read_batch(slot.memory(need)).column(0)
-                values = wire.tensor_column("IMAGE", column).values
+                column = arrow_ipc.read_batch(slot.memory(need)).column(0)
+                values = arrow_ipc.tensor_column("IMAGE", column).values
                 offset = values.ctypes.data - slot.view(np.dtype(np.uint8), (1,)).ctypes.data
                 assert 0 < offset < need
                 del values, column

@@ -17,7 +17,8 @@ import pyarrow as pa
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 
-from bridges.zmq import wire
+from inferoxy.protocol import arrow_ipc
+from inferoxy.protocol import zmq_header as header_wire
 
 # The "echo" model of tests/models_limits.yaml: one input of each kind.
 ECHO_INPUTS = [
@@ -152,7 +153,7 @@ def valid_ws_frame() -> bytes:
 @st.composite
 def zmq_header(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {}
-    for key in draw(st.sets(st.sampled_from([*sorted(wire.HEADER_KEYS), "extra"]))):
+    for key in draw(st.sets(st.sampled_from([*sorted(header_wire.HEADER_KEYS), "extra"]))):
         doc[key] = draw({
             "model": st.sampled_from(["stub", "echo", "running_sum", ""]) | json_values,
             "id": st.text(max_size=300) | st.integers(-(2**70), 2**70) | json_values,
@@ -231,7 +232,7 @@ def valid_arrow_frame() -> bytes:
         "FLAG": np.zeros((rows, 3), np.bool_),
         "SCALAR": np.zeros((rows,), np.float64),
     }
-    columns = [wire.tensor_array(a) for a in arrays.values()]
+    columns = [arrow_ipc.tensor_array(a) for a in arrays.values()]
     return _ipc(pa.RecordBatch.from_arrays(columns, names=list(arrays)))
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 from tritonclient.grpc import service_pb2 as pb
 
-from bridges.zmq import wire
+from inferoxy.protocol import zmq_message as message_wire
 from tests import fuzz_strategies as fs
 from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
 from tests.fuzzing import assert_no_leak, assert_still_serving
@@ -125,7 +125,7 @@ def test_zmq_frames(dealer: zmq.Socket[bytes], message: list[bytes]) -> None:
     if message[0] == b"":  # read as a REQ client's delimiter: echoed before the reply
         assert reply[0] == b""
         reply = reply[1:]
-    header, _ = wire.decode_reply(reply)
+    header, _ = message_wire.decode_reply(reply)
     event(f"status {header.get('code', 200)}")
     assert header["status"] in ("ok", "error"), header
     if header["status"] == "error":
@@ -221,9 +221,9 @@ def test_zmq_arrow_column_name_that_is_not_utf8(dealer: zmq.Socket[bytes]) -> No
     dealer.send_multipart([orjson.dumps({"model": "echo", "id": "bad-name"}),
                            frame[:i] + b"\x80" + frame[i + 1:]])
     assert dealer.poll(30_000)
-    header, _ = wire.decode_reply(dealer.recv_multipart())
+    header, _ = message_wire.decode_reply(dealer.recv_multipart())
     assert header["id"] == "bad-name" and header["code"] == 400, header
     assert "not UTF-8" in header["message"]
     dealer.send_multipart([orjson.dumps({"model": "echo", "id": "good"}), frame])
     assert dealer.poll(30_000)
-    assert wire.decode_reply(dealer.recv_multipart())[0]["status"] == "ok"
+    assert message_wire.decode_reply(dealer.recv_multipart())[0]["status"] == "ok"

@@ -1,7 +1,8 @@
 """The I/O-free decoders of every entry point, fuzzed with hypothesis.
 
-Whatever bytes arrive, a decoder either returns or raises the bridge's typed error (which the
-bridge answers with 400/413); any other exception would be a 500 or a dead connection. The
+Whatever bytes arrive, a decoder either returns or raises a typed error: the bridge's own
+(answered with 400/413), or the shared wire modules' ``FrameError`` (``inferoxy.protocol``,
+which the bridges answer with 400); any other exception would be a 500 or a dead connection. The
 same strategies drive the live bridges in ``tests/test_fuzz_bridges.py``.
 """
 
@@ -14,16 +15,18 @@ from hypothesis import strategies as st
 
 from bridges.grpc import codec as grpc_codec
 from bridges.rest import codec as rest_codec
-from bridges.websocket import frames
 from bridges.zmq import infer as zmq_infer
-from bridges.zmq import wire
 from gateway.admission import Limits
 from gateway.config import parse_model
 from gateway.errors import InferoxyError
+from inferoxy.protocol import arrow_ipc, zmq_header
+from inferoxy.protocol import websocket as frames
+from inferoxy.protocol.errors import FrameError
 from tests import fuzz_strategies as fs
 
 FAST = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
+REFUSED = (InferoxyError, FrameError)
 LIMITS = Limits(max_tensor_bytes=1 << 20, max_tensor_elements=1 << 18, max_inputs=8,
                 max_outputs=8)
 ECHO = parse_model("echo", {
@@ -54,14 +57,14 @@ def test_rest_header(raw: bytes) -> None:
 def test_websocket_frame(raw: bytes) -> None:
     try:
         frames.parse_frame(raw, 4096)
-    except InferoxyError:
+    except REFUSED:
         pass
 
 
 @FAST
 @given(st.text(max_size=64))
 def test_websocket_text_frame(text: str) -> None:
-    with pytest.raises(InferoxyError):
+    with pytest.raises(FrameError):
         frames.parse_frame(text)
 
 
@@ -69,23 +72,23 @@ def test_websocket_text_frame(text: str) -> None:
 @given(st.binary(max_size=512) | fs.zmq_header_bytes())
 def test_zmq_header(raw: bytes) -> None:
     try:
-        wire.parse_header(raw)
-    except InferoxyError:
+        zmq_header.parse_header(raw)
+    except REFUSED:
         pass
-    wire.peek_request_id(raw)  # never raises
+    zmq_header.peek_request_id(raw)  # never raises
 
 
 @FAST
 @given(fs.arrow_frames())
 def test_zmq_arrow_frame(raw: bytes) -> None:
     try:
-        batch = wire.read_batch(raw)
-    except InferoxyError:
+        batch = arrow_ipc.read_batch(raw)
+    except REFUSED:
         return
-    header = wire.Header("x", "echo")
+    header = zmq_header.Header("x", "echo")
     try:
         zmq_infer.read_columns(ECHO, header, batch)
-    except InferoxyError:
+    except REFUSED:
         pass
 
 
@@ -111,8 +114,8 @@ def test_strategies_reach_the_happy_path() -> None:
     good = fs.valid_v2_header()
     parsed = rest_codec.parse_request(good, ECHO, LIMITS)
     assert [t.name for t in parsed.inputs] == [n for n, _, _ in fs.ECHO_INPUTS]
-    batch = wire.read_batch(fs.valid_arrow_frame())
-    inputs, _ = zmq_infer.read_columns(ECHO, wire.Header("x", "echo"), batch)
+    batch = arrow_ipc.read_batch(fs.valid_arrow_frame())
+    inputs, _ = zmq_infer.read_columns(ECHO, zmq_header.Header("x", "echo"), batch)
     assert len(inputs) == len(fs.ECHO_INPUTS)
     frame = frames.parse_frame(fs.valid_ws_frame())
     assert frame.header["id"] == "ok" and len(frame.payload) == 12
@@ -126,5 +129,5 @@ def test_arrow_column_name_that_is_not_utf8() -> None:
     frame = fs.valid_arrow_frame()
     i = frame.index(b"SCALAR")
     bad = frame[:i] + b"\x80" + frame[i + 1:]
-    with pytest.raises(wire.FrameError, match="not UTF-8"):
-        wire.read_batch(bad)
+    with pytest.raises(FrameError, match="not UTF-8"):
+        arrow_ipc.read_batch(bad)

@@ -25,8 +25,8 @@ import zmq
 from trio_websocket import open_websocket_url
 from tritonclient.utils import InferenceServerException
 
-from bridges.websocket.frames import decode_reply, encode_frame
-from bridges.zmq import wire
+from inferoxy.protocol import zmq_message
+from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
 
 MODELS = ROOT / "tests" / "models_limits.yaml"
@@ -165,10 +165,10 @@ def test_zmq_frame_header(lgw: RunningGateway) -> None:
     try:
         image = np.ones((1, 1, 1, 3), np.uint8)
         for rid, note in (("big", "x" * 2000), ("small", "")):
-            sock.send_multipart(wire.encode_request(
+            sock.send_multipart(zmq_message.encode_request(
                 {"model": "stub", "id": rid, "parameters": {"note": note}}, {"IMAGE": image}))
             assert sock.poll(30_000)
-            header, outputs = wire.decode_reply(sock.recv_multipart())
+            header, outputs = zmq_message.decode_reply(sock.recv_multipart())
             if rid == "big":
                 assert header["status"] == "error" and header["code"] == 400, header
                 assert "--max-frame-header-bytes" in header["message"], header

@@ -44,8 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 from tritonclient.utils import InferenceServerException
 
-from bridges.websocket.frames import decode_reply, encode_frame
-from bridges.zmq import wire
+from inferoxy.protocol import zmq_message
+from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import ROOT, RunningGateway, child_pids, shm_names, start_gateway
 from tests.fuzzing import assert_no_leak, assert_still_serving
 from tests.test_lifecycle_e2e import _worker_pids
@@ -197,11 +197,11 @@ def zmq_client(gw: RunningGateway, ledger: Ledger, name: str, stop: threading.Ev
                 rid = f"{name}-{i}"
                 ledger.send(rid)
                 images = np.concatenate([_image(i), _image(i + 1)])  # two rows per message
-                sock.send_multipart(wire.encode_request({"model": "stub", "id": rid},
+                sock.send_multipart(zmq_message.encode_request({"model": "stub", "id": rid},
                                                         {"IMAGE": images}))
                 inflight += 1
             assert sock.poll(60_000), "a ZeroMQ request got no reply"
-            header, outputs = wire.decode_reply(sock.recv_multipart())
+            header, outputs = zmq_message.decode_reply(sock.recv_multipart())
             inflight -= 1
             if header["status"] == "ok":
                 assert outputs is not None and outputs["IMAGE"].shape == (2, 4, 4, 3)

@@ -9,7 +9,7 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from bridges.websocket.frames import decode_reply, encode_frame
+from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import RunningGateway
 
 

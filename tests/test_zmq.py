@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 import zmq
 
-from bridges.zmq import wire
 from inferoxy.cli import build_parser
+from inferoxy.protocol import arrow_ipc
+from inferoxy.protocol.zmq_message import decode_reply, encode_request
 from tests.conftest import TEST_MODELS, RunningGateway, shm_names, start_gateway
 
 MAX_BODY = 12 << 20  # the module's gateway: room for 64 x 224x224x3 images, not much more
@@ -71,12 +72,12 @@ def receive(sock: zmq.Socket[bytes], timeout_s: float = 30) -> list[bytes]:
 
 def call(sock: zmq.Socket[bytes], frames: list[Any]) -> tuple[dict[str, Any], Any]:
     sock.send_multipart(frames, copy=False)
-    return wire.decode_reply(receive(sock))
+    return decode_reply(receive(sock))
 
 
 def infer(sock: zmq.Socket[bytes], header: dict[str, Any],
           inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    reply, outputs = call(sock, wire.encode_request(header, inputs))
+    reply, outputs = call(sock, encode_request(header, inputs))
     assert reply == {"id": header["id"], "status": "ok"}, reply
     assert outputs is not None
     return outputs
@@ -124,7 +125,7 @@ def test_many_dtypes_and_shapes(sock: zmq.Socket[bytes], rows: int) -> None:
 
 
 def test_reply_is_one_batch_of_fixed_shape_tensors(sock: zmq.Socket[bytes]) -> None:
-    sock.send_multipart(wire.encode_request({"model": "echo", "id": 1}, echo_inputs(6)))
+    sock.send_multipart(encode_request({"model": "echo", "id": 1}, echo_inputs(6)))
     header, arrow = receive(sock)
     assert orjson.loads(header) == {"id": 1, "status": "ok"}
     batches = list(pa.ipc.open_stream(arrow))
@@ -184,11 +185,11 @@ def test_rows_beyond_batch_size_are_split_and_reassembled(sock: zmq.Socket[bytes
 def test_pass_through_columns_come_back_in_row_order(sock: zmq.Socket[bytes]) -> None:
     rows = 19  # three parts on the echo model (batch_size 4) ... five, in fact
     sent = echo_inputs(rows, seed=5)
-    columns = {name: wire.tensor_array(a) for name, a in sent.items()}
+    columns = {name: arrow_ipc.tensor_array(a) for name, a in sent.items()}
     columns["frame_id"] = pa.array([f"frame-{i}" for i in range(rows)])
     columns["ts"] = pa.array(np.arange(rows, dtype=np.int64) * 1000)
     columns["note"] = pa.array([None if i % 3 else "x" for i in range(rows)])
-    frames = [b'{"model": "echo", "id": "pt"}', wire.encode_batch(columns)]
+    frames = [b'{"model": "echo", "id": "pt"}', arrow_ipc.encode_batch(columns)]
     reply, out = call(sock, frames)
     assert reply["status"] == "ok", reply
     assert list(out["frame_id"]) == [f"frame-{i}" for i in range(rows)]
@@ -200,10 +201,10 @@ def test_pass_through_columns_come_back_in_row_order(sock: zmq.Socket[bytes]) ->
 def test_many_requests_in_flight_on_one_connection(sock: zmq.Socket[bytes]) -> None:
     sent = {i: images(1 + i % 3, 8 + i, 8, seed=i) for i in range(32)}
     for i, array in sent.items():  # all at once: 32 is the per-connection limit
-        sock.send_multipart(wire.encode_request({"model": "stub", "id": i}, {"IMAGE": array}))
+        sock.send_multipart(encode_request({"model": "stub", "id": i}, {"IMAGE": array}))
     seen = []
     for _ in sent:
-        header, out = wire.decode_reply(receive(sock))
+        header, out = decode_reply(receive(sock))
         assert header["status"] == "ok", header
         assert out is not None
         np.testing.assert_array_equal(out["IMAGE"], sent[header["id"]])
@@ -214,8 +215,8 @@ def test_many_requests_in_flight_on_one_connection(sock: zmq.Socket[bytes]) -> N
 def test_connection_in_flight_limit(sock: zmq.Socket[bytes]) -> None:
     x = np.ones((1, 16), dtype=np.float32)
     for i in range(40):  # synthetic takes >= 20 ms a batch: they are all in flight at once
-        sock.send_multipart(wire.encode_request({"model": "synthetic", "id": i}, {"INPUT": x}))
-    replies = [wire.decode_reply(receive(sock))[0] for _ in range(40)]
+        sock.send_multipart(encode_request({"model": "synthetic", "id": i}, {"INPUT": x}))
+    replies = [decode_reply(receive(sock))[0] for _ in range(40)]
     refused = [r for r in replies if r["status"] == "error"]
     assert 1 <= len(refused) < 40
     for r in refused:
@@ -228,7 +229,7 @@ def test_req_socket(connect: Connect) -> None:
     req = connect(zmq.REQ)
     sent = images(2)
     for i in range(3):
-        reply, out = call(req, wire.encode_request({"model": "stub", "id": i}, {"IMAGE": sent}))
+        reply, out = call(req, encode_request({"model": "stub", "id": i}, {"IMAGE": sent}))
         assert reply == {"id": i, "status": "ok"}
         np.testing.assert_array_equal(out["IMAGE"], sent)
 
@@ -239,7 +240,7 @@ def test_req_socket(connect: Connect) -> None:
 def test_one_failing_part_fails_the_request(sock: zmq.Socket[bytes]) -> None:
     x = np.zeros((10, 2), dtype=np.int32)  # faulty: batch_size 4, so parts of 4, 4 and 2 rows
     x[4:8, 0] = 1  # the second part makes the model raise
-    reply, out = call(sock, wire.encode_request({"model": "faulty", "id": "f"}, {"X": x}))
+    reply, out = call(sock, encode_request({"model": "faulty", "id": "f"}, {"X": x}))
     assert out is None
     assert reply["id"] == "f" and reply["code"] == 500
     assert "the model refused this input" in reply["message"]
@@ -249,7 +250,7 @@ def test_one_failing_part_fails_the_request(sock: zmq.Socket[bytes]) -> None:
 
 def test_deadline(sock: zmq.Socket[bytes]) -> None:
     x = np.ones((1, 16), dtype=np.float32)
-    reply, _ = call(sock, wire.encode_request({"model": "slow", "id": 1, "timeout_us": 50_000},
+    reply, _ = call(sock, encode_request({"model": "slow", "id": 1, "timeout_us": 50_000},
                                               {"INPUT": x}))
     assert reply["code"] == 504, reply
 
@@ -278,7 +279,7 @@ class _ClientOnlyType(pa.ExtensionType):
 
 
 def _image_column(n: int = 2) -> pa.Array:
-    return wire.tensor_array(images(n, 4, 4))
+    return arrow_ipc.tensor_array(images(n, 4, 4))
 
 
 def _hostile_cases(tmp: Path) -> list[tuple[str, list[Any], int, str]]:
@@ -308,7 +309,7 @@ def _hostile_cases(tmp: Path) -> list[tuple[str, list[Any], int, str]]:
     permuted = pa.ExtensionArray.from_storage(
         pa.fixed_shape_tensor(pa.uint8(), [4, 4, 3], permutation=[1, 0, 2]),
         pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(96, np.uint8)), 48))
-    x16 = wire.tensor_array(np.ones((2, 16), np.float32))
+    x16 = arrow_ipc.tensor_array(np.ones((2, 16), np.float32))
     synthetic = b'{"model": "synthetic", "id": 9}'
     return [
         ("header not JSON", [b"\x80not json", good], 400, "not valid JSON"),
@@ -339,11 +340,11 @@ def _hostile_cases(tmp: Path) -> list[tuple[str, list[Any], int, str]]:
                                       batch(IMAGE=_image_column()))], 400, "more than one"),
         ("compressed", [stub, stream(batch(IMAGE=_image_column()), compression="zstd")], 400,
          "compressed"),
-        ("wrong dtype", [stub, stream(batch(IMAGE=wire.tensor_array(
+        ("wrong dtype", [stub, stream(batch(IMAGE=arrow_ipc.tensor_array(
             np.zeros((2, 4, 4, 3), np.float32))))], 400, "UINT8"),
-        ("wrong rank", [stub, stream(batch(IMAGE=wire.tensor_array(
+        ("wrong rank", [stub, stream(batch(IMAGE=arrow_ipc.tensor_array(
             np.zeros((2, 4, 4), np.uint8))))], 400, "per-item shape [4, 4]"),
-        ("wrong shape", [synthetic, stream(batch(INPUT=wire.tensor_array(
+        ("wrong shape", [synthetic, stream(batch(INPUT=arrow_ipc.tensor_array(
             np.zeros((2, 15), np.float32))))], 400, "[16]"),
         ("wrong column type", [stub, stream(batch(IMAGE=pa.array(["a", "b"])))], 400,
          "type string"),
@@ -392,7 +393,7 @@ def test_client_that_never_reads(zgw: RunningGateway, connect: Connect) -> None:
     sent = 0
     for wave in range(10):  # ...while asking for 60 MB of replies
         for _ in range(32):
-            hog.send_multipart(wire.encode_request({"model": "stub", "id": sent},
+            hog.send_multipart(encode_request({"model": "stub", "id": sent},
                                                    {"IMAGE": picture}), copy=False)
             sent += 1
         # another client is served all along (its request queues behind the wave)
@@ -411,8 +412,8 @@ def test_client_that_never_reads(zgw: RunningGateway, connect: Connect) -> None:
         received += 1
     assert 0 < received < sent // 2, received
     # its in-flight count went back to zero: it is served like anyone else
-    hog.send_multipart(wire.encode_request({"model": "stub", "id": "again"}, {"IMAGE": small}))
-    header, out = wire.decode_reply(receive(hog))
+    hog.send_multipart(encode_request({"model": "stub", "id": "again"}, {"IMAGE": small}))
+    header, out = decode_reply(receive(hog))
     assert header == {"id": "again", "status": "ok"}
     np.testing.assert_array_equal(out["IMAGE"], small)
 
@@ -427,9 +428,9 @@ def test_zmq_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_requests_are_read_in_place() -> None:
     """The bridge's view of a request's tensor lies inside the received frame (no copy)."""
     sent = images(4, 16, 16)
-    frame = bytearray(wire.encode_request({"model": "stub", "id": 1}, {"IMAGE": sent})[1]
+    frame = bytearray(encode_request({"model": "stub", "id": 1}, {"IMAGE": sent})[1]
                       .to_pybytes())
-    column = wire.tensor_column("IMAGE", wire.read_batch(memoryview(frame)).column(0))
+    column = arrow_ipc.tensor_column("IMAGE", arrow_ipc.read_batch(memoryview(frame)).column(0))
     start = np.frombuffer(frame, np.uint8).ctypes.data
     assert start <= column.values.ctypes.data < start + len(frame)
     np.testing.assert_array_equal(column.values.reshape(sent.shape), sent)

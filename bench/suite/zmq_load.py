@@ -2,7 +2,7 @@
 
     python -m bench.suite.zmq_load --url tcp://HOST:PORT --model NAME --rows 64 --window 4
 
-Each message is one Arrow record batch of ``rows`` items (``bridges.zmq.wire``, the format the
+Each message is one Arrow record batch of ``rows`` items (``inferoxy.protocol``, the format the
 bridge documents); a DEALER keeps ``window`` requests unanswered and matches replies by id.
 Prints one JSON line like ``grpc_load``; ``items`` counts rows.
 """
@@ -19,7 +19,7 @@ import zmq
 from bench.suite.grpc_load import summarize
 from bench.suite.loadgen import sample_inputs
 from bench.suite.scenario import load_models
-from bridges.zmq import wire
+from inferoxy.protocol import zmq_header, zmq_message
 
 
 def main() -> None:
@@ -40,11 +40,11 @@ def main() -> None:
     latencies: list[float] = []
     errors, first_error, next_id = 0, "", 0
 
-    _, arrow = wire.encode_request({"model": args.model, "id": 0}, inputs)  # encoded once
+    _, arrow = zmq_message.encode_request({"model": args.model, "id": 0}, inputs)  # encoded once
 
     def send() -> None:
         nonlocal next_id
-        header = wire.encode_header({"model": args.model, "id": next_id})
+        header = zmq_header.encode_header({"model": args.model, "id": next_id})
         sent_at[next_id] = time.perf_counter()
         sock.send_multipart([header, arrow], copy=False)
         next_id += 1

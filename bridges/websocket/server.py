@@ -23,7 +23,6 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from trio_websocket import serve_websocket as _serve_websocket
 
-from bridges.websocket.frames import Frame, encode_reply, parse_frame
 from gateway.admission import Admission, InputChecker, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import Conflict, InferoxyError, InvalidArgument
@@ -31,6 +30,8 @@ from gateway.model_server import ModelServer
 from gateway.request import InferRequest
 from gateway.stateful_server import StatefulModelServer
 from gateway.stats import BridgeCounters
+from inferoxy.protocol.errors import FrameError
+from inferoxy.protocol.websocket import Frame, encode_reply, parse_frame
 
 log = logging.getLogger("inferoxy.websocket")
 
@@ -147,7 +148,11 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
                                   "sequence_start": incarnation is None}
                     frame_id = ""  # until the frame's header is read
                     try:
-                        frame = parse_frame(message, gateway.settings.max_frame_header_bytes)
+                        try:
+                            frame = parse_frame(message,
+                                                gateway.settings.max_frame_header_bytes)
+                        except FrameError as exc:  # the client's mistake: a 400 reply
+                            raise InvalidArgument(exc.message) from None
                         frame_id = frame.header.get("id", "")
                         if stateful:
                             params["sequence_end"] = frame.header.get("end") is True

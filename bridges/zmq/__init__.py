@@ -1,1 +1,2 @@
-"""The ZeroMQ bridge: Arrow record batches over a ROUTER socket (see ``bridges.zmq.wire``)."""
+"""The ZeroMQ bridge: Arrow record batches over a ROUTER socket; the format is
+``inferoxy.protocol``."""

@@ -40,10 +40,17 @@ from typing import Any
 import trio
 import zmq
 
-from bridges.zmq import wire
 from bridges.zmq.infer import prepare
 from gateway.core import Gateway
-from gateway.errors import InferoxyError, PayloadTooLarge, Unavailable
+from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge, Unavailable
+from inferoxy.protocol.zmq_header import (
+    FrameError,
+    Header,
+    RequestId,
+    encode_error,
+    parse_header,
+    peek_request_id,
+)
 
 log = logging.getLogger("inferoxy.zmq")
 
@@ -173,15 +180,15 @@ class ZmqBridge:
             envelope.append(b"")
             body = body[1:]
         if len(body) != 2:
-            rid = wire.peek_request_id(body[0].buffer, self.max_header_bytes) if body else None
+            rid = peek_request_id(body[0].buffer, self.max_header_bytes) if body else None
             self._send_error(envelope, rid, 400,
                              f"a request is 2 frames [header, arrow], got {len(body)}")
             return
         header_frame, arrow_frame = body
         try:
-            header = wire.parse_header(header_frame.buffer, self.max_header_bytes)
-        except wire.FrameError as exc:
-            self._send_error(envelope, exc.request_id, exc.http_status, exc.message)
+            header = parse_header(header_frame.buffer, self.max_header_bytes)
+        except FrameError as exc:
+            self._send_error(envelope, exc.request_id, InvalidArgument.http_status, exc.message)
             return
         size = len(arrow_frame)
         if size > self.max_frame_bytes:
@@ -205,7 +212,7 @@ class ZmqBridge:
         self._inflight_by_peer[peer] += 1
         self._nursery.start_soon(self._handle, envelope, header, arrow_frame)
 
-    async def _handle(self, envelope: Envelope, header: wire.Header, frame: zmq.Frame) -> None:
+    async def _handle(self, envelope: Envelope, header: Header, frame: zmq.Frame) -> None:
         try:
             try:
                 prepared = prepare(self.gateway, header, frame.buffer)
@@ -214,11 +221,11 @@ class ZmqBridge:
                 status = 200
             except InferoxyError as exc:
                 status = exc.http_status
-                parts = [wire.encode_error(header.id, exc.http_status, exc.message)]
+                parts = [encode_error(header.id, exc.http_status, exc.message)]
             except Exception:
                 log.exception("ZeroMQ request %r of model %r failed", header.id, header.model)
                 status = 500
-                parts = [wire.encode_error(header.id, 500, "internal error")]
+                parts = [encode_error(header.id, 500, "internal error")]
             self.gateway.bridge_answers.answered("zmq", status)
             await self._reply_send.send((envelope, parts))
             self._wake()
@@ -231,10 +238,10 @@ class ZmqBridge:
 
     # -- replies -------------------------------------------------------------------------------
 
-    def _send_error(self, envelope: Envelope, rid: wire.RequestId | None, code: int,
+    def _send_error(self, envelope: Envelope, rid: RequestId | None, code: int,
                     message: str) -> None:
         self.gateway.bridge_answers.answered("zmq", code)
-        self._send(envelope, [wire.encode_error(rid, code, message)])
+        self._send(envelope, [encode_error(rid, code, message)])
 
     def _send(self, envelope: Envelope, parts: list[Any]) -> None:
         peer = envelope[0]

@@ -23,13 +23,14 @@ import numpy as np
 import pyarrow as pa
 import trio
 
-from bridges.zmq import wire
 from gateway.admission import Admission, InputChecker, check_timeout
 from gateway.config import ModelConfig, TensorSpec
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, ModelError
 from gateway.model_server import ModelServer
 from gateway.request import RequestResult
+from inferoxy.protocol import arrow_ipc, zmq_header
+from inferoxy.protocol.errors import FrameError
 from shm.datatypes import V2_TO_NUMPY
 
 
@@ -44,13 +45,13 @@ def _declared(spec: TensorSpec) -> str:
     return "[" + ", ".join(map(str, spec.shape)) + "]"
 
 
-def _input_rows(spec: TensorSpec, header: wire.Header, column: pa.Array) -> InputRows:
+def _input_rows(spec: TensorSpec, header: zmq_header.Header, column: pa.Array) -> InputRows:
     name = spec.name
-    tensor = wire.tensor_column(name, column)
+    tensor = arrow_ipc.tensor_column(name, column)
     if tensor.datatype != spec.datatype:
         raise InvalidArgument(
             f"column {name!r} holds {column.type} values ({tensor.datatype}); model input "
-            f"{name!r} is {spec.datatype} (Arrow {wire.V2_TO_ARROW[spec.datatype]})"
+            f"{name!r} is {spec.datatype} (Arrow {arrow_ipc.V2_TO_ARROW[spec.datatype]})"
         )
     given = (header.shape or {}).get(name)
     if tensor.item_shape is not None:
@@ -85,7 +86,7 @@ def _input_rows(spec: TensorSpec, header: wire.Header, column: pa.Array) -> Inpu
 
 
 def read_columns(
-    config: ModelConfig, header: wire.Header, batch: pa.RecordBatch
+    config: ModelConfig, header: zmq_header.Header, batch: pa.RecordBatch
 ) -> tuple[list[InputRows], dict[str, pa.Array]]:
     """The model's inputs (views) and the pass-through columns (copied) of a request batch."""
     if batch.num_rows == 0:
@@ -112,12 +113,12 @@ def read_columns(
                 f"column {name!r} is not an input but is named as an output of model "
                 f"{config.name!r}; rename the pass-through column"
             )
-        if not wire.is_plain(column.type):
+        if not arrow_ipc.is_plain(column.type):
             raise InvalidArgument(
                 f"pass-through column {name!r} has type {column.type}; pass-through columns "
                 f"must be of a plain type"
             )
-        passthrough[name] = wire.copy_plain(column)
+        passthrough[name] = arrow_ipc.copy_plain(column)
     return inputs, passthrough
 
 
@@ -126,7 +127,7 @@ class Prepared:
     """A request whose inputs sit in slots, one admission per part, ready to run."""
 
     server: ModelServer
-    header: wire.Header
+    header: zmq_header.Header
     parts: list[tuple[Admission, int]]  # (admission, rows)
     passthrough: dict[str, pa.Array]
 
@@ -154,7 +155,7 @@ class Prepared:
                 if failures:
                     raise failures[0]
             done = [r for r in results if r is not None]
-            return [wire.encode_header({"id": header.id, "status": "ok"}),
+            return [zmq_header.encode_header({"id": header.id, "status": "ok"}),
                     self._encode(done)]
         finally:
             for r in results:
@@ -174,7 +175,7 @@ class Prepared:
 
     def _encode(self, results: list[RequestResult]) -> pa.Buffer:
         config = self.server.config
-        columns: dict[str, wire.Column] = {}
+        columns: dict[str, arrow_ipc.Column] = {}
         for spec in config.outputs:
             arrays = [r.outputs[spec.name] for r in results]
             item = arrays[0].shape[1:]
@@ -186,16 +187,19 @@ class Prepared:
                 )
             columns[spec.name] = arrays  # written once, from the worker's output slots
         columns.update(self.passthrough)
-        return wire.encode_batch(columns)
+        return arrow_ipc.encode_batch(columns)
 
 
-def prepare(gateway: Gateway, header: wire.Header, frame: memoryview) -> Prepared:
+def prepare(gateway: Gateway, header: zmq_header.Header, frame: memoryview) -> Prepared:
     """Check a request and copy its inputs into slots (see the module's docstring)."""
     server = gateway.model(header.model, header.version)
     gateway.ensure_accepting(server)
     config = server.config
-    batch = wire.read_batch(frame)
-    inputs, passthrough = read_columns(config, header, batch)
+    try:
+        batch = arrow_ipc.read_batch(frame)
+        inputs, passthrough = read_columns(config, header, batch)
+    except FrameError as exc:  # the wire's own checks: the client's mistake
+        raise InvalidArgument(exc.message) from None
     rows = batch.num_rows
     del batch
     params = header.parameters or {}

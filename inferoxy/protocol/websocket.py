@@ -1,5 +1,5 @@
-"""The WebSocket stream's message format, I/O-free: parsing a client's frame, encoding a
-reply (and, for ``inferoxy.client``, the other two directions).
+"""The WebSocket stream's message format, I/O-free: a client's frame parsed and checked, a
+reply encoded (the bridge's half), and the other two directions (the client's half).
 
 The format (``[uint32 LE N][N bytes of JSON header][raw tensor bytes]``, the header's
 keys both ways) is specified in ``docs/protocols/websocket.md``.
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.errors import InvalidArgument
+from inferoxy.protocol.errors import FrameError
+from shm.datatypes import V2_TO_NUMPY
 
 _LEN = struct.Struct("<I")
 MAX_HEADER_BYTES = 64 << 10  # the default of --max-frame-header-bytes
@@ -28,32 +29,32 @@ class Frame:
 
 def parse_frame(message: bytes | str, max_header_bytes: int = MAX_HEADER_BYTES) -> Frame:
     if isinstance(message, str):
-        raise InvalidArgument("frames are binary messages: [uint32 LE length][JSON][tensors]")
+        raise FrameError("frames are binary messages: [uint32 LE length][JSON][tensors]")
     view = memoryview(message)
     if len(view) < _LEN.size:
-        raise InvalidArgument("frame is shorter than its 4-byte header length")
+        raise FrameError("frame is shorter than its 4-byte header length")
     (n,) = _LEN.unpack_from(view)
     if n > max_header_bytes:
-        raise InvalidArgument(f"frame header of {n} bytes is larger than the limit of "
+        raise FrameError(f"frame header of {n} bytes is larger than the limit of "
                               f"{max_header_bytes} (--max-frame-header-bytes)")
     if n == 0 or _LEN.size + n > len(view):
-        raise InvalidArgument(
+        raise FrameError(
             f"frame header length {n} does not fit the frame ({len(view)} bytes)"
         )
     try:
         header = orjson.loads(view[_LEN.size : _LEN.size + n])
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"frame header is not valid JSON: {exc}") from None
+        raise FrameError(f"frame header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
-        raise InvalidArgument("frame header must be a JSON object")
+        raise FrameError("frame header must be a JSON object")
     if "id" in header and not isinstance(header["id"], str):
-        raise InvalidArgument("'id' must be a string")
+        raise FrameError("'id' must be a string")
     if not isinstance(header.get("inputs"), list) or not header["inputs"]:
-        raise InvalidArgument("'inputs' must be a non-empty array")
+        raise FrameError("'inputs' must be a non-empty array")
     if not isinstance(header.get("parameters", {}), dict):
-        raise InvalidArgument("'parameters' must be an object")
+        raise FrameError("'parameters' must be an object")
     if not isinstance(header.get("end", False), bool):
-        raise InvalidArgument("'end' must be true or false")
+        raise FrameError("'end' must be true or false")
     return Frame(header, view[_LEN.size + n :])
 
 
@@ -64,14 +65,12 @@ def encode_reply(header: dict[str, Any], arrays: list[np.ndarray] | None = None)
 
 
 def encode_frame(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
-    """A client's frame (used by ``inferoxy.client`` and the tests)."""
+    """A client's frame."""
     return encode_reply(header, arrays)
 
 
 def decode_reply(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A client's view of a reply: the header, and the outputs as arrays."""
-    from shm.datatypes import V2_TO_NUMPY
-
     (n,) = _LEN.unpack_from(message)
     header = orjson.loads(message[_LEN.size : _LEN.size + n])
     arrays: dict[str, np.ndarray] = {}

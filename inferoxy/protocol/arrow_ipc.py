@@ -1,12 +1,7 @@
-"""The ZeroMQ bridge's wire format, I/O-free: frames, the JSON header, Arrow in and out.
-
-Both sides use this module: the bridge (``bridges.zmq.app``) and the Python client
-(``inferoxy.client``). It imports nothing of the gateway but its typed errors.
-
-The format (socket, header keys, Arrow columns, replies, bounds) is specified in
-``docs/protocols/zeromq-arrow.md``. This module implements the header and the Arrow rules;
-the socket and its bounds are the bridge's.
-"""
+"""Arrow record batches as the ZeroMQ bridge takes and gives them, I/O-free: one batch read in
+place and checked (a model input is an ``arrow.fixed_shape_tensor`` or a ``fixed_size_list``
+of a number type), and batches written with one copy of the tensor bytes. The rules are in
+``docs/protocols/zeromq-arrow.md``."""
 
 from __future__ import annotations
 
@@ -17,14 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
-import orjson
 import pyarrow as pa
 
-from gateway.errors import InvalidArgument
+from inferoxy.protocol.errors import FrameError
 
-MAX_HEADER_BYTES = 64 << 10
-MAX_ID_CHARS = 256
-HEADER_KEYS = frozenset({"model", "id", "version", "parameters", "timeout_us", "shape"})
 EXTENSION_NAME = b"ARROW:extension:name"
 
 ARROW_TO_V2: dict[pa.DataType, str] = {
@@ -37,121 +28,6 @@ V2_TO_ARROW: dict[str, pa.DataType] = {v: k for k, v in ARROW_TO_V2.items()}
 _NUMPY_TO_V2: dict[np.dtype, str] = {
     np.dtype(t.to_pandas_dtype()): v2 for t, v2 in ARROW_TO_V2.items()
 }
-
-RequestId = str | int
-
-
-class FrameError(InvalidArgument):
-    """A request that cannot be served as sent; ``request_id`` is None if unreadable."""
-
-    def __init__(self, message: str, request_id: RequestId | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-# -- the header --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    id: RequestId
-    model: str
-    version: str | None = None
-    parameters: dict[str, Any] | None = None
-    timeout_us: int | None = None
-    shape: dict[str, tuple[int, ...]] | None = None
-
-
-def _request_id(doc: dict[str, Any]) -> RequestId | None:
-    rid = doc.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, str | int):
-        return None
-    if isinstance(rid, str) and len(rid) > MAX_ID_CHARS:
-        return None
-    if isinstance(rid, int) and not -(2**63) <= rid < 2**64:
-        return None
-    return rid
-
-
-def parse_header(raw: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES) -> Header:
-    """The request header, validated; ``FrameError`` naming the field otherwise."""
-    if len(raw) > max_bytes:
-        raise FrameError(f"the header frame of {len(raw)} bytes is larger than the limit of "
-                         f"{max_bytes} (--max-frame-header-bytes)")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise FrameError(f"the header frame is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise FrameError("the header frame must be a JSON object")
-    rid = _request_id(doc)
-    if rid is None:
-        raise FrameError(
-            f"header 'id' must be a string of at most {MAX_ID_CHARS} characters or an integer"
-        )
-    unknown = sorted(set(doc) - HEADER_KEYS)
-    if unknown:
-        raise FrameError(
-            f"unknown header key(s) {unknown}; allowed: {sorted(HEADER_KEYS)}", rid
-        )
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise FrameError("header 'model' must be a non-empty string", rid)
-    version = doc.get("version")
-    if version is not None:
-        if isinstance(version, bool) or not isinstance(version, str | int):
-            raise FrameError("header 'version' must be a string or an integer", rid)
-        version = str(version)
-    params = doc.get("parameters")
-    if params is not None:
-        if not isinstance(params, dict):
-            raise FrameError("header 'parameters' must be an object", rid)
-        for key, value in params.items():
-            if not isinstance(value, str | int | float | bool):
-                raise FrameError(f"header parameters.{key} must be a string, number or bool", rid)
-    timeout = doc.get("timeout_us")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0
-    ):
-        raise FrameError("header 'timeout_us' must be a non-negative integer", rid)
-    shape = doc.get("shape")
-    shapes: dict[str, tuple[int, ...]] | None = None
-    if shape is not None:
-        if not isinstance(shape, dict):
-            raise FrameError("header 'shape' must be an object of input name: per-item shape",
-                             rid)
-        shapes = {}
-        for name, dims in shape.items():
-            if not isinstance(dims, list) or len(dims) > 32 or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in dims
-            ):
-                raise FrameError(
-                    f"header shape.{name} must be a list of non-negative integers", rid
-                )
-            shapes[name] = tuple(dims)
-    return Header(rid, model, version, params, timeout or None, shapes)
-
-
-def peek_request_id(raw: bytes | memoryview, max_bytes: int = MAX_HEADER_BYTES
-                    ) -> RequestId | None:
-    """The id of a header that is otherwise unusable, if it has one (for error replies)."""
-    if len(raw) > max_bytes:
-        return None
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return _request_id(doc) if isinstance(doc, dict) else None
-
-
-def encode_header(header: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(header)
-
-
-def encode_error(request_id: RequestId | None, code: int, message: str) -> bytes:
-    return orjson.dumps(
-        {"id": request_id, "status": "error", "code": code, "message": message[:4000]}
-    )
 
 
 # -- Arrow in: one record batch, read in place, checked -----------------------------------------
@@ -467,32 +343,3 @@ def column_to_numpy(column: pa.Array) -> np.ndarray:
         values = flat.to_numpy(zero_copy_only=not pa.types.is_boolean(flat.type))
         return values.reshape((len(column), *item))
     return column.to_numpy(zero_copy_only=False)
-
-
-def encode_request(header: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> list[Any]:
-    """The frames of a request (client side): each input is ``(rows, *item)``."""
-    columns = {name: tensor_array(np.asarray(a)) for name, a in inputs.items()}
-    return [encode_header(header), encode_batch(columns)]
-
-
-def decode_reply(frames: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """A reply's header and, on success, its columns as numpy (client side)."""
-    try:
-        header = orjson.loads(bytes(frames[0]))
-    except (orjson.JSONDecodeError, IndexError) as exc:
-        raise ValueError(f"malformed reply header: {exc}") from None
-    if not isinstance(header, dict):
-        raise ValueError("malformed reply header")
-    if header.get("status") != "ok":
-        return header, None
-    if len(frames) != 2:
-        raise ValueError(f"a successful reply has 2 frames, got {len(frames)}")
-    data = frames[1]
-    buf = pa.py_buffer(data.buffer if hasattr(data, "buffer") else data)
-    batches = list(pa.ipc.open_stream(buf))
-    if len(batches) == 1:
-        columns = dict(zip(batches[0].schema.names, batches[0].columns, strict=True))
-    else:
-        table = pa.Table.from_batches(batches)
-        columns = {n: table.column(n).combine_chunks() for n in table.column_names}
-    return header, {name: column_to_numpy(col) for name, col in columns.items()}
