@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -122,9 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What ``inferoxy bench`` imports beyond the server's own dependencies (the bench extra).
+BENCH_MODULES = ("matplotlib", "tritonclient.http", "tritonclient.grpc")
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: bench/suite/runner.py
+        missing = missing_modules(BENCH_MODULES)
+        if missing:
+            print(f"inferoxy bench needs the bench extra (missing: {', '.join(missing)}): "
+                  f"pip install -e '.[bench]', or run `make bench`", file=sys.stderr)
+            return 2
         from bench.suite.runner import main as bench
 
         return bench(argv[1:])

@@ -315,3 +315,15 @@ def test_inferoxy_bench_writes_tables_plots_and_the_setup(tmp_path: Path) -> Non
     assert (out / "work" / "inferoxy" / "models.yaml").exists()
     assert (out / "work" / "wrk-body-tiny.lua").exists()
     assert (out / "work" / "body-tiny.json").exists()
+
+
+def test_bench_without_its_extra_says_what_to_install() -> None:
+    """No traceback: one line naming the extra and what is missing, exit status 2."""
+    code = ("import sys; sys.modules['matplotlib'] = None\n"  # as if not installed
+            "from inferoxy.cli import main\n"
+            "sys.exit(main(['bench', '--list']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "pip install -e '.[bench]'" in run.stderr and "matplotlib" in run.stderr
+    assert "Traceback" not in run.stderr
