@@ -217,9 +217,6 @@ def _scaling(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     hi = _opt_int(name, "max_copies", raw.get("max_copies"), 1, 64)
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"model {name!r}: min_copies {lo} is more than max_copies {hi}")
-    if raw.get("stateless") is False and (lo is not None or hi is not None):
-        raise ConfigError(f"model {name!r}: min_copies/max_copies (autoscaling) need a "
-                          "stateless model; use copies")
     return {
         "min_copies": lo,
         "max_copies": hi,

@@ -309,8 +309,6 @@ class Gateway:
         on_gpus = config.run_on_gpu and bool(self.gpus)
         lo, hi = copy_bounds(config.run_on_gpu, config.copies, config.min_copies,
                              config.max_copies, len(self.gpus))
-        if not config.stateless:
-            hi = lo
         if on_gpus and (config.max_copies or 0) > len(self.gpus):
             log.warning("model %s: max_copies %d is more than the %d GPU(s); at most one copy "
                         "per GPU", config.name, config.max_copies, len(self.gpus))

@@ -115,6 +115,20 @@ class ModelServer:
     def pending(self) -> int:
         return len(self.queue) + sum(len(b.requests) for b in self.inflight.values())
 
+    def waiting_since(self, now: float) -> float:
+        """How long the oldest request that no copy has taken yet has waited (0: none)."""
+        head = self.queue.next_deadline()
+        if head is None:
+            return 0.0
+        return max(0.0, now - (head - self.config.max_queue_delay_us / 1e6))
+
+    def retirable(self, copy: Copy) -> bool:
+        """May autoscaling take ``copy`` away now? Stateless: any copy may go."""
+        return True
+
+    def on_copy_retiring(self, copy: Copy) -> None:
+        """``copy`` is going (autoscaling): nothing new is to be given to it."""
+
     # -- requests ----------------------------------------------------------------------------
 
     def submit(self, req: InferRequest) -> None:

@@ -8,10 +8,14 @@ runs, then stops for good (``Gateway.retire_copy``). Decisions are logged with t
 
 What it measures:
 
-* queue delay: the larger of the age of the oldest queued request and the mean time the
-  requests dispatched since the last tick waited in the queue;
+* queue delay: the larger of the age of the oldest request no copy has taken yet (for a
+  stateful model, also a sequence's request parked until a copy has a slot for it) and the
+  mean time the requests dispatched since the last tick waited in the queue;
 * busy: copies' worth of work since the last tick (worker-measured batch time / elapsed
   time), and at least the number of copies running a batch right now.
+
+Scaling down takes an idle copy; a stateful model's copy goes only while it holds no
+sequence (their state lives in it), so a sequence is never ended by scaling.
 """
 
 from __future__ import annotations
@@ -64,10 +68,7 @@ class ModelScaler:
     def observe(self) -> Load:
         server, now = self.server, trio.current_time()
         stats = server.stats
-        head = server.queue.next_deadline()
-        head_age = 0.0 if head is None else max(
-            0.0, now - (head - server.config.max_queue_delay_us / 1e6))
-        head_age = max(head_age, self.fleet.queued_elsewhere_s(server))
+        head_age = max(server.waiting_since(now), self.fleet.queued_elsewhere_s(server))
         count, ns = stats.queue.count - self._queued[0], stats.queue.ns - self._queued[1]
         recent = ns / count / 1e9 if count > 0 else 0.0
         busy_ns = _busy_ns(server)
@@ -108,8 +109,14 @@ class ModelScaler:
                      copy.placement.device if copy.placement.gpu is None
                      else f"GPU {copy.placement.gpu}")
         elif decision.action is Action.DOWN:
-            victim = min(self.server.copies,
+            candidates = [c for c in self.server.copies if self.server.retirable(c)]
+            if not candidates:  # stateful: every copy holds sequences; try again later
+                log.debug("autoscale %s: down wanted (%s), but every copy holds sequences",
+                          name, decision.reason)
+                return
+            victim = min(candidates,
                          key=lambda c: (not c.crash_loop, c.outstanding, c.last_dispatch))
+            self.server.on_copy_retiring(victim)  # now, before another sequence lands on it
             log.info("autoscale %s: down: %s; copy %d goes", name, decision.reason, victim.id)
             self.fleet.alerts.resolve(name, "", kinds=frozenset({AlertKind.SCALE_LIMIT}),
                                       notify=False)

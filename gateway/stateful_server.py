@@ -62,6 +62,29 @@ class StatefulModelServer(ModelServer):
             len(b.requests) for b in self.inflight.values()
         )
 
+    def waiting_since(self, now: float) -> float:
+        """The oldest wait among the copies' queues and the requests of sequences parked for a
+        slot: a sequence with no copy to hold it is what more copies would serve."""
+        ages = [0.0]
+        delay_s = self.config.max_queue_delay_us / 1e6
+        for queue in self._queues.values():
+            head = queue.next_deadline()
+            if head is not None:
+                ages.append(now - (head - delay_s))
+        now_ns = time.perf_counter_ns()
+        ages += [(now_ns - parked[0].enqueued_ns) / 1e9 for parked in self._parked.values()
+                 if parked]
+        return max(ages)
+
+    def retirable(self, copy: Copy) -> bool:
+        """A copy holding sequences keeps them: their state lives in it. Only an empty one
+        may go (scaling down never ends a client's sequence)."""
+        free = self.sequences.free_slots(copy.id)
+        return free in (-1, self.sequences.slots_per_copy)  # -1: never took a sequence
+
+    def on_copy_retiring(self, copy: Copy) -> None:
+        self._notify(self.sequences.remove_copy(copy.id, "scaled_down"))
+
     # -- requests ----------------------------------------------------------------------------
 
     def submit(self, req: InferRequest) -> None:

@@ -339,6 +339,42 @@ def test_scales_up_under_a_burst_and_back_down_when_idle(
         gw.cleanup()
 
 
+def test_a_stateful_model_scales_for_waiting_sequences_and_never_ends_one(
+        tmp_path: Path) -> None:
+    """One sequence per copy, 1..2 copies: a second client's sequence waits for a slot, the
+    scaler adds a copy for it; scaling down then takes only a copy that holds no sequence."""
+    gw = start_gateway(tmp_path, models_file(tmp_path, "sessions"))
+
+    def frame(seq: str, value: float, start: bool = False, end: bool = False) -> tuple[float, int]:
+        client = httpclient.InferenceServerClient(gw.url, network_timeout=30)  # per thread
+        try:
+            x = httpclient.InferInput("INPUT", [1, 4], "FP32")
+            x.set_data_from_numpy(np.full((1, 4), value, np.float32))
+            out = client.infer("sessions", [x], sequence_id=seq, sequence_start=start,
+                               sequence_end=end)
+            return float(out.as_numpy("SUM")[0, 0]), int(out.as_numpy("COUNT")[0, 0])
+        finally:
+            client.close()
+
+    try:
+        assert len(worker_pids(gw, "sessions")) == 1  # min_copies
+        assert frame("a", 1.0, start=True) == (1.0, 1)  # holds the only copy's one slot
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(frame, "b", 10.0, True)  # no slot: parked
+            took = wait_for(lambda: len(worker_pids(gw, "sessions")) == 2, timeout=20)
+            assert waiting.result(timeout=20) == (10.0, 1)  # served by the new copy
+        print(f"stateful scale-up: a second copy {took:.1f}s after the parked sequence")
+        assert frame("b", 5.0, end=True) == (15.0, 2)  # b ends; its copy holds nothing now
+        wait_for(lambda: len(worker_pids(gw, "sessions")) == 1, timeout=20)
+        # the copy that went was b's: a's state is intact, its sums go on
+        assert frame("a", 2.0) == (3.0, 2)
+        assert frame("a", 3.0, end=True) == (6.0, 3)
+        assert "autoscale sessions: up: queue delay" in gw.log()
+        assert gw.log().count("autoscale sessions: down: ") == 1
+    finally:
+        gw.cleanup()
+
+
 # -- drain -------------------------------------------------------------------------------------
 
 def test_sigterm_refuses_new_requests_while_in_flight_ones_finish(tmp_path: Path) -> None:

@@ -288,7 +288,6 @@ def test_gpu_discovery() -> None:
         ({"min_copies": 0}, "min_copies must be an integer in \\[1, 64\\]"),
         ({"scale_down_idle_s": -1}, "scale_down_idle_s must be a number of seconds"),
         ({"scale_up_queue_delay_us": "fast"}, "scale_up_queue_delay_us must be an integer"),
-        ({"stateless": False, "max_copies": 2}, "need a stateless model"),
     ],
 )
 def test_scaling_fields_are_validated(fields: dict[str, object], message: str) -> None:
