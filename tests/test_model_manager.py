@@ -359,3 +359,34 @@ def test_hand_edited_value_is_skipped(tmp_path: Path, redis_server: RedisServer)
     finally:
         gw.cleanup()
     assert "Traceback" not in gw.log(), gw.log()
+
+
+def test_a_replacement_on_a_host_whose_gpus_are_all_taken(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """One (simulated) GPU, held by the model's only copy: the new declaration's copy starts
+    on that GPU beside the old one (placement is per declaration), takes over once ready,
+    and no request fails on the way."""
+    gw = registry_gateway(tmp_path, redis_server, "--simulate-gpus", "1")
+    try:
+        admin = Admin(gw)
+        status, doc = admin.call("PUT", "/v2/admin/models/scaled",
+                                 scaled(1.0, run_on_gpu=True))
+        assert status == 200, doc
+        eventually(serving(gw, "scaled", 1.0), gw, what="the GPU declaration serving")
+        with ClientLoop(gw, "scaled") as loop:
+            time.sleep(0.3)
+            status, doc = admin.call("PUT", "/v2/admin/models/scaled",
+                                     scaled(2.0, run_on_gpu=True, parameters={"load_s": 0.5}))
+            assert status == 200, doc
+            eventually(lambda: loop.answers[-1] == (200, 2.0), gw, what="the switch")
+            time.sleep(0.3)
+        assert "the new declaration is ready; switched to it" in gw.log()
+        eventually(lambda: "version 1 was replaced: stopped" in gw.log(), gw,
+                   what="the old declaration stopped")
+        failures = [a for a in loop.answers if a[0] != 200]
+        assert not failures, failures[:5]
+        factors = [a[1] for a in loop.answers]
+        assert factors[0] == 1.0 and factors[-1] == 2.0
+        assert 1.0 not in factors[factors.index(2.0):]  # never back to the old one
+    finally:
+        gw.cleanup()
