@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from shm.datatypes import V2_TO_NUMPY
+from shm.datatypes import V2_DATATYPES
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -149,9 +149,9 @@ def _tensors(model: str, key: str, raw: Any) -> tuple[TensorSpec, ...]:
         name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
         if not isinstance(name, str) or not TENSOR_NAME_RE.match(name):
             raise ConfigError(f"{where}.name must match {TENSOR_NAME_RE.pattern}, got {name!r}")
-        if datatype not in V2_TO_NUMPY:
+        if datatype not in V2_DATATYPES:
             raise ConfigError(
-                f"{where}.datatype must be one of {sorted(V2_TO_NUMPY)}, got {datatype!r}"
+                f"{where}.datatype must be one of {sorted(V2_DATATYPES)}, got {datatype!r}"
             )
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape

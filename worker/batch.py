@@ -10,13 +10,29 @@ from typing import Any
 
 import numpy as np
 
-from shm.descriptor import Descriptor
+from shm import bytes_tensor
+from shm.bytes_tensor import BytesLimits, BytesTensorError
+from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator, Slot
 
 
+# The gateway bounded every BYTES input already; the worker decodes with bounds no request
+# can reach, so a tensor is refused here only when its form is broken (a client region).
+_NO_LIMITS = BytesLimits(max_elements=1 << 62, max_element_bytes=1 << 62)
+
+
 class BatchError(Exception):
     """The batch cannot be run or its result cannot be returned; the message goes to clients."""
+
+
+def _bytes_input(cache: SegmentCache, descs: list[Descriptor], verify: list[bool]
+                 ) -> np.ndarray:
+    """A BYTES input over the batch: each request's wire form decoded (one copy of each
+    element, into a ``bytes``) and joined along the batch dimension."""
+    parts = [bytes_tensor.decode(cache.view(d, verify=v), d.shape, _NO_LIMITS)
+             for d, v in zip(descs, verify, strict=True)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], int]:
@@ -32,6 +48,12 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
         descs = [Descriptor.from_wire(item["inputs"][name]) for item in items]
         verify = [name in item.get("regions", ()) for item in items]
         first = descs[0]
+        if first.dtype == BYTES_DTYPE:
+            try:
+                inputs[name] = _bytes_input(cache, descs, verify)
+            except (ValueError, OSError) as exc:  # BytesTensorError is a ValueError
+                raise BatchError(f"input {name!r}: {exc}") from None
+            continue
         contiguous = not any(verify) and all(
             d.segment == first.segment
             and d.dtype == first.dtype
@@ -90,6 +112,9 @@ def place_outputs(
     try:
         for name, value in outputs.items():
             arr = output_rows(name, value, rows)
+            if arr.dtype.kind in "OSU":
+                _place_bytes(slab, cache, str(name), arr, items, described, item_errors, taken)
+                continue
             if arr.dtype.kind not in "biuf":
                 raise BatchError(f"model output {name!r} has unsupported dtype {arr.dtype}")
             name = str(name)
@@ -130,3 +155,47 @@ def place_outputs(
     for slot in taken:
         slots[(slot.segment.name, slot.offset)] = slot
     return described, item_errors
+
+
+def _encode(name: str, arr: np.ndarray) -> bytes:
+    try:
+        return bytes_tensor.encode_array(arr)
+    except BytesTensorError as exc:
+        raise BatchError(f"model output {name!r}: {exc}") from None
+
+
+def _place_bytes(slab: SlabAllocator, cache: SegmentCache, name: str, arr: np.ndarray,
+                 items: list[dict[str, Any]], described: dict[str, list[object]],
+                 item_errors: dict[str, str], taken: list[Slot]) -> None:
+    """A BYTES output (object array of bytes/str, or numpy strings), in its wire form:
+    into the items' client regions, and once whole into a slot for the rest."""
+    start = 0
+    to_slab = False
+    for index, item in enumerate(items):
+        rows = int(item["rows"])
+        part = arr[start : start + rows]
+        start += rows
+        target = item.get("outputs", {}).get(name)
+        if target is None:
+            to_slab = True
+            continue
+        segment, offset, byte_size = target
+        wire = _encode(name, part)
+        if len(wire) > byte_size:
+            item_errors[str(index)] = (f"output {name!r} takes {len(wire)} bytes; its "
+                                       f"shared-memory region has {byte_size}")
+            continue
+        try:
+            cache.view(Descriptor(segment, offset, "uint8", (len(wire),)), verify=True)[
+                ...] = np.frombuffer(wire, np.uint8)
+        except (ValueError, OSError) as exc:
+            item_errors[str(index)] = f"output {name!r}: {exc}"
+    if not to_slab:
+        described[name] = [None, 0, BYTES_DTYPE, list(arr.shape)]
+        return
+    wire = _encode(name, arr)
+    slot = slab.allocate(len(wire))
+    taken.append(slot)
+    slot.memory(len(wire))[:] = wire
+    desc = Descriptor(slot.segment.name, slot.offset, BYTES_DTYPE, tuple(arr.shape), len(wire))
+    described[name] = desc.to_wire()

@@ -244,6 +244,8 @@ class Service:
                 elif tensor.raw is not None:
                     # The one copy on the way in: from the received message into the slot.
                     admission.slot(checked).memory(checked.nbytes)[:] = wire.raw(tensor.raw)
+                elif tensor.wire is not None:  # BYTES contents, in their wire form
+                    admission.slot(checked).memory(checked.nbytes)[:] = tensor.wire
                 else:
                     slot = admission.slot(checked)
                     codec.write_contents(tensor, slot.view(checked.dtype, checked.shape))
