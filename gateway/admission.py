@@ -115,12 +115,13 @@ class Limits:
     max_tensor_elements: int = 1 << 28  # one input, batch dimension included
     max_inputs: int = 64
     max_outputs: int = 64  # outputs a request names
-    bytes_tensors: BytesLimits = BytesLimits()  # elements of a BYTES tensor: how many, how large
+    bytes_tensors: BytesLimits = BytesLimits()  # BYTES inputs: how many elements, how large
 
     @classmethod
     def of(cls, settings: Any) -> Limits:
         return cls(settings.max_body_bytes, settings.max_tensor_elements, settings.max_inputs,
-                   settings.max_outputs)
+                   settings.max_outputs, BytesLimits(settings.max_bytes_elements,
+                                                     settings.max_bytes_element_bytes))
 
     def check_outputs(self, count: int) -> None:
         if count > self.max_outputs:
@@ -162,6 +163,11 @@ class InputChecker:
             raise InvalidArgument(
                 f"{where}.name {name!r} is not an input of model {config.name!r} "
                 f"(inputs: {declared})"
+            )
+        if spec.datatype == BYTES and not self.bytes_ok:
+            raise InvalidArgument(
+                f"input {spec.name!r} is BYTES, which this bridge does not carry; send it "
+                f"over HTTP or gRPC"
             )
         if spec.name in self._seen:
             raise InvalidArgument(f"input {spec.name!r} is given twice")
@@ -220,11 +226,6 @@ class InputChecker:
 
     def _bytes_input(self, spec: TensorSpec, dims: tuple[int, ...], batched: bool
                      ) -> CheckedInput:
-        if not self.bytes_ok:
-            raise InvalidArgument(
-                f"input {spec.name!r} is BYTES, which this protocol does not carry; send it "
-                f"over HTTP or gRPC"
-            )
         elements = math.prod(dims)
         if elements > self.limits.bytes_tensors.max_elements:
             raise InvalidArgument(
@@ -252,6 +253,17 @@ class InputChecker:
         if self.rows is None:
             raise InvalidArgument("the request has no inputs")
         return self.rows
+
+
+def refuse_bytes(config: ModelConfig, bridge: str) -> None:
+    """The WebSocket and ZeroMQ bridges carry fixed-size tensors only: a model with a BYTES
+    input or output is refused there, before anything is read."""
+    for t in (*config.inputs, *config.outputs):
+        if t.datatype == BYTES:
+            raise InvalidArgument(
+                f"model {config.name!r} has BYTES tensor {t.name!r}, which the {bridge} bridge "
+                f"does not carry; send it over HTTP or gRPC"
+            )
 
 
 def check_bytes(tensor: CheckedInput, data: bytes | memoryview) -> None:

@@ -233,8 +233,8 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
                 )
             inputs.append(InputTensor(checked, region=region))
         elif checked.bytes_limits is not None and tensor.HasField("contents"):
-            wire = _bytes_contents(checked, tensor.contents)
-            inputs.append(InputTensor(checker.sized(checked, len(wire)), wire=wire))
+            data = _bytes_contents(checked, tensor.contents)
+            inputs.append(InputTensor(checker.sized(checked, len(data)), wire=data))
         elif tensor.HasField("contents"):
             inputs.append(InputTensor(checked, contents=tensor.contents))
         else:

@@ -1,0 +1,262 @@
+"""BYTES tensors end to end, with clients this project did not write (``tritonclient`` HTTP
+and gRPC, KServe's ``kserve``), against real gateways: one process, and two data-plane
+processes (``--workers 2``), where only descriptors cross processes.
+
+Every way the protocol carries BYTES: JSON ``data`` strings, the binary extension (4-byte
+lengths), gRPC ``raw_input_contents`` and ``bytes_contents``, system shared memory both
+ways; BYTES outputs back the same ways. The model (``tests/models/strings.py``) refuses
+anything but an object array of ``bytes``, so a served request proves what it saw.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+import urllib3
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+
+from tests.conftest import ROOT, RunningGateway, start_gateway
+
+BYTES_MODELS = ROOT / "tests" / "models_bytes.yaml"
+HTTP = urllib3.PoolManager(retries=False, timeout=30)
+# Binary (a NUL inside, and a JPEG's first bytes), empty, and non-ASCII UTF-8.
+TEXT = np.array([[b"hello", b"w\x00rld", b"", b"\xff\xd8\xff\xe0", "café".encode()]],
+                dtype=object)
+UPPER = np.array([[x.upper() for x in TEXT[0]]], dtype=object)
+LENGTHS = np.array([[len(x) for x in TEXT[0]]], dtype=np.int32)
+
+
+@pytest.fixture(scope="module", params=["0", "2"], ids=["one-process", "workers-2"])
+def gw(request: pytest.FixtureRequest,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    gateway = start_gateway(tmp_path_factory.mktemp("bytes"), BYTES_MODELS, "--workers",
+                            request.param, "--allow-client-shm", "--max-bytes-elements", "64",
+                            "--max-bytes-element-bytes", "4096")
+    try:
+        yield gateway
+        assert gateway.stop() == 0, gateway.log()
+        assert "Traceback" not in gateway.log(), gateway.log()
+    finally:
+        gateway.cleanup()
+
+
+def _grpc(gw: RunningGateway) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(gw.grpc_url)
+
+
+def _http_infer(gw: RunningGateway, model: str, text: np.ndarray, binary_in: bool,
+                binary_out: bool, **kwargs: object) -> httpclient.InferResult:
+    client = httpclient.InferenceServerClient(gw.url)
+    try:
+        tensor = httpclient.InferInput("TEXT", list(text.shape), "BYTES")
+        tensor.set_data_from_numpy(text, binary_data=binary_in)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out)
+                   for n in ("UPPER", "LENGTHS")]
+        return client.infer(model, [tensor], outputs=outputs, **kwargs)  # type: ignore[arg-type]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("model", ["strings", "strings_stateful"])
+def test_http_binary_and_json(gw: RunningGateway, model: str) -> None:
+    """Binary in and out keeps every byte; JSON carries UTF-8 strings both ways. The stateful
+    model is served by the control process (with data planes: descriptors to it)."""
+    seq = {"sequence_id": 7, "sequence_start": True, "sequence_end": True} if (
+        model == "strings_stateful") else {}
+    result = _http_infer(gw, model, TEXT, True, True, **seq)
+    assert result.as_numpy("UPPER").tolist() == UPPER.tolist()
+    np.testing.assert_array_equal(result.as_numpy("LENGTHS"), LENGTHS)
+    out = result.get_response()["outputs"]
+    assert [o["datatype"] for o in out] == ["BYTES", "INT32"]
+    assert out[0]["shape"] == [1, 5]
+    # JSON: strings in, strings out (tritonclient sends and parses JSON "data" itself).
+    words = np.array([["abc", "", "ünï"]], dtype=object)
+    result = _http_infer(gw, model, words, False, False, **seq)
+    assert result.get_response()["outputs"][0]["data"] == ["ABC", "", "üNï"]
+    assert result.as_numpy("LENGTHS").tolist() == [[3, 0, 5]]
+
+
+def test_grpc_raw_and_bytes_contents(gw: RunningGateway) -> None:
+    client = _grpc(gw)
+    try:
+        for model, seq in (("strings", {}), ("strings_stateful", {
+                "sequence_id": 9, "sequence_start": True, "sequence_end": True})):
+            tensor = grpcclient.InferInput("TEXT", list(TEXT.shape), "BYTES")
+            tensor.set_data_from_numpy(TEXT)  # raw_input_contents, 4-byte lengths
+            result = client.infer(model, [tensor], **seq)  # type: ignore[arg-type]
+            assert result.as_numpy("UPPER").tolist() == UPPER.tolist()
+            np.testing.assert_array_equal(result.as_numpy("LENGTHS"), LENGTHS)
+    finally:
+        client.close()
+    # Typed contents: bytes_contents, one entry per element.
+    channel = grpc.insecure_channel(gw.grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = service_pb2.ModelInferRequest(model_name="strings", id="bc")
+    entry = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 5])
+    entry.contents.bytes_contents.extend(TEXT[0].tolist())
+    response = stub.ModelInfer(request, timeout=30)
+    assert response.id == "bc"
+    assert [o.datatype for o in response.outputs] == ["BYTES", "INT32"]
+    upper = response.raw_output_contents[0]
+    assert upper == serialize_byte_tensor(UPPER).item()
+    # A count that disagrees with the shape is refused.
+    del entry.contents.bytes_contents[-1]
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.ModelInfer(request, timeout=30)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bytes_contents has 4 elements, shape [1, 5] needs 5" in str(exc.value.details())
+    channel.close()
+
+
+def test_many_clients_batched_together(gw: RunningGateway) -> None:
+    """Requests of different lengths that share a batch each get their own rows back."""
+    def one(i: int) -> tuple[int, list[list[bytes]]]:
+        text = np.array([[f"r{i}-{j}".encode() * (i + 1) for j in range(i % 3 + 1)]],
+                        dtype=object)
+        if i % 2:
+            result = _http_infer(gw, "strings", text, True, True)
+        else:
+            client = _grpc(gw)
+            tensor = grpcclient.InferInput("TEXT", list(text.shape), "BYTES")
+            tensor.set_data_from_numpy(text)
+            result = client.infer("strings", [tensor])
+            client.close()
+        assert result.as_numpy("LENGTHS").tolist() == [[len(x) for x in text[0]]]
+        return i, result.as_numpy("UPPER").tolist()
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, upper in pool.map(one, range(24)):
+            assert upper == [[f"R{i}-{j}".encode() * (i + 1) for j in range(i % 3 + 1)]]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_system_shared_memory_both_ways(gw: RunningGateway, protocol: str) -> None:
+    """The input's wire form in the client's region, the output written into another."""
+    wire = serialize_byte_tensor(TEXT).item()
+    out_size = len(serialize_byte_tensor(UPPER).item())
+    key = f"/ifxbytes_{protocol}_{gw.shm_prefix}"
+    h_in = shm.create_shared_memory_region("bin", key + "_in", len(wire))
+    h_out = shm.create_shared_memory_region("bout", key + "_out", out_size + 64)
+    mod = httpclient if protocol == "http" else grpcclient
+    client = (httpclient.InferenceServerClient(gw.url) if protocol == "http"
+              else _grpc(gw))
+    try:
+        shm.set_shared_memory_region(h_in, [serialize_byte_tensor(TEXT)])  # as clients do
+        client.register_system_shared_memory("bin", key + "_in", len(wire))
+        client.register_system_shared_memory("bout", key + "_out", out_size + 64)
+        tensor = mod.InferInput("TEXT", list(TEXT.shape), "BYTES")
+        tensor.set_shared_memory("bin", len(wire))
+        upper = mod.InferRequestedOutput("UPPER")
+        upper.set_shared_memory("bout", out_size + 64)
+        lengths = mod.InferRequestedOutput("LENGTHS")
+        result = client.infer("strings", [tensor], outputs=[upper, lengths])
+        np.testing.assert_array_equal(result.as_numpy("LENGTHS"), LENGTHS)
+        meta = result.get_output("UPPER")
+        shape = meta["shape"] if protocol == "http" else list(meta.shape)
+        assert shape == [1, 5]
+        got = shm.get_contents_as_numpy(h_out, np.object_, shape)
+        assert got.tolist() == UPPER.tolist()
+        # A region whose bytes are not in the wire form: a clear error, not a crash.
+        shm.set_shared_memory_region(h_in, [np.frombuffer(b"\xff" * len(wire), np.uint8)])
+        with pytest.raises(InferenceServerException, match="input 'TEXT'.*claims"):
+            client.infer("strings", [tensor], outputs=[upper, lengths])
+    finally:
+        client.unregister_system_shared_memory()
+        client.close()
+        shm.destroy_shared_memory_region(h_in)
+        shm.destroy_shared_memory_region(h_out)
+
+
+def _raw_post(gw: RunningGateway, header: dict[str, object], binary: bytes = b""
+              ) -> tuple[int, str]:
+    head = orjson.dumps(header)
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(head))}
+    r = HTTP.request("POST", gw.http + "/v2/models/strings/infer", body=head + binary,
+                     headers=headers)
+    return r.status, orjson.loads(r.data).get("error", "")
+
+
+def _binary(shape: list[int], size: int) -> dict[str, object]:
+    return {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": shape,
+                        "parameters": {"binary_data_size": size}}]}
+
+
+@pytest.mark.parametrize("shape, data, message", [
+    ([1, 2], struct.pack("<I", 1) + b"a", "ends at element 1 of 2"),
+    ([1, 1], struct.pack("<I", 9) + b"abc", "claims 9 bytes; only 3 are left"),
+    ([1, 1], struct.pack("<I", 1) + b"ab", "1 bytes after its 1 elements"),
+    ([1, 1], struct.pack("<I", 5000) + b"x" * 5000, "5000 bytes, more than the limit of 4096"),
+    ([1, 65], b"", "65 elements, more than the limit of 64"),
+])
+def test_malformed_and_oversized_binary_is_400(gw: RunningGateway, shape: list[int],
+                                               data: bytes, message: str) -> None:
+    status, error = _raw_post(gw, _binary(shape, len(data)), data)
+    assert (status, message in error) == (400, True), error
+    # The model serves on: nothing was left half-admitted.
+    result = _http_infer(gw, "strings", TEXT, True, True)
+    np.testing.assert_array_equal(result.as_numpy("LENGTHS"), LENGTHS)
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "BYTES data must be strings, got int"),
+    (["a"], "data has 1 elements, shape [1, 2] needs 2"),
+    (["a", "b", "c"], "more than the 2 elements"),
+    (["a", "x" * 5000], "5000 bytes, more than the limit of 4096"),
+])
+def test_malformed_json_data_is_400(gw: RunningGateway, data: list[object],
+                                    message: str) -> None:
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 2], "data": data}]}
+    r = HTTP.request("POST", gw.http + "/v2/models/strings/infer", body=orjson.dumps(body),
+                     headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    assert message in orjson.loads(r.data)["error"]
+
+
+def test_grpc_bounds_are_invalid_argument(gw: RunningGateway) -> None:
+    client = _grpc(gw)
+    try:
+        big = np.array([[b"x" * 5000]], dtype=object)
+        tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(big)
+        with pytest.raises(InferenceServerException, match="more than the limit of 4096") as e:
+            client.infer("strings", [tensor])
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        many = np.array([[b"a"] * 65], dtype=object)
+        tensor = grpcclient.InferInput("TEXT", [1, 65], "BYTES")
+        tensor.set_data_from_numpy(many)
+        with pytest.raises(InferenceServerException, match="more than the limit of 64") as e:
+            client.infer("strings", [tensor])
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        client.close()
+
+
+def test_websocket_and_zeromq_refuse_bytes_clearly(gw: RunningGateway) -> None:
+    from inferoxy.client import Client, InferenceError
+
+    for connect, url in ((Client.websocket, gw.ws_url), (Client.zmq, gw.zmq_url)):
+        with connect(url) as c, pytest.raises(InferenceError, match="has BYTES tensor 'TEXT', "
+                                                               "which the .* bridge does not"):
+            c.infer("strings", {"TEXT": np.array([[1, 2]], np.uint8)})
+
+
+def test_metadata_and_config_say_bytes(gw: RunningGateway) -> None:
+    http = httpclient.InferenceServerClient(gw.url)
+    try:
+        meta = http.get_model_metadata("strings")
+        assert meta["inputs"] == [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, -1]}]
+        config = http.get_model_config("strings")
+        assert config["input"][0]["data_type"] == "TYPE_STRING"
+    finally:
+        http.close()
