@@ -35,6 +35,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    Unsupported,
 )
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, OutputTarget, RequestResult, SequenceRef
@@ -57,7 +58,7 @@ _request_ids = itertools.count(1)  # ids of requests that came without one (for 
 RESERVED_PARAMETERS = frozenset({
     "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority",
     "sequence_id", "sequence_start", "sequence_end", "headers", "shared_memory_region",
-    "shared_memory_offset", "shared_memory_byte_size",
+    "shared_memory_offset", "shared_memory_byte_size", "triton_enable_empty_final_response",
 })
 
 
@@ -255,9 +256,14 @@ class InputChecker:
         return self.rows
 
 
-def refuse_bytes(config: ModelConfig, bridge: str) -> None:
-    """The WebSocket and ZeroMQ bridges carry fixed-size tensors only: a model with a BYTES
-    input or output is refused there, before anything is read."""
+def refuse_unsupported(config: ModelConfig, bridge: str) -> None:
+    """The WebSocket and ZeroMQ bridges carry fixed-size tensors and one answer a request: a
+    model with a BYTES input or output, or a decoupled one, is refused there, before
+    anything is read."""
+    if config.decoupled:
+        raise Unsupported(f"model {config.name!r} is decoupled (several responses a request), "
+                          f"which the {bridge} bridge does not carry; use gRPC "
+                          f"ModelStreamInfer")
     for t in (*config.inputs, *config.outputs):
         if t.datatype == BYTES:
             raise InvalidArgument(

@@ -53,7 +53,7 @@ _ERRORS: dict[str, type[InferoxyError]] = {
     cls.__name__: cls for cls in (
         errors.InferoxyError, errors.InvalidArgument, errors.PayloadTooLarge, errors.NotFound,
         errors.Forbidden, errors.Conflict, errors.Unavailable, errors.DeadlineExceeded,
-        errors.ModelError,
+        errors.ModelError, errors.Unsupported,
     )
 }
 

@@ -397,6 +397,8 @@ class ModelServer:
         An output that every request of the batch sent to its own region has no slab copy:
         the worker reports only its dtype and shape (segment ``None``).
         """
+        if self.config.decoupled:
+            return self._decoupled_views(raw, rows)
         arrays: dict[str, np.ndarray] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         for spec in self.config.outputs:
@@ -429,6 +431,37 @@ class ModelServer:
             if view is not None:
                 arrays[spec.name] = view
         return arrays, shapes
+
+    def _decoupled_views(
+        self, raw: dict[str, Any], rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+        """A decoupled model's outputs: ``[rows, responses, *declared]`` each (the worker
+        stacked the responses); none at all when it gave no response."""
+        name = self.config.name
+        arrays: dict[str, np.ndarray] = {}
+        if not raw:  # no response: empty outputs of the declared types
+            for spec in self.config.outputs:
+                dims = [max(d, 0) for d in spec.shape]
+                arrays[spec.name] = np.empty((rows, 0, *dims), self._out_dtypes[spec.name])
+            return arrays, {n: a.shape for n, a in arrays.items()}
+        for spec in self.config.outputs:
+            entry = raw.get(spec.name)
+            try:
+                desc = Descriptor.from_wire(entry)  # type: ignore[arg-type]
+                view = self._cache.view(desc)
+                if desc.dtype == BYTES_DTYPE:
+                    view = decode(view, desc.shape, _ANY_SIZE)
+            except (ValueError, TypeError, AssertionError, OSError, IndexError) as exc:
+                raise ModelError(f"model {name!r}: output {spec.name!r} is missing or "
+                                 f"unreadable") from exc
+            if (view.dtype != self._out_dtypes[spec.name] or view.ndim < 2
+                    or view.shape[0] != rows or not spec.accepts(view.shape[2:])):
+                raise ModelError(
+                    f"model {name!r}: output {spec.name!r} of each response is "
+                    f"{view.dtype} {list(view.shape[2:])}, declared {spec.datatype} "
+                    f"{list(spec.shape)}")
+            arrays[spec.name] = view
+        return arrays, {n: a.shape for n, a in arrays.items()}
 
     def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
         """The copy may reuse these output slots. Said with the next batch sent to it (one

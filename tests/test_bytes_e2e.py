@@ -260,3 +260,100 @@ def test_metadata_and_config_say_bytes(gw: RunningGateway) -> None:
         assert config["input"][0]["data_type"] == "TYPE_STRING"
     finally:
         http.close()
+
+
+# -- decoupled models: several responses for one request, over ModelStreamInfer ------------
+
+
+def _stream(gw: RunningGateway, counts: list[int], empty_final: bool = True
+            ) -> list[tuple[str, dict[str, object]]]:
+    """Each request asks ``N``; every response (or error) that comes back, in order:
+    ``(request id, {"index", "word", "final"} | {"error"})``, until every request saw its
+    final response (or ``timeout``)."""
+    import queue
+
+    got: queue.Queue[tuple[str, dict[str, object]]] = queue.Queue()
+
+    def callback(result: grpcclient.InferResult | None,
+                 error: InferenceServerException | None) -> None:
+        if error is not None:
+            got.put(("", {"error": error.message()}))
+            return
+        assert result is not None
+        response = result.get_response()
+        final = response.parameters["triton_final_response"].bool_param
+        if not response.outputs:
+            got.put((response.id, {"final": final}))
+            return
+        got.put((response.id, {"index": result.as_numpy("INDEX").tolist(),
+                               "word": result.as_numpy("WORD").tolist(), "final": final}))
+
+    client = _grpc(gw)
+    client.start_stream(callback=callback)
+    try:
+        for i, n in enumerate(counts):
+            tensor = grpcclient.InferInput("N", [1, 1], "INT32")
+            tensor.set_data_from_numpy(np.array([[n]], np.int32))
+            client.async_stream_infer("repeat", [tensor], request_id=f"r{i}",
+                                      enable_empty_final_response=empty_final)
+        out: list[tuple[str, dict[str, object]]] = []
+        finals = 0
+        expected = len(counts) if empty_final else sum(1 for n in counts if n != 0)
+        while finals < expected:
+            rid, item = got.get(timeout=30)
+            out.append((rid, item))
+            finals += bool(item.get("final")) or "error" in item
+        return out
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_decoupled_responses_then_the_final_flag(gw: RunningGateway) -> None:
+    responses = _stream(gw, [3, 0, 1])
+    by_request: dict[str, list[dict[str, object]]] = {}
+    for rid, item in responses:
+        by_request.setdefault(rid, []).append(item)
+    assert by_request["r0"] == [
+        {"index": [[i]], "word": [[f"word-{i}".encode()]], "final": False} for i in range(3)
+    ] + [{"final": True}]
+    assert by_request["r1"] == [{"final": True}]  # no response: the final flag alone
+    assert by_request["r2"] == [{"index": [[0]], "word": [[b"word-0"]], "final": False},
+                                {"final": True}]
+    # Without an empty final response the last response carries the flag, as in Triton.
+    responses = _stream(gw, [2], empty_final=False)
+    assert [item["final"] for _, item in responses] == [False, True]
+
+
+def test_decoupled_model_failing_mid_stream(gw: RunningGateway) -> None:
+    """The model raises after yielding once: the request gets one error, the stream lives."""
+    responses = _stream(gw, [-2, 1])
+    errors = [item["error"] for _, item in responses if "error" in item]
+    assert len(errors) == 1 and "asked to fail after one response" in str(errors[0])
+    assert ("r1", {"final": True}) in responses
+
+
+def test_decoupled_model_refused_without_a_stream(gw: RunningGateway) -> None:
+    """As Triton: unary gRPC and HTTP refuse a decoupled model, in Triton's words."""
+    client = _grpc(gw)
+    tensor = grpcclient.InferInput("N", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[1]], np.int32))
+    with pytest.raises(InferenceServerException, match="ModelInfer RPC doesn't support models "
+                       "with decoupled transaction policy") as exc:
+        client.infer("repeat", [tensor])
+    assert exc.value.status() == "StatusCode.UNIMPLEMENTED"
+    config = client.get_model_config("repeat", as_json=True)["config"]
+    assert config["model_transaction_policy"] == {"decoupled": True}
+    client.close()
+    http = httpclient.InferenceServerClient(gw.url)
+    try:
+        h_tensor = httpclient.InferInput("N", [1, 1], "INT32")
+        h_tensor.set_data_from_numpy(np.array([[1]], np.int32))
+        with pytest.raises(InferenceServerException, match="HTTP end point doesn't support "
+                           "models with decoupled transaction policy") as hexc:
+            http.infer("repeat", [h_tensor])
+        assert hexc.value.status() == "501"
+        assert http.get_model_config("repeat")["model_transaction_policy"] == {
+            "decoupled": True}
+    finally:
+        http.close()

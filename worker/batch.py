@@ -90,6 +90,39 @@ def output_rows(name: object, value: object, rows: int) -> np.ndarray:
     return arr
 
 
+def stack_responses(responses: object, rows: int) -> dict[str, np.ndarray]:
+    """A decoupled model's responses (an iterable of output dicts, each with the batch's
+    rows first), as one output per name of shape ``[rows, responses, ...]``: the gateway
+    sends them one by one. No responses: no outputs (the gateway knows the shapes)."""
+    if isinstance(responses, str | bytes) or not hasattr(responses, "__iter__"):
+        raise BatchError(f"model returned {type(responses).__name__}, expected a dict of "
+                         f"arrays (or, decoupled, an iterable of them)")
+    collected: dict[str, list[np.ndarray]] = {}
+    count = 0
+    iterator = iter(responses)  # type: ignore[call-overload]
+    while True:
+        try:
+            response = next(iterator)
+        except StopIteration:
+            break
+        except Exception as exc:  # the model's own code runs as it yields: its failure
+            raise BatchError(f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(response, dict):
+            raise BatchError(f"a decoupled model's response {count} is "
+                             f"{type(response).__name__}, expected a dict of arrays")
+        if count and set(response) != set(collected):
+            raise BatchError(f"a decoupled model's response {count} has outputs "
+                             f"{sorted(response)}, the first had {sorted(collected)}")
+        for name, value in response.items():
+            collected.setdefault(str(name), []).append(output_rows(name, value, rows))
+        count += 1
+    try:
+        return {name: np.stack(parts, axis=1) for name, parts in collected.items()}
+    except ValueError as exc:
+        raise BatchError(f"a decoupled model's responses differ in shape or type: {exc}"
+                         ) from None
+
+
 def place_outputs(
     slab: SlabAllocator,
     cache: SegmentCache,
@@ -103,9 +136,9 @@ def place_outputs(
     a slot of the worker's slab (kept, tracked in ``slots``, until the gateway sends
     RELEASE) unless every item took it to a region — then only its dtype and shape are sent.
     """
-    if not isinstance(outputs, dict):
-        raise BatchError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
     rows = sum(int(item["rows"]) for item in items)
+    if not isinstance(outputs, dict):
+        outputs = stack_responses(outputs, rows)
     described: dict[str, list[object]] = {}
     item_errors: dict[str, str] = {}
     taken: list[Slot] = []

@@ -348,6 +348,7 @@ def encode_response(
     *,
     stream: bool = False,
     batched: bool = True,
+    final: bool | None = None,
 ) -> bytes:
     """A serialized ``ModelInferResponse`` (``ModelStreamInferResponse`` with ``stream``).
 
@@ -357,6 +358,8 @@ def encode_response(
     """
     skip = 0 if batched else 1  # no batch dimension: the gateway's leading 1 goes
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    if final is not None:  # a decoupled model's response: whether it is the request's last
+        response.parameters[FINAL].bool_param = final
     blobs: list[memoryview | bytes] = []
     for o in outputs:
         entry = response.outputs.add(name=o.name, datatype=datatypes[o.name])
@@ -398,6 +401,43 @@ def _region_size(o: OutputRequest) -> int:
     assert o.region is not None
     size = o.region.byte_size
     return size if isinstance(size, int) else 0
+
+
+FINAL = "triton_final_response"  # Triton's flag on each response of a decoupled model
+EMPTY_FINAL = "triton_enable_empty_final_response"  # the request asks for an empty last one
+
+
+def encode_decoupled(
+    model: str,
+    version: str,
+    request_id: str,
+    outputs: tuple[OutputRequest, ...],
+    arrays: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+    *,
+    empty_final: bool,
+    batched: bool = True,
+) -> list[bytes]:
+    """A decoupled model's answer as Triton streams it: one ``ModelStreamInferResponse`` per
+    response (outputs ``[rows, responses, ...]``, split along the responses), each flagged
+    ``triton_final_response: false`` but the last; with ``empty_final`` (what the request
+    asked, ``triton_enable_empty_final_response``) the last is an empty response flagged
+    true. No response and no empty final one: nothing, as Triton does."""
+    count = next(iter(arrays.values())).shape[1] if arrays else 0
+    answers = []
+    for i in range(count):
+        answers.append(encode_response(
+            model, version, request_id, outputs, {n: a[:, i] for n, a in arrays.items()},
+            datatypes, stream=True, batched=batched, final=i == count - 1 and not empty_final,
+        ))
+    if empty_final:
+        last = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+        last.parameters[FINAL].bool_param = True
+        answers.append(pb.ModelStreamInferResponse(infer_response=last).SerializeToString())
+    return answers
+
+
+DECOUPLED_UNARY = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 
 
 def stream_error(message: str, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:

@@ -25,7 +25,7 @@ from gateway.admission import (
     region_ref,
 )
 from gateway.config import ModelConfig
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, Unsupported
 from shm import bytes_tensor
 from shm.bytes_tensor import BytesTensorError
 
@@ -84,6 +84,9 @@ class ParsedRequest:
 
 
 
+DECOUPLED_HTTP = "HTTP end point doesn't support models with decoupled transaction policy"
+
+
 class InvalidJson(InvalidArgument):
     """The JSON part is not JSON at all; ``detail`` is the parser's message.
 
@@ -121,6 +124,8 @@ def parse_request(
     body: bytes | bytearray | memoryview, config: ModelConfig, limits: Limits
 ) -> ParsedRequest:
     """Validate a v2 infer request header against the model; raises InvalidArgument."""
+    if config.decoupled:  # Triton's wording (501): its answers go out on a gRPC stream
+        raise Unsupported(DECOUPLED_HTTP)
     doc = _loads(body)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):

@@ -23,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from trio_websocket import serve_websocket as _serve_websocket
 
-from gateway.admission import Admission, InputChecker, output_datatypes, refuse_bytes
+from gateway.admission import Admission, InputChecker, output_datatypes, refuse_unsupported
 from gateway.core import Gateway
 from gateway.errors import Conflict, InferoxyError, InvalidArgument
 from gateway.model_server import ModelServer
@@ -44,7 +44,7 @@ def _admit(gateway: Gateway, server: ModelServer, frame: Frame,
     """Check and queue one parsed frame; raises InferoxyError."""
     frame_id = frame.header.get("id", "")
     params = {**frame.header.get("parameters", {}), **parameters}
-    refuse_bytes(server.config, "WebSocket")
+    refuse_unsupported(server.config, "WebSocket")
     admission: Admission = gateway.admission(server)
     try:
         checker = InputChecker(server.config, gateway.limits)
