@@ -32,6 +32,7 @@ HTTP = urllib3.PoolManager(retries=False, timeout=30)
 # Binary (a NUL inside, and a JPEG's first bytes), empty, and non-ASCII UTF-8.
 TEXT = np.array([[b"hello", b"w\x00rld", b"", b"\xff\xd8\xff\xe0", "café".encode()]],
                 dtype=object)
+MAX_ELEMENT = 1 << 20  # --max-bytes-element-bytes of the tests' gateways
 UPPER = np.array([[x.upper() for x in TEXT[0]]], dtype=object)
 LENGTHS = np.array([[len(x) for x in TEXT[0]]], dtype=np.int32)
 
@@ -41,11 +42,14 @@ def gw(request: pytest.FixtureRequest,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     gateway = start_gateway(tmp_path_factory.mktemp("bytes"), BYTES_MODELS, "--workers",
                             request.param, "--allow-client-shm", "--max-bytes-elements", "64",
-                            "--max-bytes-element-bytes", "4096")
+                            "--max-bytes-element-bytes", str(MAX_ELEMENT))
     try:
         yield gateway
         assert gateway.stop() == 0, gateway.log()
-        assert "Traceback" not in gateway.log(), gateway.log()
+        # Tracebacks of the gateway's own code, none; a model that raised is logged with its.
+        own = [ln for ln in gateway.log().splitlines()
+               if "Traceback" in ln and "model raised" not in ln]
+        assert own == [], gateway.log()
     finally:
         gateway.cleanup()
 
@@ -196,7 +200,8 @@ def _binary(shape: list[int], size: int) -> dict[str, object]:
     ([1, 2], struct.pack("<I", 1) + b"a", "ends at element 1 of 2"),
     ([1, 1], struct.pack("<I", 9) + b"abc", "claims 9 bytes; only 3 are left"),
     ([1, 1], struct.pack("<I", 1) + b"ab", "1 bytes after its 1 elements"),
-    ([1, 1], struct.pack("<I", 5000) + b"x" * 5000, "5000 bytes, more than the limit of 4096"),
+    ([1, 1], struct.pack("<I", MAX_ELEMENT + 1) + b"x" * (MAX_ELEMENT + 1),
+     f"{MAX_ELEMENT + 1} bytes, more than the limit of {MAX_ELEMENT}"),
     ([1, 65], b"", "65 elements, more than the limit of 64"),
 ])
 def test_malformed_and_oversized_binary_is_400(gw: RunningGateway, shape: list[int],
@@ -212,7 +217,8 @@ def test_malformed_and_oversized_binary_is_400(gw: RunningGateway, shape: list[i
     ([1, 2], "BYTES data must be strings, got int"),
     (["a"], "data has 1 elements, shape [1, 2] needs 2"),
     (["a", "b", "c"], "more than the 2 elements"),
-    (["a", "x" * 5000], "5000 bytes, more than the limit of 4096"),
+    (["a", "x" * (MAX_ELEMENT + 1)], f"{MAX_ELEMENT + 1} bytes, more than the limit of "
+                                     f"{MAX_ELEMENT}"),
 ])
 def test_malformed_json_data_is_400(gw: RunningGateway, data: list[object],
                                     message: str) -> None:
@@ -226,10 +232,11 @@ def test_malformed_json_data_is_400(gw: RunningGateway, data: list[object],
 def test_grpc_bounds_are_invalid_argument(gw: RunningGateway) -> None:
     client = _grpc(gw)
     try:
-        big = np.array([[b"x" * 5000]], dtype=object)
+        big = np.array([[b"x" * (MAX_ELEMENT + 1)]], dtype=object)
         tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
         tensor.set_data_from_numpy(big)
-        with pytest.raises(InferenceServerException, match="more than the limit of 4096") as e:
+        with pytest.raises(InferenceServerException,
+                           match=f"more than the limit of {MAX_ELEMENT}") as e:
             client.infer("strings", [tensor])
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
         many = np.array([[b"a"] * 65], dtype=object)
@@ -357,3 +364,56 @@ def test_decoupled_model_refused_without_a_stream(gw: RunningGateway) -> None:
             "decoupled": True}
     finally:
         http.close()
+
+
+# -- the face detector fed JPEG/PNG files ---------------------------------------------------
+
+
+def _encoded(fmt: str) -> bytes:
+    import cv2
+    from skimage import data
+
+    image = np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # OpenCV writes BGR
+    ok, buf = cv2.imencode(fmt, image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_face_detector_takes_jpeg_and_png_files(gw: RunningGateway) -> None:
+    """Files decoded in the worker find the astronaut's face, as her pixels do
+    (tests/test_example_models.py); a file that is no image is refused with the reason."""
+    files = np.array([[_encoded(".jpg")], [_encoded(".png")]], dtype=object)
+    tensor = httpclient.InferInput("IMAGE_FILE", [2, 1], "BYTES")
+    tensor.set_data_from_numpy(files, binary_data=True)
+    http = httpclient.InferenceServerClient(gw.url)
+    try:
+        result = http.infer("face_files", [tensor])
+        assert result.as_numpy("COUNT").tolist() == [[1], [1]]
+        for box in result.as_numpy("BOXES")[:, 0]:
+            x, y, w, h = box.tolist()
+            assert 165 <= x and x + w <= 285 and 50 <= y and y + h <= 175, box
+        junk = httpclient.InferInput("IMAGE_FILE", [1, 1], "BYTES")
+        junk.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
+        with pytest.raises(InferenceServerException, match="IMAGE_FILE 0 .* is not an image"):
+            http.infer("face_files", [junk])
+    finally:
+        http.close()
+    # Decoupled: one response per face, over a gRPC stream.
+    import queue
+
+    got: queue.Queue[grpcclient.InferResult] = queue.Queue()
+    client = _grpc(gw)
+    client.start_stream(callback=lambda result, error: got.put(result if error is None
+                                                               else error))
+    try:
+        g_tensor = grpcclient.InferInput("IMAGE_FILE", [1, 1], "BYTES")
+        g_tensor.set_data_from_numpy(files[:1])
+        client.async_stream_infer("face_stream", [g_tensor], enable_empty_final_response=True)
+        face = got.get(timeout=30)
+        assert isinstance(face, grpcclient.InferResult), face
+        assert face.as_numpy("BOX").shape == (1, 4)
+        last = got.get(timeout=30)
+        assert last.get_response().parameters["triton_final_response"].bool_param
+    finally:
+        client.stop_stream()
+        client.close()
