@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,8 @@ class Limits:
     max_tensor_elements: int = 1 << 28  # one input, batch dimension included
     max_inputs: int = 64
     max_outputs: int = 64  # outputs a request names
-    bytes_tensors: BytesLimits = BytesLimits()  # BYTES inputs: how many elements, how large
+    # BYTES inputs: how many elements, how large each
+    bytes_tensors: BytesLimits = field(default_factory=BytesLimits)
 
     @classmethod
     def of(cls, settings: Any) -> Limits:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _LENGTH = struct.Struct("<I")
+Buffer = bytes | bytearray | memoryview | np.ndarray  # anything memoryview() takes
 
 
 class BytesTensorError(ValueError):
@@ -35,6 +36,10 @@ class BytesTensorError(ValueError):
 class BytesLimits:
     max_elements: int = 1 << 20  # elements of one BYTES tensor
     max_element_bytes: int = 64 << 20  # one element (a JPEG of an 8K frame is ~10 MB)
+
+
+def _bytes_view(buf: Buffer) -> memoryview:
+    return (buf.data if isinstance(buf, np.ndarray) else memoryview(buf)).cast("B")
 
 
 def encode(elements: Iterable[bytes | str]) -> bytes:
@@ -104,20 +109,20 @@ def to_json(arr: np.ndarray, what: str) -> list[str]:
                                f"binary_data: true") from None
 
 
-def check(buf: bytes | memoryview, shape: tuple[int, ...], limits: BytesLimits) -> None:
+def check(buf: Buffer, shape: tuple[int, ...], limits: BytesLimits) -> None:
     """Raise ``BytesTensorError`` unless ``buf`` holds exactly ``prod(shape)`` elements within
     ``limits``. Walks the lengths only (no copy)."""
     decode_offsets(buf, shape, limits)
 
 
-def decode_offsets(buf: bytes | memoryview, shape: tuple[int, ...], limits: BytesLimits
+def decode_offsets(buf: Buffer, shape: tuple[int, ...], limits: BytesLimits
                    ) -> list[tuple[int, int]]:
     """(start, end) of each element in ``buf``, checked against ``shape`` and ``limits``."""
     count = math.prod(shape)
     if count > limits.max_elements:
         raise BytesTensorError(f"a BYTES tensor of shape {list(shape)} has {count} elements, "
                                f"more than the limit of {limits.max_elements}")
-    view = memoryview(buf).cast("B")
+    view = _bytes_view(buf)
     size = len(view)
     spans: list[tuple[int, int]] = []
     pos = 0
@@ -139,11 +144,11 @@ def decode_offsets(buf: bytes | memoryview, shape: tuple[int, ...], limits: Byte
     return spans
 
 
-def decode(buf: bytes | memoryview, shape: tuple[int, ...], limits: BytesLimits
+def decode(buf: Buffer, shape: tuple[int, ...], limits: BytesLimits
            ) -> np.ndarray:
     """The model's view: an object array of ``bytes`` of ``shape`` (one copy per element)."""
     spans = decode_offsets(buf, shape, limits)
-    view = memoryview(buf).cast("B")
+    view = _bytes_view(buf)
     out = np.empty(len(spans), dtype=object)
     out[:] = [bytes(view[a:b]) for a, b in spans]
     return out.reshape(shape)

@@ -208,7 +208,7 @@ class SegmentCache:
             if cached is not None and (cached.inode != st.st_ino or cached.size < end):
                 self._segments.pop(desc.segment).close()
         if desc.dtype == BYTES_DTYPE:  # a BYTES tensor: its wire form, as bytes
-            return self.get(desc.segment).view(desc.offset, np.uint8, (desc.size,))
+            return self.get(desc.segment).view(desc.offset, "uint8", (desc.size,))
         return self.get(desc.segment).view(desc.offset, desc.dtype, desc.shape)
 
     def locate(self, arr: np.ndarray) -> Descriptor | None:

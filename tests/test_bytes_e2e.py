@@ -172,7 +172,7 @@ def test_system_shared_memory_both_ways(gw: RunningGateway, protocol: str) -> No
         assert got.tolist() == UPPER.tolist()
         # A region whose bytes are not in the wire form: a clear error, not a crash.
         shm.set_shared_memory_region(h_in, [np.frombuffer(b"\xff" * len(wire), np.uint8)])
-        with pytest.raises(InferenceServerException, match="input 'TEXT'.*claims"):
+        with pytest.raises(InferenceServerException, match=r"input 'TEXT'.*claims"):
             client.infer("strings", [tensor], outputs=[upper, lengths])
     finally:
         client.unregister_system_shared_memory()
@@ -253,9 +253,25 @@ def test_websocket_and_zeromq_refuse_bytes_clearly(gw: RunningGateway) -> None:
     from inferoxy.client import Client, InferenceError
 
     for connect, url in ((Client.websocket, gw.ws_url), (Client.zmq, gw.zmq_url)):
-        with connect(url) as c, pytest.raises(InferenceError, match="has BYTES tensor 'TEXT', "
-                                                               "which the .* bridge does not"):
-            c.infer("strings", {"TEXT": np.array([[1, 2]], np.uint8)})
+        with connect(url) as c:
+            with pytest.raises(InferenceError, match=r"has BYTES tensor 'TEXT', which the .* "
+                                                     "bridge does not carry") as exc:
+                c.infer("strings", {"TEXT": np.array([[1, 2]], np.uint8)})
+            assert exc.value.code == 400
+            with pytest.raises(InferenceError, match="'repeat' is decoupled") as exc:
+                c.infer("repeat", {"N": np.array([[1]], np.int32)})
+            assert exc.value.code == 501
+
+
+def test_a_bytes_output_that_is_not_text_needs_binary(gw: RunningGateway) -> None:
+    """JSON cannot carry bytes that are not UTF-8: a clear 400 saying to ask for binary."""
+    junk = np.array([[b"\xff\xfe"]], dtype=object)
+    with pytest.raises(InferenceServerException, match="not UTF-8 text; request it with "
+                       "binary_data") as exc:
+        _http_infer(gw, "strings", junk, True, False)
+    assert exc.value.status() == "400"
+    assert _http_infer(gw, "strings", junk, True, True).as_numpy("UPPER").tolist() == [
+        [b"\xff\xfe"]]
 
 
 def test_metadata_and_config_say_bytes(gw: RunningGateway) -> None:
@@ -394,7 +410,7 @@ def test_face_detector_takes_jpeg_and_png_files(gw: RunningGateway) -> None:
             assert 165 <= x and x + w <= 285 and 50 <= y and y + h <= 175, box
         junk = httpclient.InferInput("IMAGE_FILE", [1, 1], "BYTES")
         junk.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
-        with pytest.raises(InferenceServerException, match="IMAGE_FILE 0 .* is not an image"):
+        with pytest.raises(InferenceServerException, match=r"IMAGE_FILE 0 .* is not an image"):
             http.infer("face_files", [junk])
     finally:
         http.close()

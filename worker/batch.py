@@ -16,7 +16,6 @@ from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator, Slot
 
-
 # The gateway bounded every BYTES input already; the worker decodes with bounds no request
 # can reach, so a tensor is refused here only when its form is broken (a client region).
 _NO_LIMITS = BytesLimits(max_elements=1 << 62, max_element_bytes=1 << 62)
@@ -99,7 +98,7 @@ def stack_responses(responses: object, rows: int) -> dict[str, np.ndarray]:
                          f"arrays (or, decoupled, an iterable of them)")
     collected: dict[str, list[np.ndarray]] = {}
     count = 0
-    iterator = iter(responses)  # type: ignore[call-overload]
+    iterator = iter(responses)
     while True:
         try:
             response = next(iterator)

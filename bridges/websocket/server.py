@@ -44,7 +44,6 @@ def _admit(gateway: Gateway, server: ModelServer, frame: Frame,
     """Check and queue one parsed frame; raises InferoxyError."""
     frame_id = frame.header.get("id", "")
     params = {**frame.header.get("parameters", {}), **parameters}
-    refuse_unsupported(server.config, "WebSocket")
     admission: Admission = gateway.admission(server)
     try:
         checker = InputChecker(server.config, gateway.limits)
@@ -122,6 +121,7 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
             )
         server = gateway.model(match[1], match[2])
         gateway.ensure_accepting(server)
+        refuse_unsupported(server.config, "WebSocket")  # before the stream opens
         seq_id: str = parse_qs(url.query).get("sequence_id", [""])[0] or f"ws-{uuid.uuid4().hex}"
         if isinstance(server, StatefulModelServer) and server.is_open(seq_id):
             raise Conflict(f"sequence {seq_id!r} is already streaming on another connection")
