@@ -44,6 +44,7 @@ from shm.bytes_tensor import BytesLimits, BytesTensorError
 from shm.datatypes import BYTES, V2_TO_NUMPY, V2_TO_NUMPY_NAME
 from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
+from shm.segment import Segment
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
 # Every bridge refuses a CUDA shared-memory registration with this (there is no GPU memory to
@@ -273,6 +274,26 @@ def refuse_unsupported(config: ModelConfig, bridge: str) -> None:
             )
 
 
+def _check_region_bytes(tensor: CheckedInput, segment: str, start: int, size: int) -> None:
+    """A BYTES input in a client region, checked in place (mapped for the check only: a
+    client's segment is never kept mapped by the gateway)."""
+    try:
+        mapped = Segment.attach(segment)
+    except (OSError, ValueError):
+        raise InvalidArgument(f"input {tensor.spec.name!r}: its shared-memory region cannot "
+                              f"be read") from None
+    try:
+        memory = mapped.memory(start, size)
+        try:
+            check_bytes(tensor, memory)
+        finally:
+            memory.release()
+    except ValueError as exc:  # the segment shrank since it was resolved
+        raise InvalidArgument(f"input {tensor.spec.name!r}: {exc}") from None
+    finally:
+        mapped.close()
+
+
 def check_bytes(tensor: CheckedInput, data: bytes | memoryview) -> None:
     """A BYTES input's wire form, in place: element count, lengths, bounds (400 if not)."""
     assert tensor.bytes_limits is not None
@@ -383,8 +404,10 @@ class Admission:
             )
         except RegionError as exc:
             raise InvalidArgument(str(exc)) from None  # in a request, a bad reference is 400
-        # A BYTES tensor takes the region's byte_size; the worker checks its form as it
-        # decodes it (the client may change a region's bytes at any time anyway).
+        # A BYTES tensor takes the region's byte_size. Its form is checked here (a clear 400)
+        # and again by the worker as it decodes it: the client may change it at any time.
+        if is_bytes:
+            _check_region_bytes(tensor, segment, start, size)
         self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype_name,
                                                    tensor.shape, size if is_bytes else 0)
         self.region_inputs.append(tensor.spec.name)

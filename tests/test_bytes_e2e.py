@@ -170,10 +170,12 @@ def test_system_shared_memory_both_ways(gw: RunningGateway, protocol: str) -> No
         assert shape == [1, 5]
         got = shm.get_contents_as_numpy(h_out, np.object_, shape)
         assert got.tolist() == UPPER.tolist()
-        # A region whose bytes are not in the wire form: a clear error, not a crash.
+        # A region whose bytes are not in the wire form: a clear 400, not a crash.
         shm.set_shared_memory_region(h_in, [np.frombuffer(b"\xff" * len(wire), np.uint8)])
-        with pytest.raises(InferenceServerException, match=r"input 'TEXT'.*claims"):
+        with pytest.raises(InferenceServerException,
+                           match=r"input 'TEXT': BYTES element 0 has \d+ bytes") as exc:
             client.infer("strings", [tensor], outputs=[upper, lengths])
+        assert exc.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     finally:
         client.unregister_system_shared_memory()
         client.close()
