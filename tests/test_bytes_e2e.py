@@ -435,3 +435,20 @@ def test_face_detector_takes_jpeg_and_png_files(gw: RunningGateway) -> None:
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_kserve_client_sends_and_reads_bytes(gw: RunningGateway) -> None:
+    """KServe's client (a process of its own: tests/kserve_client.py): JSON strings and
+    binary over REST, and gRPC."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.kserve_client", gw.url, gw.grpc_url, "--bytes"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    expected = ["KSERVE", "", "BYTES"]
+    assert json.loads(run.stdout) == {"rest_json": expected, "rest_binary": expected,
+                                      "grpc": expected}
