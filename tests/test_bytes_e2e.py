@@ -452,3 +452,17 @@ def test_kserve_client_sends_and_reads_bytes(gw: RunningGateway) -> None:
     expected = ["KSERVE", "", "BYTES"]
     assert json.loads(run.stdout) == {"rest_json": expected, "rest_binary": expected,
                                       "grpc": expected}
+
+
+def test_an_empty_tensor_round_trips(gw: RunningGateway) -> None:
+    """Shape [1, 0]: no elements, no bytes; empty outputs come back (binary ones too)."""
+    empty = np.empty((1, 0), dtype=object)
+    for binary in (True, False):
+        result = _http_infer(gw, "strings", empty, binary, binary)
+        assert result.as_numpy("UPPER").shape == (1, 0)
+        assert [o["shape"] for o in result.get_response()["outputs"]] == [[1, 0], [1, 0]]
+    client = _grpc(gw)
+    tensor = grpcclient.InferInput("TEXT", [1, 0], "BYTES")
+    tensor.set_data_from_numpy(empty)
+    assert client.infer("strings", [tensor]).as_numpy("LENGTHS").shape == (1, 0)
+    client.close()

@@ -304,7 +304,9 @@ def encode_response(
     header = orjson.dumps(doc)
     # The binary outputs stay where they are (views of the worker's shared memory): the HTTP
     # layer sends them from there, or copies them once into its own buffer.
-    return header, [np.ascontiguousarray(b).data.cast("B") for b in blobs]
+    # (An empty output has no bytes to cast: memoryview refuses a shape with a 0 in it.)
+    return header, [np.ascontiguousarray(b).data.cast("B") if b.size else memoryview(b"")
+                    for b in blobs]
 
 
 def _bytes_output(entry: dict[str, Any], arr: np.ndarray, binary: bool,
