@@ -16,10 +16,11 @@ them back; after, they belong to the core. Messages name the field and what was 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,16 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
+    Unsupported,
 )
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, OutputTarget, RequestResult, SequenceRef
-from shm.datatypes import V2_TO_NUMPY, V2_TO_NUMPY_NAME
-from shm.descriptor import Descriptor
+from shm import bytes_tensor
+from shm.bytes_tensor import BytesLimits, BytesTensorError
+from shm.datatypes import BYTES, V2_TO_NUMPY, V2_TO_NUMPY_NAME
+from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
+from shm.segment import Segment
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 
 # Every bridge refuses a CUDA shared-memory registration with this (there is no GPU memory to
@@ -54,7 +59,7 @@ _request_ids = itertools.count(1)  # ids of requests that came without one (for 
 RESERVED_PARAMETERS = frozenset({
     "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority",
     "sequence_id", "sequence_start", "sequence_end", "headers", "shared_memory_region",
-    "shared_memory_offset", "shared_memory_byte_size",
+    "shared_memory_offset", "shared_memory_byte_size", "triton_enable_empty_final_response",
 })
 
 
@@ -63,8 +68,9 @@ class CheckedInput:
     spec: TensorSpec
     shape: tuple[int, ...]  # with the batch dimension (1 added for a model without one)
     dtype: np.dtype
-    nbytes: int
+    nbytes: int  # BYTES: -1 until the bridge knows its wire size (``InputChecker.sized``)
     batched: bool = True  # False: the client's shape is ``shape[1:]``
+    bytes_limits: BytesLimits | None = None  # set for (and only for) a BYTES tensor
 
     @property
     def dtype_name(self) -> str:
@@ -111,11 +117,14 @@ class Limits:
     max_tensor_elements: int = 1 << 28  # one input, batch dimension included
     max_inputs: int = 64
     max_outputs: int = 64  # outputs a request names
+    # BYTES inputs: how many elements, how large each
+    bytes_tensors: BytesLimits = field(default_factory=BytesLimits)
 
     @classmethod
     def of(cls, settings: Any) -> Limits:
         return cls(settings.max_body_bytes, settings.max_tensor_elements, settings.max_inputs,
-                   settings.max_outputs)
+                   settings.max_outputs, BytesLimits(settings.max_bytes_elements,
+                                                     settings.max_bytes_element_bytes))
 
     def check_outputs(self, count: int) -> None:
         if count > self.max_outputs:
@@ -126,11 +135,17 @@ class Limits:
 
 
 class InputChecker:
-    """Checks a request's inputs one at a time against the model's declaration."""
+    """Checks a request's inputs one at a time against the model's declaration.
 
-    def __init__(self, config: ModelConfig, limits: Limits) -> None:
+    ``bytes_ok``: the bridge carries BYTES tensors (HTTP and gRPC do; the others refuse
+    them here, clearly). A BYTES input's size is known only once its data is seen: the
+    bridge then calls ``sized``.
+    """
+
+    def __init__(self, config: ModelConfig, limits: Limits, bytes_ok: bool = False) -> None:
         self.config = config
         self.limits = limits
+        self.bytes_ok = bytes_ok
         self.max_tensor_bytes = limits.max_tensor_bytes
         self.rows: int | None = None
         self._seen: set[str] = set()
@@ -151,6 +166,11 @@ class InputChecker:
             raise InvalidArgument(
                 f"{where}.name {name!r} is not an input of model {config.name!r} "
                 f"(inputs: {declared})"
+            )
+        if spec.datatype == BYTES and not self.bytes_ok:
+            raise InvalidArgument(
+                f"input {spec.name!r} is BYTES, which this bridge does not carry; send it "
+                f"over HTTP or gRPC"
             )
         if spec.name in self._seen:
             raise InvalidArgument(f"input {spec.name!r} is given twice")
@@ -190,6 +210,8 @@ class InputChecker:
                 f"input {spec.name!r} has batch dimension {dims[0]}, other inputs have "
                 f"{self.rows}"
             )
+        if spec.datatype == BYTES:
+            return self._bytes_input(spec, dims, batched)
         dtype = V2_TO_NUMPY[spec.datatype]
         elements = math.prod(dims)
         nbytes = elements * dtype.itemsize
@@ -205,6 +227,27 @@ class InputChecker:
             )
         return CheckedInput(spec, dims, dtype, nbytes, batched)
 
+    def _bytes_input(self, spec: TensorSpec, dims: tuple[int, ...], batched: bool
+                     ) -> CheckedInput:
+        elements = math.prod(dims)
+        if elements > self.limits.bytes_tensors.max_elements:
+            raise InvalidArgument(
+                f"input {spec.name!r}: a BYTES tensor of shape {list(dims[0 if batched else 1:])}"
+                f" has {elements} elements, more than the limit of "
+                f"{self.limits.bytes_tensors.max_elements}"
+            )
+        return CheckedInput(spec, dims, np.dtype(object), -1, batched, self.limits.bytes_tensors)
+
+    def sized(self, tensor: CheckedInput, nbytes: int) -> CheckedInput:
+        """A BYTES input whose wire form takes ``nbytes``: counted against the request's
+        byte limit (its format is checked once the bytes are in place: ``check_bytes``)."""
+        self._total += nbytes
+        if self._total > self.max_tensor_bytes:
+            raise PayloadTooLarge(
+                f"input tensors take more than the limit of {self.max_tensor_bytes} bytes"
+            )
+        return dataclasses.replace(tensor, nbytes=nbytes)
+
     def finish(self) -> int:
         """The request's rows, once every input was checked."""
         missing = [t.name for t in self.config.inputs if t.name not in self._seen]
@@ -213,6 +256,58 @@ class InputChecker:
         if self.rows is None:
             raise InvalidArgument("the request has no inputs")
         return self.rows
+
+
+def refuse_unsupported(config: ModelConfig, bridge: str) -> None:
+    """The WebSocket and ZeroMQ bridges carry fixed-size tensors and one answer a request: a
+    model with a BYTES input or output, or a decoupled one, is refused there, before
+    anything is read."""
+    if config.decoupled:
+        raise Unsupported(f"model {config.name!r} is decoupled (several responses a request), "
+                          f"which the {bridge} bridge does not carry; use gRPC "
+                          f"ModelStreamInfer")
+    for t in (*config.inputs, *config.outputs):
+        if t.datatype == BYTES:
+            raise InvalidArgument(
+                f"model {config.name!r} has BYTES tensor {t.name!r}, which the {bridge} bridge "
+                f"does not carry; send it over HTTP or gRPC"
+            )
+
+
+def _check_region_bytes(tensor: CheckedInput, segment: str, start: int, size: int) -> None:
+    """A BYTES input in a client region, checked in place (mapped for the check only: a
+    client's segment is never kept mapped by the gateway)."""
+    try:
+        mapped = Segment.attach(segment)
+    except (OSError, ValueError):
+        raise InvalidArgument(f"input {tensor.spec.name!r}: its shared-memory region cannot "
+                              f"be read") from None
+    try:
+        memory = mapped.memory(start, size)
+        try:
+            check_bytes(tensor, memory)
+        finally:
+            memory.release()
+    except ValueError as exc:  # the segment shrank since it was resolved
+        raise InvalidArgument(f"input {tensor.spec.name!r}: {exc}") from None
+    finally:
+        mapped.close()
+
+
+def check_bytes(tensor: CheckedInput, data: bytes | memoryview) -> None:
+    """A BYTES input's wire form, in place: element count, lengths, bounds (400 if not)."""
+    assert tensor.bytes_limits is not None
+    try:
+        bytes_tensor.check(data, tensor.shape, tensor.bytes_limits)
+    except BytesTensorError as exc:
+        raise InvalidArgument(f"input {tensor.spec.name!r}: {exc}") from None
+
+
+def bytes_descriptor(slot: Slot, tensor: CheckedInput) -> Descriptor:
+    """The descriptor of a sized BYTES input written at the start of ``slot``."""
+    if tensor.nbytes < 0 or tensor.nbytes > slot.capacity:
+        raise InvalidArgument(f"input {tensor.spec.name!r}: BYTES size unknown")
+    return Descriptor(slot.segment.name, slot.offset, BYTES_DTYPE, tensor.shape, tensor.nbytes)
 
 
 def check_output_name(config: ModelConfig, where: str, name: object) -> TensorSpec:
@@ -282,6 +377,7 @@ class Admission:
         self.region_inputs: list[str] = []
         self.output_targets: dict[str, OutputTarget] = {}
         self._submitted = False
+        self._bytes: list[tuple[CheckedInput, Slot]] = []  # checked at submit
 
     def slot(self, tensor: CheckedInput) -> Slot:
         """A slot for ``tensor``'s bytes, which the bridge then writes (its one copy)."""
@@ -290,20 +386,30 @@ class Admission:
         except ShmExhausted as exc:
             raise Unavailable(f"out of request memory: {exc}") from None
         self.slots.append(slot)
-        self.inputs[tensor.spec.name] = slot.descriptor(tensor.dtype_name, tensor.shape)
+        if tensor.bytes_limits is not None:
+            self.inputs[tensor.spec.name] = bytes_descriptor(slot, tensor)
+            self._bytes.append((tensor, slot))
+        else:
+            self.inputs[tensor.spec.name] = slot.descriptor(tensor.dtype_name, tensor.shape)
         return slot
 
     def region_input(self, tensor: CheckedInput, region: object, offset: object,
                      byte_size: object) -> None:
         """The input lies in a client region: the worker reads it there, no copy."""
+        is_bytes = tensor.bytes_limits is not None
         try:
-            segment, start, _ = self._regions.resolve(
-                region, offset, byte_size, tensor.nbytes, f"input {tensor.spec.name!r}"
+            segment, start, size = self._regions.resolve(
+                region, offset, byte_size, None if is_bytes else tensor.nbytes,
+                f"input {tensor.spec.name!r}"
             )
         except RegionError as exc:
             raise InvalidArgument(str(exc)) from None  # in a request, a bad reference is 400
+        # A BYTES tensor takes the region's byte_size. Its form is checked here (a clear 400)
+        # and again by the worker as it decodes it: the client may change it at any time.
+        if is_bytes:
+            _check_region_bytes(tensor, segment, start, size)
         self.inputs[tensor.spec.name] = Descriptor(segment, start, tensor.dtype_name,
-                                                   tensor.shape)
+                                                   tensor.shape, size if is_bytes else 0)
         self.region_inputs.append(tensor.spec.name)
 
     def region_output(self, spec: TensorSpec, region: object, offset: object,
@@ -334,6 +440,8 @@ class Admission:
         """Queue the request now (synchronously: a stream's frames keep their order);
         ``await server.wait(request)`` gives its answer."""
         sequence = parse_sequence(parameters) if parameters else None  # checked before queueing
+        for tensor, slot in self._bytes:
+            check_bytes(tensor, slot.memory(tensor.nbytes))
         timeout_s = self._timeout_s
         if timeout_us:
             timeout_s = min(timeout_s, timeout_us / 1e6)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from shm.datatypes import V2_TO_NUMPY
+from shm.datatypes import V2_DATATYPES
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -70,6 +70,9 @@ class ModelConfig:
     # One batch (or health check) running longer than this is a hang and the copy is replaced;
     # None: the gateway's --hang-timeout-s. Per model: a detector and a tracker differ 100-fold.
     hang_timeout_s: float | None = None
+    # Decoupled (Triton's ``model_transaction_policy { decoupled: true }``): ``predict`` may
+    # yield any number of responses per request, served over gRPC ModelStreamInfer only.
+    decoupled: bool = False
 
     @property
     def batched(self) -> bool:
@@ -107,7 +110,7 @@ _MODEL_FIELDS = {
     "run_on_gpu", "stateless", "copies", "inputs", "outputs", "parameters",
     "max_sequence_idle_us", "max_sequences_per_copy",
     "min_copies", "max_copies", "scale_up_queue_delay_us", "scale_up_after_s",
-    "scale_down_idle_s", "hang_timeout_s",
+    "scale_down_idle_s", "hang_timeout_s", "decoupled",
 }
 
 
@@ -149,9 +152,9 @@ def _tensors(model: str, key: str, raw: Any) -> tuple[TensorSpec, ...]:
         name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
         if not isinstance(name, str) or not TENSOR_NAME_RE.match(name):
             raise ConfigError(f"{where}.name must match {TENSOR_NAME_RE.pattern}, got {name!r}")
-        if datatype not in V2_TO_NUMPY:
+        if datatype not in V2_DATATYPES:
             raise ConfigError(
-                f"{where}.datatype must be one of {sorted(V2_TO_NUMPY)}, got {datatype!r}"
+                f"{where}.datatype must be one of {sorted(V2_DATATYPES)}, got {datatype!r}"
             )
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape
@@ -206,10 +209,19 @@ def parse_model(name: Any, raw: Any) -> ModelConfig:
             name, "max_sequences_per_copy", raw.get("max_sequences_per_copy"), 1, 1, 4096
         ),
         parameters=dict(parameters),
+        decoupled=_decoupled(name, raw),
         hang_timeout_s=None if raw.get("hang_timeout_s") is None else _seconds(
             name, "hang_timeout_s", raw.get("hang_timeout_s"), 0.0, 0.1, 24 * 3600.0),
         **_scaling(name, raw),
     )
+
+
+def _decoupled(name: str, raw: dict[str, Any]) -> bool:
+    decoupled = _bool(name, "decoupled", raw.get("decoupled"), False)
+    if decoupled and (raw.get("batch_size", 1) not in (0, 1) or raw.get("stateless") is False):
+        raise ConfigError(f"model {name!r}: a decoupled model runs one request at a time: "
+                          "batch_size must be 0 or 1, and the model stateless")
+    return decoupled
 
 
 def _scaling(name: str, raw: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,13 @@ class DeadlineExceeded(InferoxyError):
     grpc_code = "DEADLINE_EXCEEDED"
 
 
+class Unsupported(InferoxyError):
+    """The request needs something this endpoint does not do (as Triton's UNSUPPORTED)."""
+
+    http_status = 501
+    grpc_code = "UNIMPLEMENTED"
+
+
 class ModelError(InferoxyError):
     """The model raised, or its copy died while running the request."""
 

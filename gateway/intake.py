@@ -42,16 +42,18 @@ from gateway.admission import Admission, InputChecker, Limits
 from gateway.config import ModelConfig, TensorSpec
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.request import RequestResult
+from shm import bytes_tensor
 from shm.datatypes import V2_TO_NUMPY
-from shm.descriptor import Descriptor
+from shm.descriptor import BYTES_DTYPE, Descriptor
 
+_ANY_SIZE = bytes_tensor.BytesLimits(max_elements=1 << 62, max_element_bytes=1 << 62)
 INLINE_OUTPUT_BYTES = 64 << 10  # larger outputs go back as descriptors (held until DONE)
 
 _ERRORS: dict[str, type[InferoxyError]] = {
     cls.__name__: cls for cls in (
         errors.InferoxyError, errors.InvalidArgument, errors.PayloadTooLarge, errors.NotFound,
         errors.Forbidden, errors.Conflict, errors.Unavailable, errors.DeadlineExceeded,
-        errors.ModelError,
+        errors.ModelError, errors.Unsupported,
     )
 }
 
@@ -162,7 +164,7 @@ def admit(admission: Admission, body: dict[str, Any], limits: Limits,
     cannot); only names that start with ``segment_prefix`` are ever asked for.
     """
     config = admission.server.config
-    checker = InputChecker(config, limits)
+    checker = InputChecker(config, limits, bytes_ok=True)
     raw_inputs = body.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgument("'inputs' must be a non-empty array")
@@ -178,7 +180,9 @@ def admit(admission: Admission, body: dict[str, Any], limits: Limits,
             d = Descriptor.from_wire(desc)
         except (AssertionError, TypeError, ValueError):
             raise InvalidArgument("malformed descriptor in a bridge message") from None
-        if (not d.segment.startswith(segment_prefix) or d.dtype != checked.dtype.name
+        if checked.bytes_limits is not None:  # BYTES: the bridge checked its form
+            checked = checker.sized(checked, d.size)
+        if (not d.segment.startswith(segment_prefix) or d.dtype != checked.dtype_name
                 or d.shape != checked.shape or d.offset < 0):
             raise InvalidArgument("a bridge descriptor does not match its input")
         try:
@@ -211,6 +215,11 @@ def answer_outputs(result: RequestResult, locate: Callable[[np.ndarray], Descrip
     outputs: dict[str, Any] = {}
     held = False
     for name, arr in result.outputs.items():
+        if arr.dtype.kind == "O":  # BYTES (decoded by the model server): its wire form
+            wire = bytes_tensor.encode_array(arr)
+            outputs[name] = [BYTES_DTYPE, list(arr.shape), len(blob), len(wire)]
+            blob += wire
+            continue
         desc = locate(arr) if arr.nbytes > INLINE_OUTPUT_BYTES else None
         if desc is not None:
             outputs[name] = [arr.dtype.name, list(arr.shape), desc.to_wire()]
@@ -225,8 +234,11 @@ def read_outputs(outputs: dict[str, Any], blob: Any,
                  view: Callable[[Descriptor], np.ndarray]) -> dict[str, np.ndarray]:
     """The bridge's side of ``answer_outputs``: arrays over the blob or the worker's slots."""
     arrays: dict[str, np.ndarray] = {}
-    for name, (dtype, shape, where) in outputs.items():
-        if isinstance(where, int):
+    for name, (dtype, shape, where, *size) in outputs.items():
+        if dtype == BYTES_DTYPE:
+            wire = memoryview(blob)[where:where + size[0]]
+            arrays[name] = bytes_tensor.decode(wire, tuple(shape), _ANY_SIZE)
+        elif isinstance(where, int):
             arrays[name] = np.frombuffer(blob, dtype=np.dtype(dtype), count=math.prod(shape),
                                          offset=where).reshape(shape)
         else:

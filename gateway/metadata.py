@@ -54,4 +54,5 @@ def model_config(server: ModelServer) -> dict[str, Any]:
             "direct": {},
         },
         "parameters": {k: {"string_value": str(v)} for k, v in c.parameters.items()},
+        "model_transaction_policy": {"decoupled": True} if c.decoupled else None,
     }

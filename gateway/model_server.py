@@ -33,8 +33,9 @@ from gateway.loadboard import LoadBoard
 from gateway.request import BatchOutputs, InferRequest, RequestResult
 from gateway.stats import ModelStats
 from shm import wire
-from shm.datatypes import numpy_dtype
-from shm.descriptor import Descriptor
+from shm.bytes_tensor import BytesLimits, decode
+from shm.datatypes import BYTES, numpy_dtype
+from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
@@ -54,6 +55,19 @@ RELEASE_HOLD_S = 0.005  # output slots a copy may reuse are said with its next b
 RELEASE_HOLD_MAX = 64  # ... or once this many are waiting
 
 _batch_ids = itertools.count(1)
+_OBJECT = np.dtype(object)  # a BYTES output, decoded
+_ANY_SIZE = BytesLimits(max_elements=1 << 62, max_element_bytes=1 << 62)  # the model's own
+
+
+def output_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype a declared output arrives as (BYTES: an object array of bytes)."""
+    return _OBJECT if datatype == BYTES else numpy_dtype(datatype)
+
+
+def bytes_output(wire: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A BYTES output of a batch as an object array (``None``: all of it went to regions).
+    One copy of each element; ``BytesTensorError`` (a ValueError) if its form is broken."""
+    return None if wire is None else decode(wire, shape, _ANY_SIZE)
 
 
 @dataclass(eq=False, slots=True)
@@ -103,7 +117,7 @@ class ModelServer:
         self.closed = False  # stopped for good: a request that still finds it is refused
         self._wake = trio.Event()
         self._sleep: trio.CancelScope | None = None  # the batcher's wait, while it waits
-        self._out_dtypes = {t.name: numpy_dtype(t.datatype) for t in config.outputs}
+        self._out_dtypes = {t.name: output_dtype(t.datatype) for t in config.outputs}
 
     # -- state seen by bridges -------------------------------------------------------------
 
@@ -397,6 +411,8 @@ class ModelServer:
         An output that every request of the batch sent to its own region has no slab copy:
         the worker reports only its dtype and shape (segment ``None``).
         """
+        if self.config.decoupled:
+            return self._decoupled_views(raw, rows)
         arrays: dict[str, np.ndarray] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         for spec in self.config.outputs:
@@ -409,6 +425,8 @@ class ModelServer:
                 dtype = np.dtype(desc.dtype)
                 shape = desc.shape
                 view = self._cache.view(desc) if placed else None
+                if desc.dtype == BYTES_DTYPE:  # decoded now: requests take their rows
+                    dtype, view = _OBJECT, bytes_output(view, shape)
             except (ValueError, TypeError, AssertionError, OSError, IndexError) as exc:
                 raise ModelError(
                     f"model {self.config.name!r}: output {spec.name!r} is unreadable"
@@ -428,11 +446,42 @@ class ModelServer:
                 arrays[spec.name] = view
         return arrays, shapes
 
+    def _decoupled_views(
+        self, raw: dict[str, Any], rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+        """A decoupled model's outputs: ``[rows, responses, *declared]`` each (the worker
+        stacked the responses); none at all when it gave no response."""
+        name = self.config.name
+        arrays: dict[str, np.ndarray] = {}
+        if not raw:  # no response: empty outputs of the declared types
+            for spec in self.config.outputs:
+                dims = [max(d, 0) for d in spec.shape]
+                arrays[spec.name] = np.empty((rows, 0, *dims), self._out_dtypes[spec.name])
+            return arrays, {n: a.shape for n, a in arrays.items()}
+        for spec in self.config.outputs:
+            entry = raw.get(spec.name)
+            try:
+                desc = Descriptor.from_wire(entry)  # type: ignore[arg-type]
+                view = self._cache.view(desc)
+                if desc.dtype == BYTES_DTYPE:
+                    view = decode(view, desc.shape, _ANY_SIZE)
+            except (ValueError, TypeError, AssertionError, OSError, IndexError) as exc:
+                raise ModelError(f"model {name!r}: output {spec.name!r} is missing or "
+                                 f"unreadable") from exc
+            if (view.dtype != self._out_dtypes[spec.name] or view.ndim < 2
+                    or view.shape[0] != rows or not spec.accepts(view.shape[2:])):
+                raise ModelError(
+                    f"model {name!r}: output {spec.name!r} of each response is "
+                    f"{view.dtype} {list(view.shape[2:])}, declared {spec.datatype} "
+                    f"{list(spec.shape)}")
+            arrays[spec.name] = view
+        return arrays, {n: a.shape for n, a in arrays.items()}
+
     def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
         """The copy may reuse these output slots. Said with the next batch sent to it (one
         message less per batch), or on its own after ``RELEASE_HOLD_S``."""
         slots = [[d[0], d[1]] for d in raw.values()
-                 if isinstance(d, list) and len(d) == 4 and d[0] is not None]
+                 if isinstance(d, list) and len(d) in (4, 5) and d[0] is not None]
         if not slots:
             return
         if not copy.releases:

@@ -26,6 +26,8 @@ class Settings:
     max_tensor_elements: int = 1 << 28  # elements of one input, batch dimension included
     max_inputs: int = 64  # inputs of one request
     max_outputs: int = 64  # outputs one request names
+    max_bytes_elements: int = 1 << 20  # elements of one BYTES input
+    max_bytes_element_bytes: int = 64 << 20  # one element of a BYTES input
     max_frame_header_bytes: int = 64 << 10  # JSON header of a WebSocket or ZeroMQ frame
     max_grpc_metadata_bytes: int = 16 << 10  # gRPC request metadata (headers)
     max_live_sequences: int = 4096  # sequences open or waiting, all stateful models together

@@ -10,6 +10,7 @@ What it can say, and the declaration field each maps to:
 * ``dynamic_batching``: ``max_queue_delay_microseconds``, ``default_queue_policy.max_queue_size``
   (and a stateless model); ``sequence_batching``: ``max_sequence_idle_microseconds`` (stateful);
 * ``instance_group``: one group, ``count`` -> ``copies``, ``kind`` -> ``run_on_gpu``;
+* ``model_transaction_policy``: ``decoupled`` -> ``decoupled``;
 * ``parameters``: ``{k: {"string_value": v}}`` -> ``parameters`` (``v`` read as JSON when it is a
   number or a boolean, else kept as the string);
 * ``name`` (must be the model's), ``platform``, ``backend``, ``version_policy`` are accepted
@@ -31,7 +32,8 @@ from gateway.errors import InvalidArgument
 
 ACCEPTED_IGNORED = frozenset({"name", "platform", "backend", "version_policy"})
 _TOP = ACCEPTED_IGNORED | {"max_batch_size", "input", "output", "dynamic_batching",
-                           "sequence_batching", "instance_group", "parameters"}
+                           "sequence_batching", "instance_group", "parameters",
+                           "model_transaction_policy"}
 CONFIG_TO_V2 = {"TYPE_STRING": "BYTES"}  # the rest: TYPE_<v2 name>
 
 
@@ -97,6 +99,13 @@ def override_fields(model: str, doc: Any) -> dict[str, Any]:
         fields |= _instances(doc["instance_group"])
     if "parameters" in doc:
         fields["parameters"] = _parameters(_obj(doc["parameters"], "parameters"))
+    if "model_transaction_policy" in doc:
+        policy = _obj(doc["model_transaction_policy"], "model_transaction_policy")
+        _only(policy, "model_transaction_policy", {"decoupled"})
+        if not isinstance(policy.get("decoupled", False), bool):
+            raise InvalidArgument("config override: model_transaction_policy.decoupled must be "
+                                  "true or false")
+        fields["decoupled"] = policy.get("decoupled", False)
     return fields
 
 

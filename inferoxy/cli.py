@@ -57,6 +57,8 @@ HELP = {
     "max_tensor_elements": "most elements of one input tensor, batch dimension included (400)",
     "max_inputs": "most inputs in one request (400)",
     "max_outputs": "most outputs one request names (400)",
+    "max_bytes_elements": "most elements of one BYTES input tensor (400)",
+    "max_bytes_element_bytes": "largest element of a BYTES input tensor, in bytes (400)",
     "max_frame_header_bytes": "largest JSON header of a WebSocket or ZeroMQ frame (400)",
     "max_grpc_metadata_bytes": "largest gRPC request metadata (RESOURCE_EXHAUSTED beyond)",
     "max_live_sequences": "most sequences open or waiting at once, all models (503 beyond)",

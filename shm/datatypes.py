@@ -1,7 +1,10 @@
 """Open Inference Protocol v2 datatypes and their numpy equivalents.
 
-``BYTES`` (length-prefixed strings) has no fixed-size numpy form and is not served by the
-shared-memory data plane; bridges reject it with a clear error.
+``BYTES`` (length-prefixed strings) has no fixed-size numpy form: it lies in shared memory
+in its wire form (``shm.bytes_tensor``), its descriptors' dtype is ``"bytes"``, and models
+see it as a numpy object array of ``bytes``. It is in ``V2_DATATYPES`` and
+``V2_TO_NUMPY_NAME`` but not in ``V2_TO_NUMPY``: code that sizes tensors by itemsize must
+treat it on its own.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "FP64": np.dtype(np.float64),
 }
 
-# The numpy name of each (``dtype.name`` is a Python-level property: ~1 µs a time).
+BYTES = "BYTES"
+V2_DATATYPES = frozenset([*V2_TO_NUMPY, BYTES])
+
+# The numpy name of each (``dtype.name`` is a Python-level property: ~1 µs a time); for
+# BYTES, the descriptor dtype ``shm.descriptor.BYTES_DTYPE``.
 V2_TO_NUMPY_NAME: dict[str, str] = {name: dt.name for name, dt in V2_TO_NUMPY.items()}
+V2_TO_NUMPY_NAME[BYTES] = "bytes"
 
 NUMPY_TO_V2: dict[np.dtype, str] = {dt: name for name, dt in V2_TO_NUMPY.items()}
 

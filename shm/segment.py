@@ -22,7 +22,7 @@ from types import TracebackType
 
 import numpy as np
 
-from shm.descriptor import Descriptor
+from shm.descriptor import BYTES_DTYPE, Descriptor
 
 SHM_DIR = "/dev/shm"
 
@@ -189,6 +189,8 @@ class SegmentCache:
 
     def view(self, desc: Descriptor, verify: bool = False) -> np.ndarray:
         """The writable array ``desc`` points at; ``ValueError`` if it is out of bounds.
+        A BYTES descriptor gives its wire form as a flat ``uint8`` array (``shm.bytes_tensor``
+        decodes it).
 
         ``verify`` is for segments someone else may shrink or re-create at any time (client
         regions): the file is stat'ed first, a re-created or grown one is mapped afresh, and
@@ -205,6 +207,8 @@ class SegmentCache:
             cached = self._segments.get(desc.segment)
             if cached is not None and (cached.inode != st.st_ino or cached.size < end):
                 self._segments.pop(desc.segment).close()
+        if desc.dtype == BYTES_DTYPE:  # a BYTES tensor: its wire form, as bytes
+            return self.get(desc.segment).view(desc.offset, "uint8", (desc.size,))
         return self.get(desc.segment).view(desc.offset, desc.dtype, desc.shape)
 
     def locate(self, arr: np.ndarray) -> Descriptor | None:

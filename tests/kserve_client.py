@@ -71,5 +71,43 @@ async def main(http_url: str, grpc_url: str) -> dict[str, Any]:
     return report
 
 
+def _strings(response: Any) -> Any:
+    """The ``UPPER`` output of the strings model, as text (or the error raised)."""
+    if isinstance(response, dict):
+        return response
+    out = next(o for o in response.outputs if o.name == "UPPER")
+    return [x.decode() if isinstance(x, bytes) else str(x)
+            for x in out.as_numpy().reshape(-1).tolist()]
+
+
+async def bytes_main(http_url: str, grpc_url: str) -> dict[str, Any]:
+    """BYTES tensors (``tests/models/strings.py``) through KServe's client."""
+    base = f"http://{http_url}"
+    words = ["kserve", "", "bytes"]
+
+    def request(binary: bool) -> InferRequest:
+        if binary:
+            tensor = InferInput("TEXT", [1, 3], "BYTES")
+            tensor.set_data_from_numpy(np.array([[w.encode() for w in words]], dtype=object),
+                                       binary_data=True)
+        else:
+            tensor = InferInput("TEXT", [1, 3], "BYTES", words)
+        return InferRequest("strings", [tensor], request_id="kb")
+
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=30))
+    report = {
+        "rest_json": _strings(await _try(lambda: rest.infer(base, request(False),
+                                                            model_name="strings"))),
+        "rest_binary": _strings(await _try(lambda: rest.infer(base, request(True),
+                                                              model_name="strings"))),
+    }
+    await rest.close()
+    grpc = InferenceGRPCClient(grpc_url, retries=0, timeout=30)
+    report["grpc"] = _strings(await _try(lambda: grpc.infer(request(False))))
+    await grpc.close()
+    return report
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2]))))
+    run = bytes_main if sys.argv[3:] == ["--bytes"] else main
+    print(json.dumps(asyncio.run(run(sys.argv[1], sys.argv[2]))))

@@ -143,7 +143,8 @@ def test_placement() -> None:
 class TestConfig:
     def test_examples_load(self) -> None:
         models = load_models(ROOT / "examples" / "models.yaml")
-        assert set(models) == {"stub", "synthetic", "face", "running_sum"}
+        assert set(models) == {"stub", "synthetic", "face", "running_sum", "face_files",
+                               "face_stream"}
         assert models["face"].outputs[0].shape == (16, 4)
 
     @pytest.mark.parametrize(

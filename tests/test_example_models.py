@@ -16,7 +16,7 @@ from examples.models.stub import Identity
 from examples.models.synthetic import Synthetic
 
 MODELS_YAML = Path(__file__).resolve().parent.parent / "examples" / "models.yaml"
-DTYPES = {"UINT8": np.uint8, "INT32": np.int32, "FP32": np.float32}
+DTYPES = {"UINT8": np.uint8, "INT32": np.int32, "FP32": np.float32, "BYTES": np.object_}
 
 # Where the face is in skimage.data.astronaut() (512x512), judged by eye: the detector's box
 # must lie within it and be about face-sized. OpenCV 4.14 finds (177, 67, 93, 93).
@@ -150,7 +150,8 @@ def test_face_detector_says_clearly_when_the_cascade_is_missing(
 
 def test_models_yaml_declares_the_examples() -> None:
     models = load_models()
-    assert set(models) == {"stub", "synthetic", "face", "running_sum"}
+    assert set(models) == {"stub", "synthetic", "face", "running_sum", "face_files",
+                           "face_stream"}
     for name, spec in models.items():
         assert isinstance(spec["entrypoint"], str) and ":" in spec["entrypoint"], name
         assert isinstance(spec["address"], str), name

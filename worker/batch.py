@@ -10,13 +10,28 @@ from typing import Any
 
 import numpy as np
 
-from shm.descriptor import Descriptor
+from shm import bytes_tensor
+from shm.bytes_tensor import BytesLimits, BytesTensorError
+from shm.descriptor import BYTES_DTYPE, Descriptor
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator, Slot
+
+# The gateway bounded every BYTES input already; the worker decodes with bounds no request
+# can reach, so a tensor is refused here only when its form is broken (a client region).
+_NO_LIMITS = BytesLimits(max_elements=1 << 62, max_element_bytes=1 << 62)
 
 
 class BatchError(Exception):
     """The batch cannot be run or its result cannot be returned; the message goes to clients."""
+
+
+def _bytes_input(cache: SegmentCache, descs: list[Descriptor], verify: list[bool]
+                 ) -> np.ndarray:
+    """A BYTES input over the batch: each request's wire form decoded (one copy of each
+    element, into a ``bytes``) and joined along the batch dimension."""
+    parts = [bytes_tensor.decode(cache.view(d, verify=v), d.shape, _NO_LIMITS)
+             for d, v in zip(descs, verify, strict=True)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], int]:
@@ -32,6 +47,12 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
         descs = [Descriptor.from_wire(item["inputs"][name]) for item in items]
         verify = [name in item.get("regions", ()) for item in items]
         first = descs[0]
+        if first.dtype == BYTES_DTYPE:
+            try:
+                inputs[name] = _bytes_input(cache, descs, verify)
+            except (ValueError, OSError) as exc:  # BytesTensorError is a ValueError
+                raise BatchError(f"input {name!r}: {exc}") from None
+            continue
         contiguous = not any(verify) and all(
             d.segment == first.segment
             and d.dtype == first.dtype
@@ -68,6 +89,39 @@ def output_rows(name: object, value: object, rows: int) -> np.ndarray:
     return arr
 
 
+def stack_responses(responses: object, rows: int) -> dict[str, np.ndarray]:
+    """A decoupled model's responses (an iterable of output dicts, each with the batch's
+    rows first), as one output per name of shape ``[rows, responses, ...]``: the gateway
+    sends them one by one. No responses: no outputs (the gateway knows the shapes)."""
+    if isinstance(responses, str | bytes) or not hasattr(responses, "__iter__"):
+        raise BatchError(f"model returned {type(responses).__name__}, expected a dict of "
+                         f"arrays (or, decoupled, an iterable of them)")
+    collected: dict[str, list[np.ndarray]] = {}
+    count = 0
+    iterator = iter(responses)
+    while True:
+        try:
+            response = next(iterator)
+        except StopIteration:
+            break
+        except Exception as exc:  # the model's own code runs as it yields: its failure
+            raise BatchError(f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(response, dict):
+            raise BatchError(f"a decoupled model's response {count} is "
+                             f"{type(response).__name__}, expected a dict of arrays")
+        if count and set(response) != set(collected):
+            raise BatchError(f"a decoupled model's response {count} has outputs "
+                             f"{sorted(response)}, the first had {sorted(collected)}")
+        for name, value in response.items():
+            collected.setdefault(str(name), []).append(output_rows(name, value, rows))
+        count += 1
+    try:
+        return {name: np.stack(parts, axis=1) for name, parts in collected.items()}
+    except ValueError as exc:
+        raise BatchError(f"a decoupled model's responses differ in shape or type: {exc}"
+                         ) from None
+
+
 def place_outputs(
     slab: SlabAllocator,
     cache: SegmentCache,
@@ -81,15 +135,18 @@ def place_outputs(
     a slot of the worker's slab (kept, tracked in ``slots``, until the gateway sends
     RELEASE) unless every item took it to a region — then only its dtype and shape are sent.
     """
-    if not isinstance(outputs, dict):
-        raise BatchError(f"model returned {type(outputs).__name__}, expected a dict of arrays")
     rows = sum(int(item["rows"]) for item in items)
+    if not isinstance(outputs, dict):
+        outputs = stack_responses(outputs, rows)
     described: dict[str, list[object]] = {}
     item_errors: dict[str, str] = {}
     taken: list[Slot] = []
     try:
         for name, value in outputs.items():
             arr = output_rows(name, value, rows)
+            if arr.dtype.kind in "OSU":
+                _place_bytes(slab, cache, str(name), arr, items, described, item_errors, taken)
+                continue
             if arr.dtype.kind not in "biuf":
                 raise BatchError(f"model output {name!r} has unsupported dtype {arr.dtype}")
             name = str(name)
@@ -130,3 +187,47 @@ def place_outputs(
     for slot in taken:
         slots[(slot.segment.name, slot.offset)] = slot
     return described, item_errors
+
+
+def _encode(name: str, arr: np.ndarray) -> bytes:
+    try:
+        return bytes_tensor.encode_array(arr)
+    except BytesTensorError as exc:
+        raise BatchError(f"model output {name!r}: {exc}") from None
+
+
+def _place_bytes(slab: SlabAllocator, cache: SegmentCache, name: str, arr: np.ndarray,
+                 items: list[dict[str, Any]], described: dict[str, list[object]],
+                 item_errors: dict[str, str], taken: list[Slot]) -> None:
+    """A BYTES output (object array of bytes/str, or numpy strings), in its wire form:
+    into the items' client regions, and once whole into a slot for the rest."""
+    start = 0
+    to_slab = False
+    for index, item in enumerate(items):
+        rows = int(item["rows"])
+        part = arr[start : start + rows]
+        start += rows
+        target = item.get("outputs", {}).get(name)
+        if target is None:
+            to_slab = True
+            continue
+        segment, offset, byte_size = target
+        wire = _encode(name, part)
+        if len(wire) > byte_size:
+            item_errors[str(index)] = (f"output {name!r} takes {len(wire)} bytes; its "
+                                       f"shared-memory region has {byte_size}")
+            continue
+        try:
+            cache.view(Descriptor(segment, offset, "uint8", (len(wire),)), verify=True)[
+                ...] = np.frombuffer(wire, np.uint8)
+        except (ValueError, OSError) as exc:
+            item_errors[str(index)] = f"output {name!r}: {exc}"
+    if not to_slab:
+        described[name] = [None, 0, BYTES_DTYPE, list(arr.shape)]
+        return
+    wire = _encode(name, arr)
+    slot = slab.allocate(len(wire))
+    taken.append(slot)
+    slot.memory(len(wire))[:] = wire
+    desc = Descriptor(slot.segment.name, slot.offset, BYTES_DTYPE, tuple(arr.shape), len(wire))
+    described[name] = desc.to_wire()

@@ -26,7 +26,7 @@ import zmq
 
 from gateway import bridge_wire as bw
 from gateway import intake
-from gateway.admission import CheckedInput
+from gateway.admission import CheckedInput, bytes_descriptor, check_bytes
 from gateway.config import ModelConfig, TensorSpec
 from gateway.errors import InferoxyError, Unavailable
 from gateway.link import read_forever
@@ -261,6 +261,7 @@ class RemoteAdmission:
         self._inputs: list[list[Any]] = []
         self._outputs: dict[str, list[Any]] = {}
         self._submitted = False
+        self._bytes: list[tuple[CheckedInput, Slot]] = []  # BYTES inputs, checked at run
 
     def slot(self, tensor: CheckedInput) -> Slot:
         try:
@@ -268,7 +269,11 @@ class RemoteAdmission:
         except ShmExhausted as exc:
             raise Unavailable(f"out of request memory: {exc}") from None
         self.slots.append(slot)
-        desc = slot.descriptor(tensor.dtype.name, tensor.shape)
+        if tensor.bytes_limits is not None:
+            desc = bytes_descriptor(slot, tensor)
+            self._bytes.append((tensor, slot))
+        else:
+            desc = slot.descriptor(tensor.dtype.name, tensor.shape)
         self._inputs.append([tensor.spec.name, tensor.spec.datatype, list(tensor.wire_shape),
                              desc.to_wire(), None])
         return slot
@@ -290,6 +295,8 @@ class RemoteAdmission:
     async def run(self, rows: int, parameters: dict[str, Any], timeout_us: int | None,
                   request_id: str) -> RemoteResult:
         config = self.server.config
+        for tensor, slot in self._bytes:
+            check_bytes(tensor, slot.memory(tensor.nbytes))
         body = {
             "model": config.name, "version": config.version, "rows": rows,
             "inputs": self._inputs, "outputs": self._outputs, "parameters": parameters,

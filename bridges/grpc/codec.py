@@ -42,6 +42,8 @@ from gateway.admission import (
 )
 from gateway.config import ModelConfig
 from gateway.errors import InvalidArgument
+from shm import bytes_tensor
+from shm.bytes_tensor import BytesTensorError
 from shm.datatypes import V2_TO_NUMPY
 
 RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
@@ -161,6 +163,7 @@ class InputTensor:
     raw: int | None = None  # index into raw_input_contents
     contents: pb.InferTensorContents | None = None
     region: RegionRef | None = None
+    wire: bytes | None = None  # a BYTES input's ``bytes_contents`` in its wire form
 
     @property
     def name(self) -> str:
@@ -215,7 +218,7 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
                     f"contents field must not be specified when using raw_input_contents for "
                     f"'{tensor.name}' for model '{msg.model_name}'"
                 )
-    checker = InputChecker(config, limits)
+    checker = InputChecker(config, limits, bytes_ok=True)
     inputs: list[InputTensor] = []
     raw_next = 0
     for i, tensor in enumerate(msg.inputs):
@@ -229,6 +232,9 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
                     f"input {name!r} names a shared-memory region and also carries contents"
                 )
             inputs.append(InputTensor(checked, region=region))
+        elif checked.bytes_limits is not None and tensor.HasField("contents"):
+            data = _bytes_contents(checked, tensor.contents)
+            inputs.append(InputTensor(checker.sized(checked, len(data)), wire=data))
         elif tensor.HasField("contents"):
             inputs.append(InputTensor(checked, contents=tensor.contents))
         else:
@@ -238,6 +244,8 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
                     f"raw_input_contents has only {len(wire.raw_inputs)} entries"
                 )
             size = wire.raw_inputs[raw_next][1]
+            if checked.bytes_limits is not None:  # BYTES: checked once in its slot
+                checked = checker.sized(checked, size)
             if size != checked.nbytes:
                 raise InvalidArgument(
                     f"input {name!r}: raw_input_contents[{raw_next}] has {size} bytes, but "
@@ -274,6 +282,26 @@ def parse_request(wire: WireRequest, config: ModelConfig, limits: Limits) -> Par
         timeout_us=check_timeout(params.get("timeout")),
         parameters=params,
     )
+
+
+def _bytes_contents(checked: CheckedInput, contents: pb.InferTensorContents) -> bytes:
+    """``contents.bytes_contents`` of a BYTES input, in the wire form of its slot."""
+    name = checked.spec.name
+    present = [f.name for f, _ in contents.ListFields()]
+    if present and present != ["bytes_contents"]:
+        raise InvalidArgument(f"input {name!r}: BYTES data goes in contents.bytes_contents, "
+                              f"got contents.{', contents.'.join(present)}")
+    values = contents.bytes_contents
+    count = math.prod(checked.shape)
+    if len(values) != count:
+        raise InvalidArgument(f"input {name!r}: contents.bytes_contents has {len(values)} "
+                              f"elements, shape {list(checked.wire_shape)} needs {count}")
+    limits = checked.bytes_limits or bytes_tensor.BytesLimits()
+    for i, value in enumerate(values):
+        if len(value) > limits.max_element_bytes:
+            raise InvalidArgument(f"input {name!r}: BYTES element {i} has {len(value)} bytes, "
+                                  f"more than the limit of {limits.max_element_bytes}")
+    return bytes_tensor.encode(values)
 
 
 def write_contents(tensor: InputTensor, out: np.ndarray) -> None:
@@ -320,6 +348,7 @@ def encode_response(
     *,
     stream: bool = False,
     batched: bool = True,
+    final: bool | None = None,
 ) -> bytes:
     """A serialized ``ModelInferResponse`` (``ModelStreamInferResponse`` with ``stream``).
 
@@ -329,6 +358,8 @@ def encode_response(
     """
     skip = 0 if batched else 1  # no batch dimension: the gateway's leading 1 goes
     response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    if final is not None:  # a decoupled model's response: whether it is the request's last
+        response.parameters[FINAL].bool_param = final
     blobs: list[memoryview | bytes] = []
     for o in outputs:
         entry = response.outputs.add(name=o.name, datatype=datatypes[o.name])
@@ -338,6 +369,7 @@ def encode_response(
             entry.parameters["shared_memory_region"].string_param = str(o.region.name)
             entry.parameters["shared_memory_byte_size"].int64_param = (
                 math.prod(shape) * V2_TO_NUMPY[datatypes[o.name]].itemsize
+                if datatypes[o.name] in V2_TO_NUMPY else _region_size(o)
             )
             if isinstance(o.region.offset, int) and o.region.offset:
                 entry.parameters["shared_memory_offset"].int64_param = o.region.offset
@@ -345,6 +377,12 @@ def encode_response(
             continue
         arr = np.ascontiguousarray(arrays[o.name])
         entry.shape.extend(arr.shape[skip:])
+        if arr.dtype.kind == "O":  # BYTES: its wire form, as raw_input_contents carries it
+            try:
+                blobs.append(bytes_tensor.encode_array(arr))
+            except BytesTensorError as exc:
+                raise InvalidArgument(str(exc)) from None
+            continue
         blobs.append(arr.reshape(-1).view(np.uint8).data)
     header = response.SerializeToString()
     parts: list[bytes | memoryview] = [header]
@@ -355,6 +393,51 @@ def encode_response(
         parts[:0] = [STREAM_RESPONSE_TAG, encode_varint(length)]
     # The one copy out of shared memory: into the bytes grpcio sends.
     return b"".join(parts)
+
+
+def _region_size(o: OutputRequest) -> int:
+    """A BYTES output in a client region: its size is the element lengths', which the worker
+    wrote there; the region's own size is what the response can say."""
+    assert o.region is not None
+    size = o.region.byte_size
+    return size if isinstance(size, int) else 0
+
+
+FINAL = "triton_final_response"  # Triton's flag on each response of a decoupled model
+EMPTY_FINAL = "triton_enable_empty_final_response"  # the request asks for an empty last one
+
+
+def encode_decoupled(
+    model: str,
+    version: str,
+    request_id: str,
+    outputs: tuple[OutputRequest, ...],
+    arrays: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+    *,
+    empty_final: bool,
+    batched: bool = True,
+) -> list[bytes]:
+    """A decoupled model's answer as Triton streams it: one ``ModelStreamInferResponse`` per
+    response (outputs ``[rows, responses, ...]``, split along the responses), each flagged
+    ``triton_final_response: false`` but the last; with ``empty_final`` (what the request
+    asked, ``triton_enable_empty_final_response``) the last is an empty response flagged
+    true. No response and no empty final one: nothing, as Triton does."""
+    count = next(iter(arrays.values())).shape[1] if arrays else 0
+    answers = []
+    for i in range(count):
+        answers.append(encode_response(
+            model, version, request_id, outputs, {n: a[:, i] for n, a in arrays.items()},
+            datatypes, stream=True, batched=batched, final=i == count - 1 and not empty_final,
+        ))
+    if empty_final:
+        last = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+        last.parameters[FINAL].bool_param = True
+        answers.append(pb.ModelStreamInferResponse(infer_response=last).SerializeToString())
+    return answers
+
+
+DECOUPLED_UNARY = "ModelInfer RPC doesn't support models with decoupled transaction policy"
 
 
 def stream_error(message: str, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:

@@ -125,12 +125,16 @@ class Handlers:
 
         async def one(wire: WireRequest) -> None:
             try:
-                answer: bytes | pb.ModelStreamInferResponse
+                answer: bytes | list[bytes] | pb.ModelStreamInferResponse
                 try:
                     answer = await self.portal.call(self.service.infer, wire, True)
                 except InferoxyError as exc:
                     answer = codec.stream_error(exc.message, wire.header)
-                answers.put_nowait(answer)
+                if isinstance(answer, list):  # a decoupled model's responses, in order
+                    for each in answer:
+                        answers.put_nowait(each)
+                else:
+                    answers.put_nowait(answer)
             finally:
                 room.release()
 

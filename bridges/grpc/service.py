@@ -29,7 +29,7 @@ from bridges.grpc.portal import INTERNAL, InternalError, Reply
 from gateway.admission import CUDA_SHM_REFUSED, Admission, output_datatypes, region_error
 from gateway.core import Gateway
 from gateway.deadlines import DeadlineHeap, Entry
-from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
+from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable, Unsupported
 from gateway.metadata import model_config, model_metadata
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest
@@ -234,6 +234,8 @@ class Service:
         gateway.ensure_accepting(server)
         config = server.config
         parsed = codec.parse_request(wire, config, gateway.limits)
+        if config.decoupled:
+            _check_decoupled(parsed, stream)
         admission: Admission = gateway.admission(server)
         try:
             for tensor in parsed.inputs:
@@ -244,6 +246,8 @@ class Service:
                 elif tensor.raw is not None:
                     # The one copy on the way in: from the received message into the slot.
                     admission.slot(checked).memory(checked.nbytes)[:] = wire.raw(tensor.raw)
+                elif tensor.wire is not None:  # BYTES contents, in their wire form
+                    admission.slot(checked).memory(checked.nbytes)[:] = tensor.wire
                 else:
                     slot = admission.slot(checked)
                     codec.write_contents(tensor, slot.view(checked.dtype, checked.shape))
@@ -259,7 +263,8 @@ class Service:
             )
         finally:
             admission.release()  # no-op once submitted
-        call = _InferCall(server, request, reply, parsed.outputs, stream)
+        call = _InferCall(server, request, reply, parsed.outputs, stream,
+                          parsed.parameters.get(codec.EMPTY_FINAL) is True)
         request.on_done = partial(self._done, call)  # nothing is answered during submit
         self._deadlines.add(call)
         return call
@@ -275,6 +280,12 @@ class Service:
         assert result is not None
         try:
             config = call.server.config
+            if config.decoupled:
+                self._answer(call, None, codec.encode_decoupled(
+                    config.name, config.version, request.request_id, call.outputs,
+                    result.outputs, output_datatypes(config), empty_final=call.empty_final,
+                    batched=config.batched))
+                return
             response = codec.encode_response(
                 config.name, config.version, request.request_id, call.outputs,
                 result.outputs, output_datatypes(config), result.in_regions,
@@ -288,8 +299,8 @@ class Service:
             result.release()
         self._answer(call, None, response)
 
-    def _answer(self, call: _InferCall, error: InferoxyError | None, response: bytes | None
-                ) -> None:
+    def _answer(self, call: _InferCall, error: InferoxyError | None,
+                response: bytes | list[bytes] | None) -> None:
         call.answered = True
         call.request.on_done = None  # the request and its call refer to each other: let go
         self._deadlines.answered(call)
@@ -317,6 +328,15 @@ class Service:
             self._cancel(call)
 
 
+def _check_decoupled(parsed: codec.ParsedRequest, stream: bool) -> None:
+    """A decoupled model answers on a stream only (Triton's wording), never into regions."""
+    if not stream:
+        raise Unsupported(codec.DECOUPLED_UNARY)
+    if any(o.region is not None for o in parsed.outputs):
+        raise InvalidArgument("a decoupled model's outputs cannot go to shared memory: each "
+                              "response carries its own")
+
+
 @dataclass(eq=False, slots=True)
 class _InferCall:
     """One infer request in the core, until answered."""
@@ -326,6 +346,7 @@ class _InferCall:
     reply: Reply
     outputs: tuple[OutputRequest, ...]
     stream: bool
+    empty_final: bool = False  # decoupled: an empty last response flags the end
     answered: bool = False
     entry: Entry | None = None  # its entry in the deadline heap
 

@@ -25,7 +25,9 @@ from gateway.admission import (
     region_ref,
 )
 from gateway.config import ModelConfig
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, Unsupported
+from shm import bytes_tensor
+from shm.bytes_tensor import BytesTensorError
 
 # numpy kind of the tensor -> numpy kinds of JSON data accepted for it. "u" counts as an
 # integer: numpy gives JSON ints in [2**63, 2**64) the kind "u", and the range check below (not
@@ -38,7 +40,7 @@ _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 class InputTensor:
     checked: CheckedInput
     binary: bool  # bytes follow the header
-    data: Any = None  # JSON data, when neither binary nor in a region
+    data: Any = None  # JSON data, when neither binary nor in a region (BYTES: its wire form)
     region: RegionRef | None = None
 
     @property
@@ -82,6 +84,9 @@ class ParsedRequest:
 
 
 
+DECOUPLED_HTTP = "HTTP end point doesn't support models with decoupled transaction policy"
+
+
 class InvalidJson(InvalidArgument):
     """The JSON part is not JSON at all; ``detail`` is the parser's message.
 
@@ -119,6 +124,8 @@ def parse_request(
     body: bytes | bytearray | memoryview, config: ModelConfig, limits: Limits
 ) -> ParsedRequest:
     """Validate a v2 infer request header against the model; raises InvalidArgument."""
+    if config.decoupled:  # Triton's wording (501): its answers go out on a gRPC stream
+        raise Unsupported(DECOUPLED_HTTP)
     doc = _loads(body)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
@@ -129,7 +136,7 @@ def parse_request(
         raise InvalidArgument("'inputs' must be a non-empty array")
 
     inputs: list[InputTensor] = []
-    checker = InputChecker(config, limits)
+    checker = InputChecker(config, limits, bytes_ok=True)
     for i, raw in enumerate(raw_inputs):
         where = f"inputs[{i}]"
         if not isinstance(raw, dict):
@@ -144,6 +151,8 @@ def parse_request(
                     f"input {name!r} names a shared-memory region and also carries data"
                 )
             inputs.append(InputTensor(checked, False, region=region))
+        elif checked.bytes_limits is not None:  # BYTES: the size is the client's to say
+            inputs.append(_bytes_input(checker, checked, raw, in_params))
         elif "binary_data_size" in in_params:
             size = in_params["binary_data_size"]
             if isinstance(size, bool) or not isinstance(size, int) or size != nbytes:
@@ -190,6 +199,29 @@ def parse_request(
         parameters=params,
         binary_bytes=sum(t.nbytes for t in inputs if t.binary),
     )
+
+
+def _bytes_input(checker: InputChecker, checked: CheckedInput, raw: dict[str, Any],
+                 in_params: dict[str, Any]) -> InputTensor:
+    """A BYTES input: binary (4-byte lengths, checked once in its slot) or JSON strings
+    (encoded here to that form)."""
+    name = checked.spec.name
+    if "binary_data_size" in in_params:
+        size = in_params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(f"input {name!r}: binary_data_size must be a non-negative "
+                                  f"integer, got {size!r}")
+        if "data" in raw:
+            raise InvalidArgument(f"input {name!r} has both binary_data_size and data")
+        return InputTensor(checker.sized(checked, size), True)
+    if "data" not in raw:
+        raise InvalidArgument(f"input {name!r} has neither data nor binary_data_size")
+    try:
+        wire = bytes_tensor.from_strings(raw["data"], checked.shape, checked.bytes_limits
+                                         or bytes_tensor.BytesLimits(), f"input {name!r}")
+    except BytesTensorError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return InputTensor(checker.sized(checked, len(wire)), False, wire)
 
 
 def write_json_data(tensor: InputTensor, out: np.ndarray) -> None:
@@ -257,7 +289,9 @@ def encode_response(
         entry: dict[str, Any] = {
             "name": o.name, "datatype": datatypes[o.name], "shape": list(arr.shape[skip:]),
         }
-        if o.binary:
+        if arr.dtype.kind == "O":  # BYTES
+            _bytes_output(entry, arr, o.binary, blobs)
+        elif o.binary:
             entry["parameters"] = {"binary_data_size": arr.nbytes}
             blobs.append(arr)
         else:
@@ -270,4 +304,21 @@ def encode_response(
     header = orjson.dumps(doc)
     # The binary outputs stay where they are (views of the worker's shared memory): the HTTP
     # layer sends them from there, or copies them once into its own buffer.
-    return header, [np.ascontiguousarray(b).data.cast("B") for b in blobs]
+    # (An empty output has no bytes to cast: memoryview refuses a shape with a 0 in it.)
+    return header, [np.ascontiguousarray(b).data.cast("B") if b.size else memoryview(b"")
+                    for b in blobs]
+
+
+def _bytes_output(entry: dict[str, Any], arr: np.ndarray, binary: bool,
+                  blobs: list[np.ndarray]) -> None:
+    """A BYTES output (an object array of ``bytes``): binary in its wire form, or JSON
+    strings."""
+    try:
+        if binary:
+            wire = bytes_tensor.encode_array(arr)
+            entry["parameters"] = {"binary_data_size": len(wire)}
+            blobs.append(np.frombuffer(wire, np.uint8))
+        else:
+            entry["data"] = bytes_tensor.to_json(arr, f"output {entry['name']!r}")
+    except BytesTensorError as exc:
+        raise InvalidArgument(str(exc)) from None

@@ -196,7 +196,10 @@ def _place_inputs(server: ModelServer, parsed: codec.ParsedRequest, admission: A
             binary.append((admission.slot(tensor.checked).memory(tensor.nbytes), tensor))
         else:
             slot = admission.slot(tensor.checked)
-            codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
+            if tensor.checked.bytes_limits is not None:  # BYTES: already in its wire form
+                slot.memory(tensor.nbytes)[:] = tensor.data
+            else:
+                codec.write_json_data(tensor, slot.view(tensor.dtype, tensor.shape))
     _region_outputs(server, parsed, admission)
     return binary
 

@@ -23,7 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from trio_websocket import serve_websocket as _serve_websocket
 
-from gateway.admission import Admission, InputChecker, output_datatypes
+from gateway.admission import Admission, InputChecker, output_datatypes, refuse_unsupported
 from gateway.core import Gateway
 from gateway.errors import Conflict, InferoxyError, InvalidArgument
 from gateway.model_server import ModelServer
@@ -121,6 +121,7 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
             )
         server = gateway.model(match[1], match[2])
         gateway.ensure_accepting(server)
+        refuse_unsupported(server.config, "WebSocket")  # before the stream opens
         seq_id: str = parse_qs(url.query).get("sequence_id", [""])[0] or f"ws-{uuid.uuid4().hex}"
         if isinstance(server, StatefulModelServer) and server.is_open(seq_id):
             raise Conflict(f"sequence {seq_id!r} is already streaming on another connection")

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import trio
 
-from gateway.admission import Admission, InputChecker, check_timeout
+from gateway.admission import Admission, InputChecker, check_timeout, refuse_unsupported
 from gateway.config import ModelConfig, TensorSpec
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, ModelError
@@ -195,6 +195,7 @@ def prepare(gateway: Gateway, header: zmq_header.Header, frame: memoryview) -> P
     server = gateway.model(header.model, header.version)
     gateway.ensure_accepting(server)
     config = server.config
+    refuse_unsupported(config, "ZeroMQ")
     try:
         batch = arrow_ipc.read_batch(frame)
         inputs, passthrough = read_columns(config, header, batch)
