@@ -55,7 +55,7 @@ serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defa
 # wheels built here, nothing from a public image registry (docs/docker.md). Needs root, docker
 # and mmdebstrap; the engine is $$DOCKER_HOST's.
 images: | $(BIN)/python
-	docker/build-images.sh $(BIN)/python
+	images/build.sh $(BIN)/python
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

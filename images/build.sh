@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make images`: Inferoxy's images, built with nothing from a public image registry.
 #
-#   docker/build-images.sh [PYTHON]       # PYTHON: the interpreter whose pip fetches wheels
+#   images/build.sh [PYTHON]       # PYTHON: the interpreter whose pip fetches wheels
 #
 # 1. inferoxy/base       Debian bookworm (python3 3.11, python3-venv) made by mmdebstrap from
 #                        the machine's apt sources, then `docker import`ed. Kept when present
@@ -30,11 +30,11 @@ say() { printf '[images %3ds] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
 
 for tool in docker mmdebstrap; do
   command -v "$tool" >/dev/null || {
-    echo "build-images.sh: $tool not found (Debian: apt-get install docker.io mmdebstrap)" >&2
+    echo "build.sh: $tool not found (Debian: apt-get install docker.io mmdebstrap)" >&2
     exit 1; }
 done
 docker version >/dev/null || {
-  echo "build-images.sh: no Docker engine answers at ${DOCKER_HOST:-the local socket}" >&2
+  echo "build.sh: no Docker engine answers at ${DOCKER_HOST:-the local socket}" >&2
   exit 1; }
 
 # 1. The base image. Merged /usr by mmdebstrap's hook (apt's usrmerge would pull in perl);
