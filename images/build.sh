@@ -68,13 +68,17 @@ mkdir -p "$wheels"
 "$python" -m pip wheel --quiet --wheel-dir "$wheels" . "setuptools>=68" wheel \
   "opencv-python-headless>=4.8,<5" "async-timeout>=4.0.3"
 rm -f "$wheels"/inferoxy-*.whl  # the images build it from the source they copy
+rm -rf build/lib build/bdist.*  # what setuptools left building it here
 
 port_file=$(mktemp)
 "$python" - "$wheels" "$port_file" <<'EOF' &
 import functools, http.server, sys
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
 handler.func.log_message = lambda *args: None  # quiet
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+try:  # one port build after build keeps the builds' layer cache (the URL is a build arg)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 47787), handler)
+except OSError:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
 open(sys.argv[2], "w").write(str(server.server_address[1]))
 server.serve_forever()
 EOF

@@ -131,14 +131,18 @@ def documented_run_command() -> list[str]:
 
 def unused_subnet() -> str:
     """A /24 that no route of this host uses (engines of other tests may share the host)."""
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    taken = [ipaddress.ip_network(w, strict=False) for w in routes.split()
-             if re.fullmatch(r"\d+\.\d+\.\d+\.\d+/\d+", w)]
+    taken = []
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()  # Iface Destination Gateway Flags ... Mask: little-endian hex
+        destination, mask = (ipaddress.IPv4Address(bytes.fromhex(f)[::-1])
+                             for f in (fields[1], fields[7]))
+        if int(mask):
+            taken.append(ipaddress.ip_network(f"{destination}/{mask}", strict=False))
     for _ in range(200):
         net = ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
         if not any(net.overlaps(t) for t in taken):
             return str(net)
-    raise AssertionError(f"no free /24 among the host's routes: {routes}")
+    raise AssertionError(f"no free /24 among the host's routes: {taken}")
 
 
 @dataclass
