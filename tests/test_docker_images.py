@@ -243,6 +243,8 @@ def deployed(engine: str, client: Any, images: dict[str, Any], registry: Registr
         yield deployment
     finally:
         deployment.docker("rm", "-f", deployment.name, check=False)
+        for name in shm_names(deployment.prefix):  # a failed test's SIGKILLed gateway's
+            Path("/dev/shm", name).unlink(missing_ok=True)
         for container in client.containers.list(
                 all=True, filters={"label": "inferoxy.model"}, ignore_removed=True):
             if container.image.tags and container.image.tags[0] in refs.values():
