@@ -30,11 +30,11 @@ say() { printf '[images %3ds] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
 
 for tool in docker mmdebstrap; do
   command -v "$tool" >/dev/null || {
-    echo "build.sh: $tool not found (Debian: apt-get install docker.io mmdebstrap)" >&2
+    echo "images/build.sh: $tool not found (Debian: apt-get install docker.io mmdebstrap)" >&2
     exit 1; }
 done
 docker version >/dev/null || {
-  echo "build.sh: no Docker engine answers at ${DOCKER_HOST:-the local socket}" >&2
+  echo "images/build.sh: no Docker engine answers at ${DOCKER_HOST:-the local socket}" >&2
   exit 1; }
 
 # 1. The base image. Merged /usr by mmdebstrap's hook (apt's usrmerge would pull in perl);
@@ -63,6 +63,11 @@ fi
 # (the base's python3 is 3.11 too). setuptools and wheel build Inferoxy's own package;
 # async-timeout is what redis needs on Python < 3.11.3 (Debian's 3.11.2), which a newer
 # host's resolver leaves out.
+# The wheels fit the images because this host is like them: Python 3.11 and a glibc no newer
+# than bookworm's 2.36 (a Debian bookworm host, as CI's, is both).
+"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "images/build.sh: $python is not Python 3.11, the images' Python: its wheels may not fit" >&2
+  exit 1; }
 say "wheels: pip wheel into $wheels"
 mkdir -p "$wheels"
 "$python" -m pip wheel --quiet --wheel-dir "$wheels" . "setuptools>=68" wheel \
