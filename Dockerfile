@@ -26,7 +26,8 @@
 # Publish only the ports you serve: 8000 HTTP, 8001 gRPC, 8002 metrics, 8003 WebSocket,
 # 7787 ZeroMQ. `docker stop` drains it (SIGTERM; give it --stop-timeout for long batches) and
 # it removes its model containers and shared-memory segments. Every flag of `inferoxy serve`
-# is also an INFEROXY_* variable.
+# is also an INFEROXY_* variable; move the HTTP port with INFEROXY_HTTP_PORT, not a flag (the
+# HEALTHCHECK reads it).
 #
 # It runs as uid:gid 10001:10001, not root: the engine's socket is reached through its group
 # (--group-add), and the socket directory must be that user's. Model containers run as the
