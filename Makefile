@@ -47,9 +47,15 @@ $(VENV)/.bench-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[examples,test,bench]'
 	touch $@
 
-.PHONY: serve test lint perf-analyzer libb64 redis-server chromium bench bench-peers wrk
+.PHONY: serve test lint images perf-analyzer libb64 redis-server chromium bench bench-peers wrk
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
+
+# The images (Dockerfile, worker/Dockerfile, examples/images/): a Debian base by mmdebstrap and
+# wheels built here, nothing from a public image registry (docs/docker.md). Needs root, docker
+# and mmdebstrap; the engine is $$DOCKER_HOST's.
+images: | $(BIN)/python
+	images/build.sh $(BIN)/python
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

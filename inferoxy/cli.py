@@ -19,10 +19,12 @@ from gateway.registry import RegistryUnreachable
 from gateway.runtimes import runtime_for
 from gateway.settings import Settings
 from supervisor.cpus import parse_workers
+from supervisor.docker import DockerError, DockerRuntime
 from supervisor.gpus import parse_gpu_list
 
 EXIT_CONFIG = 2
 EXIT_REGISTRY = 3  # --redis given and Redis unreachable at start
+EXIT_ENGINE = 4  # --runtime docker and the Docker engine unreachable at start
 
 
 def _env(name: str, default: Any) -> Any:
@@ -155,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("inferoxy")
     try:
-        runtime_for(settings)  # no I/O: checks the runtime's name and options
+        runtime = runtime_for(settings)  # no I/O: checks the runtime's name and options
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    if isinstance(runtime, DockerRuntime):
+        try:
+            runtime.check_engine()
+        except DockerError as exc:
+            log.error("%s", exc)
+            return EXIT_ENGINE
     try:
         models = load_declarations(settings.models) if settings.models else {}
     except ConfigError as exc:

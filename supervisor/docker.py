@@ -70,6 +70,7 @@ SHM_DIR = "/dev/shm"
 DOCKER_HUB = "docker.io"
 LOG_EVERY_S = 3.0  # pull progress lines, per image
 BAR_EVERY_S = 0.1  # terminal progress bar redraws
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"  # the SDK's, without DOCKER_HOST
 ENGINE_RETRY_S = 10.0  # a container's wait survives engine hiccups this long
 
 
@@ -285,6 +286,23 @@ def _reason(exc: BaseException) -> str:
     return str(explanation or exc).strip()
 
 
+def _unreachable_reason(exc: BaseException) -> str:
+    """One line for a failed connection: the operating system's words where the SDK's
+    wrappers (requests, urllib3) hold them, with what to do about it."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return (f"{item.strerror} (start the engine, or point --docker-host or "
+                    "DOCKER_HOST at it)")
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return " ".join(_reason(exc).split())
+
+
 class DockerCopy:
     """A running copy's container, as the supervisor sees it (``RunningCopy``)."""
 
@@ -390,7 +408,7 @@ class DockerRuntime:
 
     @property
     def engine(self) -> str:
-        return self.options.host or os.environ.get("DOCKER_HOST", "") or "the local socket"
+        return self.options.host or os.environ.get("DOCKER_HOST", "") or DEFAULT_ENGINE
 
     @property
     def client(self) -> Any:
@@ -461,9 +479,18 @@ class DockerRuntime:
                 probe.close()
             return docker.from_env(environment=env, version=version, max_pool_size=64,
                                    timeout=60)
-        except _engine_errors() as exc:
+        except Exception as exc:
+            if not isinstance(exc, (*_engine_errors(), ValueError)):  # ValueError: a bad URL
+                raise
             raise DockerError(f"cannot reach the Docker engine at {self.engine}: "
-                              f"{_reason(exc)}") from None
+                              f"{_unreachable_reason(exc)}") from None
+
+    def check_engine(self) -> None:
+        """Connect now, blocking, and hang up: ``DockerError`` (one line) if the engine does
+        not answer. ``inferoxy serve`` calls it before it starts, so a missing engine or a
+        wrong ``--docker-host`` stops it at once instead of failing at the first copy."""
+        client = self._connect_blocking()
+        client.close()
 
     def _create_and_start(self, config: dict[str, Any]) -> tuple[str, int | None]:
         errors = _engine_errors()
