@@ -29,7 +29,7 @@ class TritonTransport:
         self._module: Any = module
         self._exception = InferenceServerException
         self._dtype = np_to_triton_dtype
-        self.wait_s_for = wait_s
+        self._wait_s = wait_s
         self._max_rows: dict[tuple[str, str], int | None] = {}
         if protocol == "http":
             self._client: Any = module.InferenceServerClient(
@@ -55,7 +55,7 @@ class TritonTransport:
             "parameters": dict(parameters) if parameters else None,
         }
         if self.protocol == "grpc":
-            kwargs["client_timeout"] = wait_s_for(timeout, self.wait_s_for)
+            kwargs["client_timeout"] = wait_s_for(timeout, self._wait_s)
         try:
             result = self._client.infer(model, tensors, **kwargs)
         except self._exception as exc:

@@ -25,7 +25,7 @@ class TrioWebSocket:
     def __init__(self, url: str, nursery: trio.Nursery, wait_s: float) -> None:
         self.url = url.rstrip("/")
         self._nursery = nursery
-        self.wait_s_for = wait_s
+        self._wait_s = wait_s
         self._streams: dict[tuple[str, str | None], Any] = {}
         self._locks: collections.defaultdict[tuple[str, str | None], trio.Lock] = (
             collections.defaultdict(trio.Lock))
@@ -59,7 +59,7 @@ class TrioWebSocket:
             if end:
                 header["end"] = True
             try:
-                with trio.fail_after(wait_s_for(timeout, self.wait_s_for)):
+                with trio.fail_after(wait_s_for(timeout, self._wait_s)):
                     await ws.send_message(encode_frame(header, arrays))
                     reply, outputs = decode_reply(await ws.get_message())
             except (ConnectionClosed, trio.TooSlowError) as exc:

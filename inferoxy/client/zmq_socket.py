@@ -27,16 +27,22 @@ def reply_outputs(header: dict[str, Any], outputs: Arrays | None) -> Arrays:
     return outputs
 
 
+def _dealer(url: str) -> tuple[zmq.Context[Any], zmq.Socket[Any]]:
+    """A DEALER socket of its own context, connected to the bridge; closing drops its queue."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    return ctx, sock
+
+
 class ZmqTransport:
     """A DEALER socket; replies are matched to requests by id, stale ones skipped."""
 
     def __init__(self, url: str, wait_s: float) -> None:
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(url)
+        self._ctx, self._sock = _dealer(url)
         self._ids = itertools.count(1)
-        self.wait_s_for = wait_s
+        self._wait_s = wait_s
 
     def _send(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None,
               timeout: float | None, parameters: Mapping[str, Any] | None) -> int:
@@ -61,7 +67,7 @@ class ZmqTransport:
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None,
               timeout: float | None, parameters: Mapping[str, Any] | None) -> Arrays:
         rid = self._send(model, inputs, version, timeout, parameters)
-        deadline = time.monotonic() + wait_s_for(timeout, self.wait_s_for)
+        deadline = time.monotonic() + wait_s_for(timeout, self._wait_s)
         while True:
             header, outputs = self._receive(deadline)
             if header.get("id") == rid:
@@ -73,7 +79,7 @@ class ZmqTransport:
         results: list[Arrays | None] = [None] * len(slices)
         pending: dict[int, int] = {}  # request id -> part
         queue = collections.deque(enumerate(slices))
-        wait = wait_s_for(timeout, self.wait_s_for)
+        wait = wait_s_for(timeout, self._wait_s)
         while queue or pending:
             while queue and len(pending) < window:
                 i, rows = queue.popleft()
@@ -102,12 +108,9 @@ class TrioZmq:
     """A DEALER socket owned by one Trio task (``run``); callers meet it through the outbox."""
 
     def __init__(self, url: str, wait_s: float) -> None:
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(url)
+        self._ctx, self._sock = _dealer(url)
         self._ids = itertools.count(1)
-        self.wait_s_for = wait_s
+        self._wait_s = wait_s
         self._outbox: collections.deque[list[Any]] = collections.deque()
         self._waiters: dict[int, Waiter] = {}
         self._idle: trio.CancelScope | None = None
@@ -168,7 +171,7 @@ class TrioZmq:
         if self._idle is not None:
             self._idle.cancel()
         try:
-            with trio.move_on_after(wait_s_for(timeout, self.wait_s_for)):
+            with trio.move_on_after(wait_s_for(timeout, self._wait_s)):
                 await waiter.done.wait()
         finally:
             self._waiters.pop(rid, None)
