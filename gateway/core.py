@@ -29,6 +29,7 @@ import trio
 
 from gateway import wakeup
 from gateway.admission import Admission, Limits
+from gateway.attach import AttachDesk
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.errors import (
@@ -54,6 +55,7 @@ from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, pid_alive, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.alerts import AlertKind, AlertPolicy, Alerts
+from supervisor.attach import AttachRuntime
 from supervisor.autoscale import ScalePolicy, copy_bounds
 from supervisor.copy import Copy
 from supervisor.crashloop import CrashLoopPolicy
@@ -117,6 +119,7 @@ class Gateway:
         self.supervisor: Supervisor
         self._nursery: trio.Nursery
         self.run_dir = ""
+        self.attach_desk: AttachDesk | None = None  # --runtime attach: admits copies
 
     async def regions_published(self) -> None:
         """Return once every process serving requests has the client regions as they are
@@ -233,9 +236,17 @@ class Gateway:
         swept = sweep_stale(self.settings.shm_prefix)
         if swept:
             log.info("swept %d shared-memory segment(s) left by dead gateways", len(swept))
-        await self.runtime.sweep_orphans()  # containers of dead gateways (docker runtime)
         _sweep_run_dirs()
-        run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
+        own_dir = not self.settings.run_dir  # a given one (shared with copies) is kept
+        if own_dir:
+            run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
+        else:
+            run_dir = os.path.abspath(self.settings.run_dir)
+            os.makedirs(run_dir, exist_ok=True)
+        if isinstance(self.runtime, AttachRuntime):
+            self.runtime.run_dir = run_dir
+            self.attach_desk = AttachDesk(self, self.runtime)
+        await self.runtime.sweep_orphans()  # containers of dead gateways, dead attached copies
         log.info("run directory (worker sockets): %s", run_dir)
         self.slab = SlabAllocator(
             f"{self.shm_prefix}-g", limit_bytes=self.settings.shm_limit_bytes,
@@ -274,7 +285,7 @@ class Gateway:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await self._close(run_dir)
+                await self._close(run_dir, own_dir)
 
     # -- models: load and unload (the v2 repository extension) -----------------------------
 
@@ -309,6 +320,8 @@ class Gateway:
         on_gpus = config.run_on_gpu and bool(self.gpus)
         lo, hi = copy_bounds(config.run_on_gpu, config.copies, config.min_copies,
                              config.max_copies, len(self.gpus))
+        if self.attach_desk is not None:
+            hi = lo  # attached copies: the platform decides how many run (gateway.attach)
         if on_gpus and (config.max_copies or 0) > len(self.gpus):
             log.warning("model %s: max_copies %d is more than the %d GPU(s); at most one copy "
                         "per GPU", config.name, config.max_copies, len(self.gpus))
@@ -364,7 +377,7 @@ class Gateway:
             run_dir=self.run_dir, shm_prefix=self.shm_prefix,
             heartbeat_s=self.settings.heartbeat_s,
             health_interval_s=self.settings.health_interval_s,
-            hang_timeout_s=config.hang_timeout_s,
+            hang_timeout_s=config.hang_timeout_s, version=config.version,
         )
         nursery.start_soon(self.supervisor.run_copy, copy, spec, server)
 
@@ -705,7 +718,7 @@ class Gateway:
             server.fail_all(Unavailable("the server is shutting down"))
         await self.supervisor.shutdown(timeout_s=5.0)
 
-    async def _close(self, run_dir: str) -> None:
+    async def _close(self, run_dir: str, own_dir: bool = True) -> None:
         self.live = False
         if not self.draining:
             for server in self._running_servers():
@@ -716,12 +729,23 @@ class Gateway:
         self.cache.close()
         self.slab.close()
         unlink_matching(f"{self.shm_prefix}-")  # worker slabs of copies that were killed
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:  # shared with copies: remove only our sockets (attached copies see them go)
+            for path in Path(run_dir).glob("*.sock"):
+                if not path.name.startswith("attach-"):
+                    path.unlink(missing_ok=True)
+        if isinstance(self.runtime, AttachRuntime):
+            self.runtime.close()
         log.info("stopped; shared memory released")
 
     # -- the inbox -------------------------------------------------------------------------
 
     def _on_worker_message(self, kind: bytes, body: dict[str, Any]) -> None:
+        if kind == wire.ATTACH:
+            if self.attach_desk is not None:
+                self.attach_desk.on_attach(body)
+            return
         copy_id = body.get("copy")
         if not isinstance(copy_id, int):
             return
