@@ -93,6 +93,8 @@ class Gateway:
         self._rollover_wake = trio.Event()
         self.live = False
         self.draining = False
+        self.unready = False  # SIGTERM's grace (--drain-grace-s): not ready, still serving
+        self._was_ready = False  # see ready
         self.gpus: list[int] = []
         self._copy_ids = itertools.count(1)
         self._model_scopes: dict[ModelServer, trio.CancelScope] = {}
@@ -142,9 +144,15 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.live and not self.draining and all(
-            s.ready for s in self.servers.values() if s.copies
-        )
+        """Live, not draining, and every model had a ready copy — at start. Once ready, a
+        model added or a copy restarting later does not take it back: every gateway of a
+        fleet shares the registry, and a balancer would drop them all at once (a model's own
+        readiness says it per model)."""
+        if not self.live or self.draining or self.unready:
+            return False
+        if not self._was_ready:
+            self._was_ready = all(s.ready for s in self.servers.values() if s.copies)
+        return self._was_ready
 
     def model(self, name: str, version: str | None = None) -> ModelServer:
         """The server of ``version`` of a model, or of its default version (raises NotFound)."""
