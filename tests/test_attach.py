@@ -22,7 +22,9 @@ import urllib3
 import zmq
 
 from shm import wire
+from supervisor.attach import BadAnnouncement, parse_announcement
 from tests.conftest import ROOT, RunningGateway, start_gateway
+from worker.attach import visible_gpus
 
 MODELS = ROOT / "tests" / "models_attach.yaml"
 EXIT_REFUSED = 4
@@ -314,12 +316,17 @@ def test_gateway_restart_on_the_same_run_dir(tmp_path: Path) -> None:
         first = copies.start("fragile")
         wait_for(lambda: "ready" in copy_states(gw, "fragile"))
         gw.stop(signal.SIGKILL)
-        gw2 = start_gateway(tmp_path, small, *args, ready=False)
+        # The new one serves HTTP from a data-plane process: batches reach attached copies
+        # from there too.
+        gw2 = start_gateway(tmp_path, small, *args, "--workers", "1", ready=False)
         try:
             assert first.wait(timeout=15) == 0, log_of(first)  # it saw the new gateway
             copies.start("fragile")
             copies.start("fragile")
             wait_for(lambda: infer_x(gw2, "fragile", [8]).status == 200)
+            answers = [infer_x(gw2, "fragile", [i, 2]) for i in range(20)]
+            assert [a.json()["outputs"][0]["data"] for a in answers] == [
+                [i, 2] for i in range(20)]
         finally:
             copies.stop_all()
             assert gw2.stop() == 0
@@ -327,3 +334,46 @@ def test_gateway_restart_on_the_same_run_dir(tmp_path: Path) -> None:
     finally:
         copies.stop_all()
         gw.cleanup()
+
+
+# -- the I/O-free parts ----------------------------------------------------------------------
+
+def _body(run_dir: str = "/run/x", **changes: Any) -> dict[str, Any]:
+    token = "0123456789abcdef"
+    address, control, _ = wire.attach_paths(run_dir, token)
+    return {"token": token, "protocol": wire.PROTOCOL, "model": "m", "version": "",
+            "gpus": ["GPU-1"], "pid": 7, "host": "node-1", "address": address,
+            "control": control} | changes
+
+
+def test_parse_announcement() -> None:
+    a = parse_announcement(_body(), "/run/x")
+    assert (a.model, a.gpus, a.pid, a.lock) == ("m", ("GPU-1",), 7,
+                                               "/run/x/attach-0123456789abcdef.lock")
+    control = _body()["control"]
+    for changes, reason, told in [
+        ({"token": "../../x"}, "valid token", ""),
+        ({"token": 5}, "valid token", ""),
+        ({"token": "ABCDEF0123456789"}, "valid token", ""),
+        ({"address": "ipc:///elsewhere/attach-0123456789abcdef.sock"}, "run directory", ""),
+        ({"protocol": "1"}, "wire protocol", control),
+        ({"model": ""}, "model name", control),
+        ({"model": "m" * 300}, "model name", control),
+        ({"version": 2}, "version", control),
+        ({"gpus": "0"}, "gpus", control),
+        ({"gpus": [""]}, "gpus", control),
+        ({"gpus": ["0"] * 65}, "gpus", control),
+        ({"pid": "7"}, "pid", control),
+    ]:
+        with pytest.raises(BadAnnouncement, match=reason) as caught:
+            parse_announcement(_body(**changes), "/run/x")
+        assert caught.value.control == told, changes
+    with pytest.raises(BadAnnouncement, match="run directory"):  # another gateway's directory
+        parse_announcement(_body("/run/y"), "/run/x")
+
+
+def test_visible_gpus() -> None:
+    assert visible_gpus({"NVIDIA_VISIBLE_DEVICES": "GPU-a1b2"}) == ["GPU-a1b2"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1, 3"}) == ["1", "3"]
+    assert visible_gpus({"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus({}) == []

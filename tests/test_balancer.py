@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import ROOT, RunningGateway, free_port, start_gateway
+from tests.conftest import ROOT, RunningGateway, child_pids, free_port, start_gateway
 from tests.redis_server import RedisServer
 
 MODELS = ROOT / "tests" / "models_registry.yaml"
@@ -174,6 +175,7 @@ def _gateway(tmp: Path, redis: RedisServer, host: str, port: int | None = None
              ) -> RunningGateway:
     tmp.mkdir(parents=True, exist_ok=True)
     return start_gateway(tmp, MODELS, "--redis", redis.url, "--drain-grace-s", GRACE_S,
+                         "--workers", "1",  # as "auto" on a small host: HTTP in a data plane
                          host=host, http_port=port)
 
 
@@ -233,9 +235,13 @@ def test_two_gateways_behind_haproxy(tmp_path: Path, redis_server: RedisServer) 
             assert not pending, f"not serving the added model in 10 s: {pending}"
             assert _serves(f"http://127.0.0.1:{proxy.front}", "added")
             time.sleep(0.5)
-            # 3. SIGKILL g3: only what is in flight on it fails; the client retries those.
+            # 3. SIGKILL g3 — all its processes at once, as when its container or node dies:
+            # only what is in flight on it fails; the client retries those.
             load.phase = "sigkill"
-            g3.process.send_signal(signal.SIGKILL)
+            planes = child_pids(g3.process.pid, b"bridges.dataplane")
+            assert planes  # --workers 1: HTTP is served by a data-plane process
+            for pid in (g3.process.pid, *planes):
+                os.kill(pid, signal.SIGKILL)
             g3.process.wait(timeout=10)
             proxy.wait("g3", "DOWN", timeout=5)
             time.sleep(1.0)
