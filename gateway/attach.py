@@ -55,7 +55,10 @@ class AttachDesk:
         try:
             announcement = parse_announcement(body, self.gateway.run_dir)
         except BadAnnouncement as exc:
-            log.warning("refused an attaching worker: %s", exc)
+            token = body.get("token")
+            if not isinstance(token, str) or self._refused.get(token[:64]) != str(exc):
+                self._remember(str(token)[:64], str(exc))  # a worker repeats itself: log once
+                log.warning("refused an attaching worker: %s", exc)
             if exc.control:
                 self.runtime.refuse(exc.control, str(exc))
             return
@@ -83,12 +86,15 @@ class AttachDesk:
 
     def _refuse(self, a: Announcement, reason: str) -> None:
         if self._refused.get(a.token) != reason:
-            self._refused[a.token] = reason
-            while len(self._refused) > 256:  # bounded memory of whom we told
-                del self._refused[next(iter(self._refused))]
+            self._remember(a.token, reason)
             log.warning("refused worker %s (pid %s on %s) for model %r: %s",
                         a.token, a.pid, a.host or "?", a.model, reason)
         self.runtime.refuse(a.control, reason)
+
+    def _remember(self, token: str, reason: str) -> None:
+        self._refused[token] = reason
+        while len(self._refused) > 256:  # bounded memory of whom we told
+            del self._refused[next(iter(self._refused))]
 
     def _check(self, a: Announcement) -> str | tuple[ModelServer, Placement]:
         gateway = self.gateway

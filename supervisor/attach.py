@@ -96,7 +96,8 @@ def parse_announcement(body: dict[str, Any], run_dir: str) -> Announcement:
 class _Offer:
     announcement: Announcement
     placement: Placement
-    seen: float
+    seen: float  # its latest ATTACH
+    asked: float  # its first
 
 
 @dataclass(eq=False, slots=True)
@@ -223,7 +224,10 @@ class AttachRuntime:
         slot = self._offers.setdefault(key, {})
         if announcement.token not in slot and sum(map(len, self._offers.values())) >= MAX_OFFERS:
             return False
-        slot[announcement.token] = _Offer(announcement, placement, trio.current_time())
+        now = trio.current_time()
+        old = slot.get(announcement.token)
+        slot[announcement.token] = _Offer(announcement, placement, now,
+                                          old.asked if old is not None else now)
         self._changed.set()
         return True
 
@@ -290,14 +294,17 @@ class AttachRuntime:
         return running
 
     def _take(self, key: tuple[str, str]) -> _Offer | None:
+        """The oldest ask of a worker still alive (its lock held), first come first served."""
         self._expire()
-        slot = self._offers.get(key)
+        slot = self._offers.get(key, {})
+        offer = None
+        for token in sorted(slot, key=lambda t: slot[t].asked):
+            candidate = slot.pop(token)
+            if not lock_is_free(candidate.announcement.lock):
+                offer = candidate
+                break
         if not slot:
-            return None
-        token = min(slot, key=lambda t: slot[t].seen)  # the longest silent is the oldest ask
-        offer = slot.pop(token)
-        if not slot:
-            del self._offers[key]
+            self._offers.pop(key, None)
         return offer
 
     def _gone(self, copy: AttachedCopy) -> None:
