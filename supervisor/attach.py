@@ -39,7 +39,7 @@ log = logging.getLogger("inferoxy.attach")
 TOKEN = re.compile(r"[0-9a-f]{8,32}")
 OFFER_TTL_S = 3.5  # a worker repeats ATTACH every second; silence this long: it is gone
 MAX_OFFERS = 256  # announcements waiting for a copy slot, all models (bounded, like all queues)
-KILL_GRACE_S = 5.0  # a worker told to die that still holds its lock is given up after this
+KILL_GRACE_S = 3.0  # a worker told to die that still holds its lock is given up after this
 EXIT_UNKNOWN = -1  # the gateway cannot see the exit status of a process it did not start
 EXIT_KILLED = -9
 

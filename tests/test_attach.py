@@ -83,6 +83,16 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "") -> None:
     raise AssertionError(f"not in {timeout}s: {what}")
 
 
+def wait_copies(gw: RunningGateway, model: str, states: list[str], timeout: float = 20.0
+                ) -> None:
+    """Wait until the model's copies are in ``states``; else fail with what the gateway says."""
+    try:
+        wait_for(lambda: copy_states(gw, model) == states, timeout, f"{model}: {states}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; now {copy_states(gw, model)}\n{gw.log()[-4000:]}"
+                             ) from None
+
+
 def infer_x(gw: RunningGateway, model: str, x: list[int], timeout: float = 30
             ) -> urllib3.BaseHTTPResponse:
     body = orjson.dumps({"inputs": [{"name": "X", "datatype": "INT32", "shape": [1, len(x)],
@@ -98,7 +108,7 @@ def attached(tmp_path_factory: pytest.TempPathFactory
     run_dir = tmp / "run"
     gw = start_gateway(tmp, MODELS, "--runtime", "attach", "--run-dir", str(run_dir),
                        "--simulate-gpus", "2", "--heartbeat-s", "0.2",
-                       "--heartbeat-timeout-s", "3", ready=False)
+                       "--heartbeat-timeout-s", "5", ready=False)
     copies = Copies(run_dir, tmp)
     try:
         yield gw, copies
@@ -194,7 +204,7 @@ def test_kill_restart_rounds_lose_no_request(attached: tuple[RunningGateway, Cop
     """Steady load on two copies; three rounds of SIGKILL one copy, start it again. Every
     request id is answered once, with its own data."""
     gw, copies = attached
-    wait_for(lambda: copy_states(gw, "fragile") == ["ready", "ready"])
+    wait_copies(gw, "fragile", ["ready", "ready"])
     fragile = [p for p in copies.procs if p.poll() is None and "--model" in p.args
                and p.args[p.args.index("--model") + 1] == "fragile"]
     assert len(fragile) == 2
@@ -239,8 +249,7 @@ def test_kill_restart_rounds_lose_no_request(attached: tuple[RunningGateway, Cop
             time.sleep(0.3)  # load runs on one copy meanwhile
             fragile[round_ % 2] = copies.start("fragile")
             restarts += 1
-            wait_for(lambda: copy_states(gw, "fragile") == ["ready", "ready"],
-                     what="the restarted copy is admitted")
+            wait_copies(gw, "fragile", ["ready", "ready"])  # the restarted copy is admitted
         time.sleep(0.5)
     finally:
         stop.set()
@@ -277,10 +286,30 @@ def test_hung_copy_is_killed(attached: tuple[RunningGateway, Copies]) -> None:
     wait_for(lambda: infer_x(gw, "hangs", [1]).status == 200, what="a new copy serves")
 
 
+def test_frozen_copy_is_given_up(attached: tuple[RunningGateway, Copies]) -> None:
+    """SIGSTOP a copy (a frozen process: no heartbeat, and its control thread cannot act on a
+    KILL): the gateway gives its slot up, retries what it held on the other copy, and the
+    process dies of the KILL waiting for it once it runs again."""
+    gw, copies = attached
+    wait_copies(gw, "fragile", ["ready", "ready"])
+    frozen = next(p for p in copies.procs if p.poll() is None and "fragile" in p.args)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        answers = [infer_x(gw, "fragile", [i, 1]) for i in range(10)]  # some wait for it
+        assert [a.json()["outputs"][0]["data"] for a in answers] == [[i, 1] for i in range(10)]
+        wait_for(lambda: "still holds its lock" in gw.log(), timeout=15)
+        assert "no heartbeat for 5s" in gw.log()
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert frozen.wait(timeout=10) == -signal.SIGKILL, log_of(frozen)
+    copies.start("fragile")
+    wait_copies(gw, "fragile", ["ready", "ready"])
+
+
 def test_sequence_fails_clearly_when_its_copy_dies(
         attached: tuple[RunningGateway, Copies]) -> None:
     gw, copies = attached
-    wait_for(lambda: copy_states(gw, "running_sum") == ["ready"])
+    wait_copies(gw, "running_sum", ["ready"])
 
     def frame(seq: str, value: float, start: bool = False) -> urllib3.BaseHTTPResponse:
         params: dict[str, Any] = {"sequence_id": seq} | ({"sequence_start": True}
