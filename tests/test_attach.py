@@ -33,9 +33,11 @@ EXIT_REFUSED = 4
 class Copies:
     """Copy processes of one gateway, as a platform runs them."""
 
-    def __init__(self, run_dir: Path, logs: Path) -> None:
+    def __init__(self, run_dir: Path, logs: Path,
+                 command: tuple[str, ...] = ("-m", "inferoxy", "worker")) -> None:
         self.run_dir = run_dir
         self.logs = logs
+        self.command = command
         self.procs: list[subprocess.Popen[bytes]] = []
         self._n = 0
 
@@ -45,7 +47,7 @@ class Copies:
         log = self.logs / f"copy-{model}-{self._n}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "inferoxy", "worker", "--model", model, "--run-dir",
+                [sys.executable, *self.command, "--model", model, "--run-dir",
                  str(self.run_dir), "--attach-timeout-s", "30", *extra],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="") | (env or {}),
@@ -340,7 +342,8 @@ def test_gateway_restart_on_the_same_run_dir(tmp_path: Path) -> None:
     small = tmp_path / "models.yaml"
     small.write_text(MODELS.read_text().split("  hangs:")[0])
     gw = start_gateway(tmp_path, small, *args, ready=False)
-    copies = Copies(run_dir, tmp_path)
+    # As a slim model image runs it (worker/Dockerfile: numpy and pyzmq, no gateway).
+    copies = Copies(run_dir, tmp_path, ("-m", "worker.attach"))
     try:
         first = copies.start("fragile")
         wait_for(lambda: "ready" in copy_states(gw, "fragile"))
