@@ -42,10 +42,19 @@ log = logging.getLogger("inferoxy.attach")
 ATTACH_MAX_COPIES = 16  # copies of one model version, when its max_copies says nothing
 
 
+def gpu_index(gpu: str, uuids: dict[str, int]) -> int | None:
+    """The gateway's index of the GPU a copy names: an index, or a UUID as the NVIDIA device
+    plugin and ``nvidia-smi -L`` give it (``uuids``: NVML's, read at start); None: unknown."""
+    if gpu.isdecimal():
+        return int(gpu)
+    return uuids.get(gpu)
+
+
 class AttachDesk:
     def __init__(self, gateway: Gateway, runtime: AttachRuntime) -> None:
         self.gateway = gateway
         self.runtime = runtime
+        self.gpu_uuids: dict[str, int] = {}  # NVML's UUID -> index (Gateway.run fills it)
         runtime.admitted = self._admitted
         runtime.gone = self._gone
         self._refused: dict[str, str] = {}  # token -> reason, so a repeated ATTACH logs once
@@ -126,13 +135,14 @@ class AttachDesk:
             if not gpu:
                 return (f"model {a.model!r} runs on a GPU and this copy sees none (the gateway "
                         f"has GPUs {', '.join(map(str, gateway.gpus))})")
-            if not gpu.isdecimal() or int(gpu) not in gateway.gpus:
+            index = gpu_index(gpu, self.gpu_uuids)
+            if index is None or index not in gateway.gpus:
                 return (f"GPU {gpu} is not one of this gateway's GPUs "
                         f"({', '.join(map(str, gateway.gpus))})")
-            if gpu in taken:
+            if {gpu, str(index)} & taken:
                 return f"GPU {gpu} already runs a copy of model {a.model!r}"
             simulated = gateway.settings.simulate_gpus > 0
-            return server, Placement("cpu" if simulated else "cuda:0", gpu, int(gpu))
+            return server, Placement("cpu" if simulated else "cuda:0", str(index), index)
         if not gpu:
             return server, CPU  # a GPU model on a host without GPUs runs on the CPU
         if gpu in taken:
@@ -149,7 +159,8 @@ class AttachDesk:
                 key = (name, s.config.version)
                 taken |= {a.gpus[0] for a, _ in self.runtime.offers(key)
                           if a.gpus and a.token != token}
-        return taken
+        return taken | {str(i) for g in taken
+                         if (i := gpu_index(g, self.gpu_uuids)) is not None}
 
     def _free_slots(self, server: ModelServer) -> int:
         """Copy slots of ``server`` that will take the next offer: not serving a worker."""

@@ -59,6 +59,7 @@ from supervisor.attach import AttachRuntime
 from supervisor.autoscale import ScalePolicy, copy_bounds
 from supervisor.copy import Copy
 from supervisor.crashloop import CrashLoopPolicy
+from supervisor.gpus import nvml_gpus
 from supervisor.lifecycle import CopyState
 from supervisor.placement import Placement, discover_gpus, next_placement
 from supervisor.runtime import CopySpec, Runtime
@@ -276,6 +277,10 @@ class Gateway:
         self.gpus = await trio.to_thread.run_sync(
             discover_gpus, self.settings.gpus, self.settings.simulate_gpus
         )
+        if self.attach_desk is not None and self.gpus and self.settings.simulate_gpus <= 0:
+            # Attached copies may name their GPU by UUID (the NVIDIA device plugin does).
+            self.attach_desk.gpu_uuids = {g.uuid: g.index for g in
+                                          await trio.to_thread.run_sync(nvml_gpus)}
         log.info("GPUs: %s%s", self.gpus or "none (GPU models run on the CPU)",
                  " (simulated)" if self.settings.simulate_gpus > 0 else "")
         try:

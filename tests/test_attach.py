@@ -21,6 +21,7 @@ import tritonclient.http as httpclient
 import urllib3
 import zmq
 
+from gateway.attach import gpu_index
 from shm import wire
 from supervisor.attach import BadAnnouncement, parse_announcement
 from tests.conftest import ROOT, RunningGateway, start_gateway
@@ -402,6 +403,14 @@ def test_parse_announcement() -> None:
         assert caught.value.control == told, changes
     with pytest.raises(BadAnnouncement, match="run directory"):  # another gateway's directory
         parse_announcement(_body("/run/y"), "/run/x")
+
+
+def test_gpu_index() -> None:
+    """A copy may name its GPU by index or by the UUID a device plugin hands it."""
+    uuids = {"GPU-8f0e2c1a-0000-4000-8000-000000000001": 1}
+    assert gpu_index("0", uuids) == 0
+    assert gpu_index("GPU-8f0e2c1a-0000-4000-8000-000000000001", uuids) == 1
+    assert gpu_index("GPU-unknown", uuids) is None and gpu_index("MIG-1", {}) is None
 
 
 def test_visible_gpus() -> None:
