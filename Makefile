@@ -47,7 +47,8 @@ $(VENV)/.bench-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[examples,test,bench]'
 	touch $@
 
-.PHONY: serve test lint images perf-analyzer libb64 redis-server chromium bench bench-peers wrk
+.PHONY: serve test lint images perf-analyzer libb64 redis-server chromium haproxy kubectl bench \
+	bench-peers wrk
 serve: $(VENV)/.serve-deps  ## run Inferoxy on the example models (embedded defaults)
 	$(BIN)/inferoxy serve --models examples/models.yaml
 
@@ -97,6 +98,20 @@ chromium:
 	    exit 1; \
 	  fi; }
 
+# The scale-out tests: HAProxy in front of two gateways, kustomize (in kubectl) for
+# deploy/kubernetes (Debian: haproxy, kubernetes-client).
+haproxy kubectl:
+	@PATH="$$PATH:/usr/sbin:/sbin" command -v $@ >/dev/null || { \
+	  pkg=$$([ $@ = kubectl ] && echo kubernetes-client || echo $@); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq $$pkg >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq $$pkg; }; \
+	  else \
+	    echo "the tests need $@: install it (Debian/Ubuntu: sudo apt-get install $$pkg), then run make test again" >&2; \
+	    exit 1; \
+	  fi; }
+
 bench-peers: $(foreach p,$(BENCH_PEERS),.venv-bench-$(p)/.installed)  ## the peers' venvs
 
 # wrk drives every system's v2 JSON over HTTP (Debian's wrk package).
@@ -116,5 +131,5 @@ bench: $(VENV)/.bench-deps perf-analyzer wrk bench-peers  ## quick benchmark aga
 
 perf-analyzer: $(PERF_VENV)/.installed  ## perf_analyzer in .venv-perf (run it with bench/perf_analyzer.sh)
 
-test: lint perf-analyzer redis-server chromium wrk  ## lint, type-check and run the whole test suite
+test: lint perf-analyzer redis-server chromium haproxy kubectl wrk  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest -q

@@ -29,6 +29,7 @@ import trio
 
 from gateway import wakeup
 from gateway.admission import Admission, Limits
+from gateway.attach import AttachDesk
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
 from gateway.errors import (
@@ -54,9 +55,11 @@ from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, pid_alive, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
 from supervisor.alerts import AlertKind, AlertPolicy, Alerts
+from supervisor.attach import AttachRuntime
 from supervisor.autoscale import ScalePolicy, copy_bounds
 from supervisor.copy import Copy
 from supervisor.crashloop import CrashLoopPolicy
+from supervisor.gpus import nvml_gpus
 from supervisor.lifecycle import CopyState
 from supervisor.placement import Placement, discover_gpus, next_placement
 from supervisor.runtime import CopySpec, Runtime
@@ -91,6 +94,8 @@ class Gateway:
         self._rollover_wake = trio.Event()
         self.live = False
         self.draining = False
+        self.unready = False  # SIGTERM's grace (--drain-grace-s): not ready, still serving
+        self._was_ready = False  # see ready
         self.gpus: list[int] = []
         self._copy_ids = itertools.count(1)
         self._model_scopes: dict[ModelServer, trio.CancelScope] = {}
@@ -117,6 +122,7 @@ class Gateway:
         self.supervisor: Supervisor
         self._nursery: trio.Nursery
         self.run_dir = ""
+        self.attach_desk: AttachDesk | None = None  # --runtime attach: admits copies
 
     async def regions_published(self) -> None:
         """Return once every process serving requests has the client regions as they are
@@ -139,9 +145,15 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.live and not self.draining and all(
-            s.ready for s in self.servers.values() if s.copies
-        )
+        """Live, not draining, and every model had a ready copy — at start. Once ready, a
+        model added or a copy restarting later does not take it back: every gateway of a
+        fleet shares the registry, and a balancer would drop them all at once (a model's own
+        readiness says it per model)."""
+        if not self.live or self.draining or self.unready:
+            return False
+        if not self._was_ready:
+            self._was_ready = all(s.ready for s in self.servers.values() if s.copies)
+        return self._was_ready
 
     def model(self, name: str, version: str | None = None) -> ModelServer:
         """The server of ``version`` of a model, or of its default version (raises NotFound)."""
@@ -233,9 +245,17 @@ class Gateway:
         swept = sweep_stale(self.settings.shm_prefix)
         if swept:
             log.info("swept %d shared-memory segment(s) left by dead gateways", len(swept))
-        await self.runtime.sweep_orphans()  # containers of dead gateways (docker runtime)
         _sweep_run_dirs()
-        run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
+        own_dir = not self.settings.run_dir  # a given one (shared with copies) is kept
+        if own_dir:
+            run_dir = tempfile.mkdtemp(prefix=f"inferoxy-{self.pid}-")
+        else:
+            run_dir = os.path.abspath(self.settings.run_dir)
+            os.makedirs(run_dir, exist_ok=True)
+        if isinstance(self.runtime, AttachRuntime):
+            self.runtime.run_dir = run_dir
+            self.attach_desk = AttachDesk(self, self.runtime)
+        await self.runtime.sweep_orphans()  # containers of dead gateways, dead attached copies
         log.info("run directory (worker sockets): %s", run_dir)
         self.slab = SlabAllocator(
             f"{self.shm_prefix}-g", limit_bytes=self.settings.shm_limit_bytes,
@@ -257,6 +277,10 @@ class Gateway:
         self.gpus = await trio.to_thread.run_sync(
             discover_gpus, self.settings.gpus, self.settings.simulate_gpus
         )
+        if self.attach_desk is not None and self.gpus and self.settings.simulate_gpus <= 0:
+            # Attached copies may name their GPU by UUID (the NVIDIA device plugin does).
+            self.attach_desk.gpu_uuids = {g.uuid: g.index for g in
+                                          await trio.to_thread.run_sync(nvml_gpus)}
         log.info("GPUs: %s%s", self.gpus or "none (GPU models run on the CPU)",
                  " (simulated)" if self.settings.simulate_gpus > 0 else "")
         try:
@@ -274,7 +298,7 @@ class Gateway:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await self._close(run_dir)
+                await self._close(run_dir, own_dir)
 
     # -- models: load and unload (the v2 repository extension) -----------------------------
 
@@ -309,6 +333,8 @@ class Gateway:
         on_gpus = config.run_on_gpu and bool(self.gpus)
         lo, hi = copy_bounds(config.run_on_gpu, config.copies, config.min_copies,
                              config.max_copies, len(self.gpus))
+        if self.attach_desk is not None:
+            hi = lo  # attached copies: the platform decides how many run (gateway.attach)
         if on_gpus and (config.max_copies or 0) > len(self.gpus):
             log.warning("model %s: max_copies %d is more than the %d GPU(s); at most one copy "
                         "per GPU", config.name, config.max_copies, len(self.gpus))
@@ -364,7 +390,7 @@ class Gateway:
             run_dir=self.run_dir, shm_prefix=self.shm_prefix,
             heartbeat_s=self.settings.heartbeat_s,
             health_interval_s=self.settings.health_interval_s,
-            hang_timeout_s=config.hang_timeout_s,
+            hang_timeout_s=config.hang_timeout_s, version=config.version,
         )
         nursery.start_soon(self.supervisor.run_copy, copy, spec, server)
 
@@ -705,7 +731,7 @@ class Gateway:
             server.fail_all(Unavailable("the server is shutting down"))
         await self.supervisor.shutdown(timeout_s=5.0)
 
-    async def _close(self, run_dir: str) -> None:
+    async def _close(self, run_dir: str, own_dir: bool = True) -> None:
         self.live = False
         if not self.draining:
             for server in self._running_servers():
@@ -716,12 +742,23 @@ class Gateway:
         self.cache.close()
         self.slab.close()
         unlink_matching(f"{self.shm_prefix}-")  # worker slabs of copies that were killed
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:  # shared with copies: remove only our sockets (attached copies see them go)
+            for path in Path(run_dir).glob("*.sock"):
+                if not path.name.startswith("attach-"):
+                    path.unlink(missing_ok=True)
+        if isinstance(self.runtime, AttachRuntime):
+            self.runtime.close()
         log.info("stopped; shared memory released")
 
     # -- the inbox -------------------------------------------------------------------------
 
     def _on_worker_message(self, kind: bytes, body: dict[str, Any]) -> None:
+        if kind == wire.ATTACH:
+            if self.attach_desk is not None:
+                self.attach_desk.on_attach(body)
+            return
         copy_id = body.get("copy")
         if not isinstance(copy_id, int):
             return

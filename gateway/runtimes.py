@@ -1,13 +1,15 @@
-"""Which runtime starts model copies: ``--runtime local`` (processes) or ``docker``."""
+"""Which runtime starts model copies: ``--runtime local`` (processes), ``docker`` or
+``attach`` (the platform starts them; they announce themselves)."""
 
 from __future__ import annotations
 
 from gateway.settings import Settings
+from supervisor.attach import AttachRuntime
 from supervisor.docker import DockerOptions, DockerRuntime, parse_volumes
 from supervisor.local import LocalRuntime
 from supervisor.runtime import Runtime
 
-RUNTIMES = ("local", "docker")
+RUNTIMES = ("local", "docker", "attach")
 
 
 def runtime_for(settings: Settings) -> Runtime:
@@ -26,5 +28,10 @@ def runtime_for(settings: Settings) -> Runtime:
             network=settings.docker_network,
             volumes=parse_volumes(settings.docker_volumes),
         ))
+    if settings.runtime == "attach":
+        if not settings.run_dir:
+            raise ValueError("--runtime attach needs --run-dir: the directory the copies "
+                             "share with the gateway (inferoxy worker --run-dir DIR)")
+        return AttachRuntime(settings.run_dir)
     raise ValueError(f"runtime {settings.runtime!r} is not available; use one of "
                      f"{', '.join(RUNTIMES)}")

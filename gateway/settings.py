@@ -16,6 +16,7 @@ class Settings:
     ws_port: int = 8003
     ws_max_inflight: int = 8  # frames in flight per WebSocket stream
     runtime: str = "local"
+    run_dir: str = ""  # worker sockets; "" = a private temporary directory
     gpus: str | None = None  # "0,1,3" overrides discovery; "" means none
     shm_prefix: str = "ifx"
     shm_limit_bytes: int = 4 << 30  # request-input slabs of this gateway
@@ -33,6 +34,9 @@ class Settings:
     max_live_sequences: int = 4096  # sequences open or waiting, all stateful models together
     request_timeout_s: float = 60.0  # when a request names no timeout
     drain_timeout_s: float = 10.0
+    # SIGTERM: readiness goes false and requests are still served this long before the drain
+    # refuses new ones (a balancer's health check must see "not ready" first)
+    drain_grace_s: float = 0.0
     startup_timeout_s: float = 120.0
     heartbeat_s: float = 1.0
     heartbeat_timeout_s: float = 10.0

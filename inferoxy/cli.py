@@ -49,7 +49,10 @@ HELP = {
     "zmq_port": "ZeroMQ bridge (Arrow batches over a ROUTER socket)",
     "ws_port": "WebSocket streams (one connection = one sequence)",
     "ws_max_inflight": "frames in flight per WebSocket stream before reading pauses",
-    "runtime": "what runs model copies: local (processes) or docker (containers)",
+    "runtime": "what runs model copies: local (processes), docker (containers) or attach "
+               "(the platform starts them: inferoxy worker --model NAME --run-dir DIR)",
+    "run_dir": "directory of the worker sockets (needed by --runtime attach: the directory "
+               "the copies share with the gateway); default: a private temporary one",
     "gpus": "GPU indices to use, e.g. 0,1,3 ('' for none); default: discover",
     "shm_prefix": "name prefix of this gateway's /dev/shm segments",
     "shm_limit_bytes": "bytes of shared memory for request inputs",
@@ -66,6 +69,9 @@ HELP = {
     "max_live_sequences": "most sequences open or waiting at once, all models (503 beyond)",
     "request_timeout_s": "deadline of a request that names no timeout",
     "drain_timeout_s": "how long shutdown waits for in-flight requests",
+    "drain_grace_s": "on SIGTERM, readiness goes false and requests are still served this "
+                     "long before new ones are refused (behind a balancer: longer than its "
+                     "health check takes to notice)",
     "startup_timeout_s": "how long a copy may take to load its model",
     "heartbeat_s": "worker heartbeat interval",
     "heartbeat_timeout_s": "a copy silent this long is killed and restarted",
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the models of a models.yaml",
         description="Every flag can also be set with INFEROXY_<FLAG> (e.g. INFEROXY_HTTP_PORT).",
     )
+    sub.add_parser("worker", add_help=False,
+                   help="one model copy that attaches to a gateway started with --runtime "
+                        "attach (inferoxy worker --help)")
     sub.add_parser("bench", add_help=False,
                    help="benchmark Inferoxy beside Triton, PyTriton, MLServer and Ray Serve "
                         "(inferoxy bench --help)")
@@ -152,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.suite.runner import main as bench
 
         return bench(argv[1:])
+    if argv[:1] == ["worker"]:  # its own parser: worker/attach.py (slim: no gateway imports)
+        from worker.attach import main as worker
+
+        return worker(argv[1:])
     args = build_parser().parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     setup_logging(settings.log_level, settings.log_format)

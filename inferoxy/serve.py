@@ -88,6 +88,13 @@ async def serve(settings: Settings,
                 log.info("received %s; draining", signal.Signals(signum).name)
                 break
             nursery.start_soon(stop_now_on_second_signal)
+            if settings.drain_grace_s > 0:
+                # Behind a balancer: say "not ready" while still serving, so its health check
+                # takes this gateway out before any request is refused or a listener closes.
+                gateway.unready = True
+                log.info("readiness is false; serving on for %gs (--drain-grace-s) before "
+                         "draining", settings.drain_grace_s)
+                await trio.sleep(settings.drain_grace_s)
             if pool is not None:
                 # Readiness goes false first; then every data-plane process stops accepting
                 # and finishes what it holds — while the copies still run.

@@ -38,10 +38,18 @@ BATCH = b"BATCH"
 RELEASE = b"RELEASE"
 STOP = b"STOP"
 SEQUENCE_END = b"SEQUENCE_END"
+ATTACH = b"ATTACH"
+WELCOME = b"WELCOME"
+REFUSED = b"REFUSED"
+KILL = b"KILL"
 
 KINDS = frozenset({
     HELLO, HEARTBEAT, RESULT, ERROR, FATAL, UNHEALTHY, BATCH, RELEASE, STOP, SEQUENCE_END,
+    ATTACH, WELCOME, REFUSED, KILL,
 })
+# The version of this format an attached worker must speak (ATTACH ``protocol``): a copy from
+# an older or newer image is refused with a clear reason, never half-understood.
+PROTOCOL = 1
 
 
 class WireError(ValueError):
@@ -74,6 +82,12 @@ def inbox_address(run_dir: str) -> str:
 def copy_address(run_dir: str, copy_id: int, pid: int) -> str:
     """The batch socket a worker binds (its pid in the name: one address per process)."""
     return f"ipc://{run_dir}/copy-{copy_id}-{pid}.sock"
+
+
+def attach_paths(run_dir: str, token: str) -> tuple[str, str, str]:
+    """An attached worker's batch socket, control socket and lock file (see above)."""
+    return (f"ipc://{run_dir}/attach-{token}.sock", f"ipc://{run_dir}/attach-{token}-ctl.sock",
+            f"{run_dir}/attach-{token}.lock")
 
 
 def producer_address(run_dir: str, pid: int) -> str:

@@ -24,6 +24,7 @@ class CopySpec:
     heartbeat_s: float
     health_interval_s: float = 5.0  # how often the worker calls the model's health()
     hang_timeout_s: float | None = None  # the model's own; None: the supervisor's
+    version: str = ""  # the model version it serves (an attached copy must announce it)
 
 
 def worker_args(spec: CopySpec) -> list[str]:

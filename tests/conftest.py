@@ -139,11 +139,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
 
 def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
                   shm_prefix: str | None = None, env: dict[str, str] | None = None,
-                  ready: bool = True) -> RunningGateway:
+                  ready: bool = True, host: str = "127.0.0.1",
+                  http_port: int | None = None) -> RunningGateway:
     """``inferoxy serve`` on ``models``, once it is ready (``ready=False``: once it is live,
-    for tests of models that never get ready); ``env`` adds to its environment."""
+    for tests of models that never get ready); ``env`` adds to its environment; ``host``: a
+    loopback address to listen on; ``http_port``: a given one (a gateway started again)."""
     prefix = shm_prefix or f"ifxt{uuid.uuid4().hex[:8]}"
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    http_port, grpc_port, metrics_port = http_port or free_port(), free_port(), free_port()
     ws_port, zmq_port, admin_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"gateway-{http_port}.log"
     if "--workers" not in extra:
@@ -155,18 +157,18 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inferoxy", "serve", "--models", str(models),
-             "--host", "127.0.0.1", "--http-port", str(http_port),
+             "--host", host, "--http-port", str(http_port),
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
              "--shm-prefix", prefix, "--ws-port", str(ws_port), "--zmq-port", str(zmq_port),
              "--admin-port", str(admin_port),
              "--heartbeat-timeout-s", "5", *extra],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-    gw = RunningGateway(process, f"127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}",
-                        prefix, log_path, f"127.0.0.1:{grpc_port}")
-    gw.ws_url = f"ws://127.0.0.1:{ws_port}"
-    gw.zmq_url = f"tcp://127.0.0.1:{zmq_port}"
-    gw.admin_url = f"http://127.0.0.1:{admin_port}"
+    gw = RunningGateway(process, f"{host}:{http_port}", f"http://{host}:{metrics_port}",
+                        prefix, log_path, f"{host}:{grpc_port}")
+    gw.ws_url = f"ws://{host}:{ws_port}"
+    gw.zmq_url = f"tcp://{host}:{zmq_port}"
+    gw.admin_url = f"http://127.0.0.1:{admin_port}"  # --admin-host: loopback by default
     try:
         wait_ready(gw.http, process, log_path, probe="ready" if ready else "live")
     except BaseException:

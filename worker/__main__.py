@@ -54,20 +54,25 @@ def load_model(entrypoint: str, device: str, parameters: dict[str, Any]) -> Any:
 
 
 def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
-               stop: threading.Event, busy_s: Callable[[], float], gateway_pid: int = 0) -> None:
+               stop: threading.Event, busy_s: Callable[[], float], gateway_pid: int = 0,
+               pause: Callable[[float], bool] | None = None,
+               gateway_gone: Callable[[], bool] = lambda: False) -> None:
     """Heartbeats on a socket of this thread's own; exits the process if the gateway is gone.
 
     The gateway is our parent, or (in a container, whose parent is the engine's shim) the
-    process ``gateway_pid``.
+    process ``gateway_pid``, or (an attached copy: ``worker.attach``) what ``gateway_gone``
+    says; ``pause`` waits between beats (an attached copy reads its control socket then).
     """
+    pause = pause or stop.wait
     parent = os.getppid()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 4)
     sock.connect(address)
     try:
-        while not stop.wait(every_s):
-            gone = os.getppid() != parent or (gateway_pid > 0 and not pid_alive(gateway_pid))
+        while not pause(every_s) and not stop.is_set():
+            gone = (os.getppid() != parent or (gateway_pid > 0 and not pid_alive(gateway_pid))
+                    or gateway_gone())
             if gone:  # the gateway died: nobody will ever read our results
                 log.warning("gateway process is gone; copy %d exits", copy_id)
                 os._exit(0)
@@ -90,8 +95,10 @@ class Worker:
         self.model = model
         self.cache = SegmentCache()
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        # An attached copy is named by its token: pids repeat across containers.
+        instance: str = getattr(args, "instance", "") or str(os.getpid())
         self.slab = SlabAllocator(
-            f"{args.shm_prefix}-w{os.getpid()}", limit_bytes=args.output_limit_bytes
+            f"{args.shm_prefix}-w{instance}", limit_bytes=args.output_limit_bytes
         )
         self.slots: dict[tuple[str, int], Slot] = {}
         self.slot_owner: dict[tuple[str, int], int] = {}  # slot -> producer pid (0: control)
@@ -100,7 +107,9 @@ class Worker:
         self.out = ctx.socket(zmq.PUSH)
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(wire.inbox_address(args.run_dir))
-        self.address = wire.copy_address(args.run_dir, args.copy_id, os.getpid())
+        self.address = (wire.attach_paths(args.run_dir, instance)[0]
+                        if getattr(args, "instance", "")
+                        else wire.copy_address(args.run_dir, args.copy_id, os.getpid()))
         self.inp = ctx.socket(zmq.PULL)
         self.inp.setsockopt(zmq.LINGER, 0)
         self.inp.setsockopt(zmq.RCVHWM, 100_000)
@@ -400,16 +409,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(args.model, args.copy_id)
+    return run(args, zmq.Context())
+
+
+def setup_logging(model: str, copy_id: int | str) -> None:
     handler = logging.StreamHandler()
     if os.environ.get("INFEROXY_LOG_FORMAT") == "json":
-        handler.setFormatter(_JsonFormatter(f"{args.model}#{args.copy_id}"))
+        handler.setFormatter(_JsonFormatter(f"{model}#{copy_id}"))
     else:
         handler.setFormatter(logging.Formatter(
-            f"%(asctime)s worker[{args.model}#{args.copy_id}] %(levelname)s %(message)s"))
-    logging.basicConfig(level=os.environ.get("INFEROXY_LOG_LEVEL", "INFO"), handlers=[handler])
+            f"%(asctime)s worker[{model}#{copy_id}] %(levelname)s %(message)s"))
+    logging.basicConfig(level=os.environ.get("INFEROXY_LOG_LEVEL", "INFO"), handlers=[handler],
+                        force=True)
+
+
+def run(args: argparse.Namespace, ctx: zmq.Context,
+        pause: Callable[[float], bool] | None = None,
+        gateway_gone: Callable[[], bool] = lambda: False) -> int:
+    """Load the model, say HELLO, serve until STOP or SIGTERM (``main``; ``worker.attach``)."""
     # SIGTERM unwinds through finally blocks so the output slab is unlinked.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    ctx = zmq.Context()
     stop = threading.Event()
     worker: Worker | None = None
     try:
@@ -432,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             target=_heartbeat,
             args=(ctx, wire.inbox_address(args.run_dir), args.copy_id, args.heartbeat_s, stop,
                   worker.busy_s),
-            kwargs={"gateway_pid": args.gateway_pid},
+            kwargs={"gateway_pid": args.gateway_pid, "pause": pause,
+                    "gateway_gone": gateway_gone},
             daemon=True,
         ).start()
         worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model,
