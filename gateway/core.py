@@ -46,8 +46,8 @@ from gateway.loadboard import LoadBoard, board_name
 from gateway.model_server import ModelServer
 from gateway.runtimes import runtime_for
 from gateway.scaler import ModelScaler
+from gateway.scheduling import SequenceQueues
 from gateway.settings import Settings
-from gateway.stateful_server import StatefulModelServer
 from gateway.stats import BridgeCounters
 from gateway.triton_config import load_override
 from shm import wire
@@ -183,7 +183,7 @@ class Gateway:
     def live_sequences(self) -> int:
         """Sequences open or waiting, over every stateful server (``--max-live-sequences``)."""
         return sum(s.sequences.live_count for s in self._running_servers()
-                   if isinstance(s, StatefulModelServer))
+                   if s.sequences is not None)
 
     def all_servers(self) -> list[ModelServer]:
         """Every (model, version) this gateway routes to, one server each."""
@@ -303,11 +303,10 @@ class Gateway:
     # -- models: load and unload (the v2 repository extension) -----------------------------
 
     def _start_model(self, config: ModelConfig) -> ModelServer:
-        kind = ModelServer if config.stateless else StatefulModelServer
-        server = kind(config, self.link.send, self.slab, self.cache, board=self.board)
-        if isinstance(server, StatefulModelServer):
-            server.live_sequences = self.live_sequences
-            server.max_live_sequences = self.settings.max_live_sequences
+        server = ModelServer(config, self.link.send, self.slab, self.cache, board=self.board)
+        if isinstance(server.scheduling, SequenceQueues):  # every model's sequences count
+            server.scheduling.live_sequences = self.live_sequences
+            server.scheduling.max_live_sequences = self.settings.max_live_sequences
         scope = trio.CancelScope()
         self._model_scopes[server] = scope
         policy = self._scale_policy(config)

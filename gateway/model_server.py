@@ -1,10 +1,12 @@
-"""One model's serving loop: its queue, its batcher task, and the batches in flight.
+"""One model's serving loop: its batcher task, and the batches in flight.
 
-The batcher task is the Trio adapter over ``BatchQueue``: it sleeps until a request arrives,
-a copy frees up or the oldest request's delay runs out, then hands a closed batch to the
-least-loaded ready copy. Results arrive through ``on_result`` / ``on_error`` (called by the
-inbox task), copies come and go through ``on_copy_ready`` / ``on_copy_lost`` (called by the
-supervisor). Every request gets exactly one answer: a result, or a typed error.
+Where requests wait and which copy runs a batch is the model's scheduling strategy
+(``gateway.scheduling``: one queue for a stateless model, a queue per copy with the sequence
+table for a stateful one). The batcher task is the Trio adapter over it: it sleeps until a
+request arrives, a copy frees up or the oldest request's delay runs out, then sends the
+batch the strategy closed to its copy. Results arrive through ``on_result`` / ``on_error``
+(called by the inbox task), copies come and go through ``on_copy_ready`` / ``on_copy_lost``
+(called by the supervisor). Every request gets exactly one answer: a result, or a typed error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import trio
 
 from gateway import wakeup
-from gateway.batching import BatchPolicy, BatchQueue, QueueFull
+from gateway.batching import QueueFull
 from gateway.config import ModelConfig
 from gateway.errors import (
     DeadlineExceeded,
@@ -31,6 +33,8 @@ from gateway.errors import (
 )
 from gateway.loadboard import LoadBoard
 from gateway.request import BatchOutputs, InferRequest, RequestResult
+from gateway.scheduling import Scheduling, SequenceQueues, SingleQueue
+from gateway.sequences import Released, Sequence, SequenceState, SequenceTable
 from gateway.stats import ModelStats
 from shm import wire
 from shm.bytes_tensor import BytesLimits, decode
@@ -42,7 +46,6 @@ from supervisor.copy import Copy
 
 log = logging.getLogger("inferoxy.model")
 
-MAX_ATTEMPTS = 2  # a stateless request is retried once when its copy dies under it
 # While a copy runs a batch the next one grows in the queue. A data-plane process, one of
 # several producers feeding the same copies, keeps one more waiting at each copy: the copy
 # runs the batches waiting from every producer as one predict (worker.merge), so batching
@@ -109,9 +112,9 @@ class ModelServer:
         self._slab = slab
         self._cache = cache
         self.copies: list[Copy] = []
-        self.queue: BatchQueue[InferRequest] = BatchQueue(
-            BatchPolicy(config.max_rows, config.max_queue_delay_us, config.max_queue_size)
-        )
+        # where requests wait and which copy runs them (gateway.scheduling)
+        self.scheduling: Scheduling = (SingleQueue(self) if config.stateless
+                                       else SequenceQueues(self))
         self.inflight: dict[int, InflightBatch] = {}
         self.stats = ModelStats()
         self.closed = False  # stopped for good: a request that still finds it is refused
@@ -127,21 +130,57 @@ class ModelServer:
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + sum(len(b.requests) for b in self.inflight.values())
+        return self.scheduling.queued + sum(len(b.requests) for b in self.inflight.values())
+
+    @property
+    def sequences(self) -> SequenceTable | None:
+        """A stateful model's sequence table (None: stateless)."""
+        scheduling = self.scheduling
+        return scheduling.sequences if isinstance(scheduling, SequenceQueues) else None
 
     def waiting_since(self, now: float) -> float:
         """How long the oldest request that no copy has taken yet has waited (0: none)."""
-        head = self.queue.next_deadline()
-        if head is None:
-            return 0.0
-        return max(0.0, now - (head - self.config.max_queue_delay_us / 1e6))
+        return self.scheduling.waiting_since(now)
 
     def retirable(self, copy: Copy) -> bool:
-        """May autoscaling take ``copy`` away now? Stateless: any copy may go."""
-        return True
+        """May autoscaling take ``copy`` away now (a stateful copy: not while it holds a
+        sequence)?"""
+        return self.scheduling.retirable(copy)
 
     def on_copy_retiring(self, copy: Copy) -> None:
         """``copy`` is going (autoscaling): nothing new is to be given to it."""
+        self.scheduling.retiring(copy)
+
+    def is_open(self, seq_id: int | str) -> bool:
+        """Whether a sequence of this (stateful) model is open."""
+        scheduling = self.scheduling
+        return isinstance(scheduling, SequenceQueues) and scheduling.is_open(seq_id)
+
+    def close_sequence(self, seq: Sequence, reason: str = "closed") -> None:
+        """End a stream's own incarnation from outside a request (its socket closed)."""
+        scheduling = self.scheduling
+        if isinstance(scheduling, SequenceQueues) and seq.state is not SequenceState.RELEASED:
+            scheduling.release(seq, reason)
+
+    # -- what the scheduling strategy asks (gateway.scheduling.Host) ---------------------------
+
+    def running(self) -> list[InferRequest]:
+        return [r for flight in self.inflight.values() for r in flight.requests]
+
+    def fail(self, req: InferRequest, error: InferoxyError) -> None:
+        self._free_inputs(req)
+        if not req.abandoned:
+            self._finish(req, error=error)
+
+    def end_sequences(self, released: list[Released]) -> None:
+        for r in released:
+            self._send(r.copy, wire.SEQUENCE_END, {"sequence_id": r.sequence.id,
+                                                   "reason": r.reason})
+            log.info("sequence %r of model %s released from copy %d (%s)",
+                     r.sequence.id, self.config.name, r.copy, r.reason)
+
+    def wake(self) -> None:
+        self._wake.set()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -151,18 +190,22 @@ class ModelServer:
             raise Unavailable(f"model {self.config.name!r} version {self.config.version} is "
                               f"not serving (it was stopped or has no copies)")
         req.enqueued_ns = time.perf_counter_ns()
+        now = trio.current_time()
         try:
-            self.queue.push(req, req.rows, req.key, trio.current_time())
+            due = self.scheduling.admit(req, now)
         except QueueFull as exc:
             self.stats.record_failure("rejected", 0)
             raise Unavailable(f"model {self.config.name!r} is overloaded: {exc}") from None
+        except Unavailable:
+            self.stats.record_failure("rejected", 0)
+            raise
         # Waking the batcher for every request cost a trip through the scheduler each;
         # it is asleep until the oldest request's deadline, which a later one cannot move.
-        if self.queue.wants_look():
+        if due:
             # A batch due now on a free copy goes at once, from here: at low load (one
             # request in flight) the trip through the batcher task was a scheduler pass
             # and an epoll round per request.
-            picked = self._next_batch(trio.current_time())
+            picked = self.scheduling.next_batch(now)
             if picked is not None:
                 self._dispatch(*picked)
             else:
@@ -203,7 +246,7 @@ class ModelServer:
 
     def _abandon(self, req: InferRequest) -> None:
         req.abandoned = True
-        if self.queue.remove(lambda r: r is req):  # never dispatched: its slots are ours
+        if self.scheduling.remove(req):  # never dispatched: its slots are ours
             self._free_inputs(req)
         # in flight: the worker may still read the inputs; on_result/on_error frees them.
 
@@ -249,12 +292,12 @@ class ModelServer:
         while True:
             now = trio.current_time()
             self._flush_releases(now)
-            picked = self._next_batch(now)
+            picked = self.scheduling.next_batch(now)
             if picked is not None:
                 self._dispatch(*picked)
                 await trio.lowlevel.checkpoint()
                 continue
-            wake_at = self._next_wake(now)
+            wake_at = self.scheduling.next_wake(now)
             if wake_at is not None:
                 wakeup.wake_at(wake_at)  # epoll alone would round the wait up to whole ms
             held = [c.releases_since + RELEASE_HOLD_S for c in self.copies if c.releases]
@@ -266,28 +309,7 @@ class ModelServer:
             self._sleep = None
             self._wake = trio.Event()
 
-    def _next_batch(self, now: float) -> tuple[Copy, list[InferRequest]] | None:
-        """A closed batch and the copy to run it, if the policy says one is due now."""
-        copy = self._free_copy(now)
-        batch = self.queue.take(now, copy is not None)
-        if batch is None or copy is None:
-            return None
-        return copy, batch
-
-    def _next_wake(self, now: float) -> float | None:
-        """When the batcher must look again even if nothing happens (None: only on events)."""
-        wake_at = self.queue.next_deadline() if self._free_copy(now) is not None else None
-        if len(self.queue):
-            paused = [c.paused_until for c in self.copies if c.ready and c.paused_until > now]
-            if paused:
-                wake_at = min([*paused, wake_at] if wake_at is not None else paused)
-        return wake_at
-
-    def _requeue(self, copy: Copy, requests: list[InferRequest]) -> None:
-        """Put requests back at the head of their queue, in order (a send or a copy failed)."""
-        self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in requests)
-
-    def _free_copy(self, now: float) -> Copy | None:
+    def free_copy(self, now: float) -> Copy | None:
         best: Copy | None = None
         best_key: tuple[int, float] = (0, 0.0)
         most = self.max_inflight_per_copy
@@ -327,7 +349,7 @@ class ModelServer:
             # keep the batch at the head and try this copy again shortly. A worker that
             # never reads is caught by the supervisor's watchdog.
             log.debug("copy %d of %s is not taking batches yet", copy.id, self.config.name)
-            self._requeue(copy, batch)
+            self.scheduling.requeue(copy, batch, trio.current_time())
             copy.paused_until = trio.current_time() + SEND_RETRY_S
             return
         self._set_outstanding(copy, copy.outstanding + 1)
@@ -392,6 +414,7 @@ class ModelServer:
 
     def _batch_done(self, requests: list[InferRequest]) -> None:
         """A batch was answered, one way or another (stateful models release sequences)."""
+        self.scheduling.batch_done(requests)
 
     def _copy_answered(self, copy: Copy) -> None:
         self._set_outstanding(copy, max(0, copy.outstanding - 1))
@@ -508,37 +531,31 @@ class ModelServer:
         copy.releases.clear()  # slots of a process that is gone
         self._set_outstanding(copy, 0)
         copy.paused_until = 0.0
+        self.scheduling.copy_ready(copy)
         self._wake.set()
 
     def on_copy_lost(self, copy: Copy) -> None:
-        """The copy's process is gone: retry what it was running once, fail the rest."""
+        """The copy's process is gone: what it was running is retried or failed, as the
+        scheduling strategy says (stateless: once elsewhere; stateful: failed)."""
         copy.releases.clear()
-        lost = [bid for bid, f in self.inflight.items() if f.copy is copy]
-        retry: list[InferRequest] = []
-        for bid in lost:
+        running: list[InferRequest] = []
+        for bid in [b for b, f in self.inflight.items() if f.copy is copy]:
             for r in self.inflight.pop(bid).requests:
                 if r.abandoned:
                     self._free_inputs(r)
-                elif self.config.stateless and r.attempts < MAX_ATTEMPTS:
-                    retry.append(r)
                 else:
-                    self._free_inputs(r)
-                    self._finish(r, error=ModelError(
-                        f"model {self.config.name!r}: its copy died while running the request"
-                    ))
-        if retry:
-            log.warning("copy %d of %s died; retrying %d request(s)",
-                        copy.id, self.config.name, len(retry))
-            retry.sort(key=lambda r: r.serial)
-            self.queue.push_front((r, r.rows, r.key, trio.current_time()) for r in retry)
+                    running.append(r)
+        if running:
+            log.warning("copy %d of %s died with %d request(s) running",
+                        copy.id, self.config.name, len(running))
+        self.scheduling.copy_lost(copy, running, trio.current_time())
         self._set_outstanding(copy, 0)
         self._wake.set()
 
     def fail_all(self, error: InferoxyError) -> None:
         """Shutdown: answer everything still waiting."""
-        for r in self.queue.remove(lambda _: True):
-            self._free_inputs(r)
-            self._finish(r, error=error)
+        for r in self.scheduling.drain():
+            self.fail(r, error)
         for flight in list(self.inflight.values()):
             self._fail_batch(flight.requests, error)
         self.inflight.clear()

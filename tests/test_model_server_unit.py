@@ -20,7 +20,7 @@ import trio
 from gateway.config import parse_model
 from gateway.errors import InvalidArgument, ModelError, Unavailable
 from gateway.model_server import ModelServer
-from gateway.request import InferRequest
+from gateway.request import InferRequest, SequenceRef
 from shm import wire
 from shm.descriptor import Descriptor
 from shm.segment import SegmentCache
@@ -53,6 +53,7 @@ class Bench:
         for i in range(copies):
             copy = Copy(i + 1, "m", CPU, state=CopyState.READY)
             self.server.copies.append(copy)
+            self.server.on_copy_ready(copy)  # as the supervisor says it
 
     def send(self, copy_id: int, kind: bytes, body: dict[str, Any]) -> bool:
         if kind == wire.BATCH and self.refuse_sends > 0:
@@ -64,11 +65,12 @@ class Bench:
     def batches(self) -> list[tuple[int, dict[str, Any]]]:
         return [(cid, body) for cid, kind, body in self.sent if kind == wire.BATCH]
 
-    def request(self, value: float, rows: int = 1) -> InferRequest:
+    def request(self, value: float, rows: int = 1,
+                sequence: SequenceRef | None = None) -> InferRequest:
         slot = self.inputs.allocate(rows * ROW * 4)
         slot.view("float32", (rows, ROW))[:] = value
         return InferRequest("m", "1", {"X": slot.descriptor("float32", (rows, ROW))}, [slot],
-                            rows, ("k",), {}, trio.current_time() + 30)
+                            rows, ("k",), {}, trio.current_time() + 30, sequence=sequence)
 
     def answer(self, batch: dict[str, Any], *, rows: int | None = None,
                item_errors: dict[str, str] | None = None) -> None:
@@ -130,7 +132,7 @@ def test_batches_go_to_free_copies_and_each_request_gets_its_own_rows() -> None:
         # waits for a copy, since each holds one batch
         assert [cid for cid, _ in batches] == [1, 2]
         assert [len(body["items"]) for _, body in batches] == [1, 1]
-        assert len(b.server.queue) == 1
+        assert b.server.scheduling.queued == 1
         b.answer(batches[0][1])
         await settle()
         assert r1.done.is_set() and r1.result is not None
@@ -161,7 +163,7 @@ def test_a_busy_model_runs_what_waited_as_one_batch() -> None:
         await settle()
         sizes = [len(body["items"]) for _, body in b.batches()]
         assert sizes == [1, 4]  # the next batch is full (batch_size 4); one still waits
-        assert len(b.server.queue) == 1
+        assert b.server.scheduling.queued == 1
 
     run(test, copies=1)
 
@@ -185,16 +187,47 @@ def test_a_copy_that_dies_has_its_batch_retried_once_then_failed() -> None:
     run(test)
 
 
-def test_a_stateful_request_is_not_retried() -> None:
+def test_a_stateful_request_is_not_retried_and_its_sequence_ends() -> None:
     async def test(b: Bench) -> None:
-        r = b.request(5.0)
+        r = b.request(5.0, sequence=SequenceRef("s", start=True))
         b.server.submit(r)
         await settle()
-        b.server.on_copy_lost(b.server.copies[0])
-        assert isinstance(r.error, ModelError)
-        assert len(b.batches()) == 1
+        [(held_by, _)] = b.batches()
+        copy = next(c for c in b.server.copies if c.id == held_by)
+        copy.state = CopyState.DEAD
+        b.server.on_copy_lost(copy)
+        assert isinstance(r.error, ModelError) and "start the sequence again" in r.error.message
+        assert len(b.batches()) == 1  # never moved to the other copy
+        assert not b.server.is_open("s")
+        with pytest.raises(InvalidArgument, match=r"needs parameters\.sequence_id"):
+            b.server.submit(b.request(1.0))  # a stateful model takes sequences only
 
     run(test, stateless=False)
+
+
+def test_a_sequence_waits_for_a_slot_and_scaling_down_spares_its_copy() -> None:
+    async def test(b: Bench) -> None:
+        first = b.request(1.0, sequence=SequenceRef("a", start=True))
+        b.server.submit(first)
+        second = b.request(2.0, sequence=SequenceRef("b", start=True))
+        b.server.submit(second)  # one copy, one slot: parked
+        await settle()
+        assert len(b.batches()) == 1 and b.server.scheduling.queued == 1
+        assert b.server.waiting_since(trio.current_time() + 1.0) >= 1.0  # what scales up
+        [copy] = b.server.copies
+        assert not b.server.retirable(copy)  # it holds "a"
+        b.answer(b.batches()[0][1])
+        ender = b.request(3.0, sequence=SequenceRef("a", end=True))
+        b.server.submit(ender)
+        await settle()
+        b.answer(b.batches()[1][1])  # "a" ends: its slot goes to "b"
+        await settle()
+        assert [len(body["items"]) for _, body in b.batches()] == [1, 1, 1]
+        assert b.batches()[2][1]["items"][0]["sequence"][0] == "b"
+        b.answer(b.batches()[2][1])
+        assert second.result is not None and not b.server.retirable(copy)
+
+    run(test, stateless=False, copies=1)
 
 
 def test_a_full_queue_refuses_with_unavailable() -> None:
@@ -218,7 +251,7 @@ def test_a_cancelled_request_leaves_the_queue_and_frees_its_slots() -> None:
         b.server.submit(queued)
         in_use = b.inputs.slots_in_use
         b.server.cancel(queued)
-        assert len(b.server.queue) == 0
+        assert b.server.scheduling.queued == 0
         assert b.inputs.slots_in_use == in_use - 1
         assert not queued.done.is_set()  # the client is gone: no answer is due
 
@@ -245,7 +278,7 @@ def test_a_refused_send_keeps_the_batch_and_tries_again() -> None:
         r = b.request(1.0)
         b.server.submit(r)  # the copy's socket refuses it once
         assert b.batches() == []
-        assert len(b.server.queue) == 1
+        assert b.server.scheduling.queued == 1
         with trio.fail_after(2):
             while not b.batches():
                 await trio.sleep(0.001)

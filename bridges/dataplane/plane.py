@@ -182,7 +182,7 @@ class DataPlane:
         queued moves to ``new``; what it has running finishes on its own copies, which the
         control process keeps a moment after the switch."""
         old.closed = True
-        for request in old.queue.remove(lambda _: True):
+        for request in old.scheduling.drain():
             try:
                 new.submit(request)
             except InferoxyError as exc:
@@ -295,10 +295,7 @@ class DataPlane:
         now = trio.current_time()
         report: list[list[Any]] = []
         for key, server in self._local.items():
-            head = server.queue.next_deadline()
-            age = 0.0 if head is None else max(
-                0.0, now - (head - server.config.max_queue_delay_us / 1e6))
-            report.append([*key, server.pending, round(age, 4)])
+            report.append([*key, server.pending, round(server.waiting_since(now), 4)])
         return report
 
     def fail_all(self, error: Unavailable) -> None:

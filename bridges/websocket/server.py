@@ -28,7 +28,6 @@ from gateway.core import Gateway
 from gateway.errors import Conflict, InferoxyError, InvalidArgument
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest
-from gateway.stateful_server import StatefulModelServer
 from gateway.stats import BridgeCounters
 from inferoxy.protocol.errors import FrameError
 from inferoxy.protocol.websocket import Frame, encode_reply, parse_frame
@@ -123,14 +122,14 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
         gateway.ensure_accepting(server)
         refuse_unsupported(server.config, "WebSocket")  # before the stream opens
         seq_id: str = parse_qs(url.query).get("sequence_id", [""])[0] or f"ws-{uuid.uuid4().hex}"
-        if isinstance(server, StatefulModelServer) and server.is_open(seq_id):
+        if server.is_open(seq_id):
             raise Conflict(f"sequence {seq_id!r} is already streaming on another connection")
     except InferoxyError as exc:
         await request.reject(exc.http_status, extra_headers=[(b"content-type",
                              b"application/json")], body=orjson.dumps({"error": exc.message}))
         return
     ws = await request.accept()
-    stateful = isinstance(server, StatefulModelServer)
+    stateful = server.sequences is not None
     incarnation: Any = None  # this stream's own sequence, once its first frame is queued
     ended = False
     send, receive = trio.open_memory_channel[Pending](max_inflight)
@@ -165,7 +164,6 @@ async def _stream(gateway: Gateway, max_inflight: int, request: WebSocketRequest
                         await send.send((frame_id, exc))
     finally:
         if stateful and incarnation is not None and not ended:
-            assert isinstance(server, StatefulModelServer)
             server.close_sequence(incarnation, "closed")
 
 
