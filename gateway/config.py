@@ -252,7 +252,8 @@ def read_models_file(path: str | Path) -> dict[Any, Any]:
         raise ConfigError(f"cannot read models file {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'models' mapping at the top")
-    return doc["models"]
+    models: dict[Any, Any] = doc["models"]
+    return models
 
 
 def load_models(path: str | Path) -> dict[str, ModelConfig]:

@@ -340,6 +340,7 @@ def column_to_numpy(column: pa.Array) -> np.ndarray:
         flat = storage.flatten()
         item = (tuple(int(d) for d in t.shape) if isinstance(t, pa.FixedShapeTensorType)
                 else (storage.type.list_size,))
-        values = flat.to_numpy(zero_copy_only=not pa.types.is_boolean(flat.type))
+        values: np.ndarray = flat.to_numpy(zero_copy_only=not pa.types.is_boolean(flat.type))
         return values.reshape((len(column), *item))
-    return column.to_numpy(zero_copy_only=False)
+    plain: np.ndarray = column.to_numpy(zero_copy_only=False)
+    return plain
