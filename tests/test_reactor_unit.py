@@ -29,9 +29,9 @@ class Started:
     cancelled: bool = False
     expired: bool = False
 
-    def expire(self) -> HttpResponse:
+    def expire(self) -> None:
         self.expired = True
-        return HttpResponse(504, body=b"too late")
+        self.reply(HttpResponse(504, body=b"too late"))
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -32,6 +32,7 @@ from bridges.rest.server import RequestBody
 from gateway.admission import Admission, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge
+from gateway.inflight import InFlight
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, RequestResult
 
@@ -338,50 +339,38 @@ class FastInfer:
             if admission is not None:
                 admission.release()
             raise
-        pending = PendingInfer(gateway, server, parsed, submitted, reply)
-        submitted.on_done = pending.done
-        return pending
+        return PendingInfer(gateway, server, parsed, submitted, reply)
 
 
-class PendingInfer:
-    """A submitted request whose answer goes to ``reply`` once (result, error or timeout)."""
+class PendingInfer(InFlight):
+    """A submitted request whose answer goes to ``reply`` once (result, error or timeout);
+    the bookkeeping is ``gateway.inflight.InFlight``'s. A cancelled one is not answered:
+    its connection is gone."""
 
-    __slots__ = ("_gateway", "_parsed", "_reply", "_request", "_server", "deadline")
+    __slots__ = ("_gateway", "_model", "_parsed", "_reply", "deadline")
+
+    ANSWERS_CANCEL = False
 
     def __init__(self, gateway: Gateway, server: ModelServer, parsed: codec.ParsedRequest,
                  request: InferRequest, reply: Callable[[HttpResponse], None]) -> None:
+        super().__init__(server, request)
         self._gateway = gateway
-        self._server = server
+        self._model = server  # (``server``, typed as the model server the answer needs)
         self._parsed = parsed
-        self._request = request
         self._reply = reply
         self.deadline = request.deadline
 
-    def done(self, req: InferRequest) -> None:
-        """``on_done``: runs inside the model server's answer handling, so it never raises."""
-        # Break the cycle request -> on_done -> self -> request: freed by reference counts,
-        # not left to the cyclic collector (whose passes showed in profiles).
-        req.on_done = None
-        result, req.result = req.result, None
+    def deliver(self, result: RequestResult | None, error: InferoxyError | None) -> None:
+        gateway = self._gateway
         try:
-            if req.error is not None:
-                response = _refused(self._gateway, req.error)
+            if error is not None:
+                response = _refused(gateway, error)
             else:
                 assert result is not None
-                response = _answer(self._gateway, self._server, self._parsed, result)
+                response = _answer(gateway, self._model, self._parsed, result)
         except InferoxyError as exc:
-            response = _refused(self._gateway, exc)
+            response = _refused(gateway, exc)
         except Exception:
-            log.exception("cannot encode the answer to request %r", req.request_id)
+            log.exception("cannot encode the answer to request %r", self.request.request_id)
             response = error_response(500, "internal error")
         self._reply(response)
-
-    def expire(self) -> HttpResponse:
-        """The deadline passed first: the request is abandoned; the 504 to send."""
-        self._request.on_done = None
-        return _refused(self._gateway, self._server.expire(self._request))
-
-    def cancel(self) -> None:
-        """The client went away: abandon the request; nothing is answered."""
-        self._request.on_done = None
-        self._server.cancel(self._request)

@@ -84,8 +84,9 @@ class Pending(Protocol):
 
     deadline: float  # trio.current_time() by which it must be answered
 
-    def expire(self) -> HttpResponse:
-        """The deadline passed: give the request up; the answer to send instead."""
+    def expire(self) -> None:
+        """The deadline passed: give the request up; ``reply`` is called with the answer
+        (``gateway.inflight.InFlight`` does this bookkeeping for the infer route)."""
 
     def cancel(self) -> None:
         """The client went away: give the request up; nothing is sent."""
@@ -290,7 +291,7 @@ class Reactor:
         """``c``'s request reached its deadline unanswered."""
         if c.pending is not None and self._conns.get(c.fd) is c:
             c.entry = None  # (popped)
-            self._answer(c, c.pending.expire())
+            c.pending.expire()  # its answer comes through ``_reply``
 
     def _answer(self, c: _Conn, response: HttpResponse) -> None:
         self._settle(c)
