@@ -58,6 +58,7 @@ from bridges.rest.http11 import (
     ProtocolError,
     error_response,
 )
+from bridges.rest.send import send_response
 from gateway.deadlines import DeadlineHeap, Entry
 
 log = logging.getLogger("inferoxy.http")
@@ -330,17 +331,10 @@ class Reactor:
         """Send ``response``; True when it went out whole and the next request may be read."""
         c.last = trio.current_time()
         try:
-            head, keep = c.conn.response(response)
-            parts: list[bytes | memoryview] = [head]
-            if c.conn.sends_body():
-                parts += (response.body, *response.tail)
-            rest = send_now(c.sock, parts)
+            rest, keep = send_response(c.sock, c.conn, response)
         except OSError:
             self._close(c)
             return False
-        finally:
-            if response.release is not None:
-                response.release()
         if rest:
             c.out, c.out_keep = rest, keep
             c.send_deadline = c.last + self._send_timeout_s
@@ -410,18 +404,3 @@ class Reactor:
             pending.cancel()
         c.sock.close()
         self._closed()
-
-
-def send_now(sock: Socket, parts: list[bytes | memoryview]) -> bytes:
-    """Send as much of ``parts`` as the socket takes without waiting; the rest, copied."""
-    parts = [p for p in parts if p]
-    while parts:
-        try:
-            sent = sock.sendmsg(parts)
-        except BlockingIOError:
-            break
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts.pop(0))
-        if parts and sent:
-            parts[0] = memoryview(parts[0])[sent:]
-    return b"".join(parts)

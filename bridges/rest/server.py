@@ -46,7 +46,8 @@ from bridges.rest.http11 import (
     State,
     error_response,
 )
-from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor, send_now
+from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor
+from bridges.rest.send import send_all, send_response
 
 log = logging.getLogger("inferoxy.http")
 
@@ -87,17 +88,6 @@ async def _recv_into(sock: Socket, dest: memoryview) -> int:
             return sock.recv_into(dest)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
-
-
-async def _send_all(sock: Socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        view = view[sent:]
 
 
 class RequestBody:
@@ -154,7 +144,7 @@ class RequestBody:
 
     async def _continue(self) -> None:
         if self._conn.continue_needed():
-            await _send_all(self._sock, CONTINUE)
+            await send_all(self._sock, CONTINUE)
 
     async def _fill(self) -> None:
         await self._continue()
@@ -364,18 +354,10 @@ class HttpServer:
         given back, and the copy is sent within ``send_timeout_s``. Small answers to a
         reading client never wait, so they need no timer.
         """
-        try:
-            head, keep = conn.response(response)
-            if conn.sends_body():
-                rest = send_now(sock, [head, response.body, *response.tail])
-            else:
-                rest = send_now(sock, [head])
-        finally:
-            if response.release is not None:
-                response.release()
+        rest, keep = send_response(sock, conn, response)
         if rest:
             with trio.move_on_after(self._config.send_timeout_s) as scope:
-                await _send_all(sock, rest)
+                await send_all(sock, rest)
             if scope.cancelled_caught:
                 return False
         return keep
