@@ -47,8 +47,8 @@ class Recorder:
     def target(self, request: HttpRequest) -> Any:
         return request.path if request.path == FAST else None
 
-    def check(self, request: HttpRequest, target: Any) -> HttpResponse | None:
-        return None
+    def check(self, request: HttpRequest, target: Any) -> Any:
+        return target
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Started:

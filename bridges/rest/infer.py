@@ -129,8 +129,22 @@ def _int_header(request: HttpRequest, name: bytes) -> int | None:
     return int(raw)
 
 
-def _check_head(gateway: Gateway, request: HttpRequest) -> int | None:
-    """What the head alone can refuse; the JSON header's length (None: the body is JSON)."""
+class Head:
+    """What the head alone let through: the model, and the JSON header's length (None: the
+    body is JSON). Checked once per request, before any body byte is waited for."""
+
+    __slots__ = ("header_len", "server")
+
+    def __init__(self, server: ModelServer, header_len: int | None) -> None:
+        self.server = server
+        self.header_len = header_len
+
+
+def check_head(gateway: Gateway, request: HttpRequest, model: str, version: str | None
+               ) -> Head:
+    """The model (it exists and accepts requests) and what the head alone can refuse."""
+    server = gateway.model(model, version)
+    gateway.ensure_accepting(server)
     limit = gateway.settings.max_body_bytes
     if request.header(b"content-encoding") not in (None, b"identity"):
         raise InvalidArgument("compressed request bodies are not supported")
@@ -148,7 +162,7 @@ def _check_head(gateway: Gateway, request: HttpRequest) -> int | None:
                 f"Inference-Header-Content-Length {header_len} is larger than the body "
                 f"({length} bytes)"
             )
-    return header_len
+    return Head(server, header_len)
 
 
 def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
@@ -182,6 +196,20 @@ def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
             f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
         )
     return parsed
+
+
+def _admit(gateway: Gateway, request: HttpRequest, head: Head, raw_header: bytes | memoryview
+           ) -> tuple[codec.ParsedRequest, Admission, list[tuple[memoryview, codec.InputTensor]]]:
+    """The JSON header parsed and checked, and a home for every tensor (``_place_inputs``):
+    what follows the head on both paths. The admission is the caller's once returned."""
+    server = head.server
+    parsed = _parse_header(gateway, server, request, raw_header, head.header_len)
+    admission = gateway.admission(server)
+    try:
+        return parsed, admission, _place_inputs(server, parsed, admission)
+    except BaseException:
+        admission.release()
+        raise
 
 
 def _place_inputs(server: ModelServer, parsed: codec.ParsedRequest, admission: Admission
@@ -247,9 +275,8 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
                        model: str, version: str | None) -> HttpResponse:
     admission: Admission | None = None
     try:
-        server = gateway.model(model, version)
-        gateway.ensure_accepting(server)
-        header_len = _check_head(gateway, request)
+        head = check_head(gateway, request, model, version)
+        server, header_len = head.server, head.header_len
         body = BodyReader(request_body, gateway.settings.max_body_bytes,
                           gateway.settings.request_timeout_s)
         if header_len is None:
@@ -258,10 +285,8 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
             raw_header = await body.read_exactly(
                 header_len, "the JSON header (Inference-Header-Content-Length)"
             )
-        parsed = _parse_header(gateway, server, request, raw_header, header_len)
-
-        admission = gateway.admission(server)
-        for memory, tensor in _place_inputs(server, parsed, admission):
+        parsed, admission, binary = _admit(gateway, request, head, raw_header)
+        for memory, tensor in binary:
             await body.read_into(memory, f"input {tensor.name!r}")
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
@@ -303,29 +328,28 @@ class FastInfer:
     def target(self, request: HttpRequest) -> tuple[str, str | None] | None:
         return infer_target(request)
 
-    def check(self, request: HttpRequest, target: tuple[str, str | None]) -> HttpResponse | None:
-        gateway = self._gateway
+    def check(self, request: HttpRequest, target: tuple[str, str | None]
+              ) -> HttpResponse | Head:
+        """Before a body is gathered: the refusal, or the checked head ``start`` then takes
+        (so the checks run once)."""
         try:
-            gateway.ensure_accepting(gateway.model(*target))
-            _check_head(gateway, request)
+            return check_head(self._gateway, request, *target)
         except InferoxyError as exc:
-            return _refused(gateway, exc)
-        return None
+            return _refused(self._gateway, exc)
 
-    def start(self, request: HttpRequest, target: tuple[str, str | None], body: memoryview,
-              reply: Callable[[HttpResponse], None]) -> HttpResponse | PendingInfer:
+    def start(self, request: HttpRequest, target: tuple[str, str | None] | Head,
+              body: memoryview, reply: Callable[[HttpResponse], None]
+              ) -> HttpResponse | PendingInfer:
         gateway = self._gateway
         admission: Admission | None = None
         try:
-            server = gateway.model(*target)
-            gateway.ensure_accepting(server)
-            header_len = _check_head(gateway, request)
+            head = target if isinstance(target, Head) else check_head(gateway, request, *target)
+            header_len = head.header_len
             raw_header = body if header_len is None else body[:header_len]
-            parsed = _parse_header(gateway, server, request, raw_header, header_len)
+            parsed, admission, binary = _admit(gateway, request, head, raw_header)
             # The lengths add up (``_parse_header``): binary inputs follow the header in order.
-            admission = gateway.admission(server)
             at = len(body) if header_len is None else header_len
-            for memory, tensor in _place_inputs(server, parsed, admission):
+            for memory, tensor in binary:
                 memory[:] = body[at:at + tensor.nbytes]
                 at += tensor.nbytes
             submitted = admission.submit(
@@ -339,7 +363,7 @@ class FastInfer:
             if admission is not None:
                 admission.release()
             raise
-        return PendingInfer(gateway, server, parsed, submitted, reply)
+        return PendingInfer(gateway, head.server, parsed, submitted, reply)
 
 
 class PendingInfer(InFlight):

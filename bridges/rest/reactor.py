@@ -97,8 +97,10 @@ class FastPath(Protocol):
     def target(self, request: HttpRequest) -> Any:
         """Non-None when this path serves ``request`` (what ``start`` is then given)."""
 
-    def check(self, request: HttpRequest, target: Any) -> HttpResponse | None:
-        """What the head alone can refuse (the answer), before a body is waited for."""
+    def check(self, request: HttpRequest, target: Any) -> Any:
+        """Before a body is gathered: the answer that refuses the request (an
+        ``HttpResponse``), or what ``start`` is then given instead of ``target`` -- what
+        was checked here is not checked again."""
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Pending:
@@ -258,11 +260,11 @@ class Reactor:
                     if (target is not None and request.content_length is not None
                             and request.content_length <= GATHER_BYTES
                             and request.header(b"expect") is None):
-                        refused = self._fast.check(request, target)
-                        if refused is None:
-                            c.gathering = (request, target, trio.current_time())
+                        checked = self._fast.check(request, target)
+                        if not isinstance(checked, HttpResponse):
+                            c.gathering = (request, checked, trio.current_time())
                             return
-                        if not self._send(c, refused):  # (closes: the body was not read)
+                        if not self._send(c, checked):  # (closes: the body was not read)
                             return
                         continue
                     self._handoff(c, request)
