@@ -21,11 +21,19 @@ from bridges.rest.reactor import Reactor
 FAST = "/fast"
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What ``check`` let through: ``start`` gets it instead of the target."""
+
+    target: Any
+
+
 @dataclass
 class Started:
     body: bytes
     reply: Callable[[HttpResponse], None]
     deadline: float
+    target: Any = None
     cancelled: bool = False
     expired: bool = False
 
@@ -43,16 +51,18 @@ class Recorder:
 
     timeout_s: float = 30.0
     started: list[Started] = field(default_factory=list)
+    checks: int = 0
 
     def target(self, request: HttpRequest) -> Any:
         return request.path if request.path == FAST else None
 
     def check(self, request: HttpRequest, target: Any) -> Any:
-        return target
+        self.checks += 1
+        return Checked(target)
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Started:
-        s = Started(bytes(body), reply, trio.current_time() + self.timeout_s)
+        s = Started(bytes(body), reply, trio.current_time() + self.timeout_s, target)
         self.started.append(s)
         return s
 
@@ -218,6 +228,8 @@ def test_a_body_that_comes_in_pieces_is_gathered_first() -> None:
         client.sendall(whole[-600:])
         await until(lambda: len(b.fast.started) == 1)
         assert b.fast.started[0].body == b"x" * 1000
+        # the head was checked once, before the body came, and start took what check gave
+        assert b.fast.checks == 1 and b.fast.started[0].target == Checked(FAST)
 
     run(test)
 
