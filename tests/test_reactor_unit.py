@@ -130,6 +130,8 @@ def run(test: Callable[[Bench], Awaitable[None]], fast: Recorder | None = None,
         finally:
             for s in bench.clients:
                 s.close()
+            for s, _ in bench.handed:  # handed to the general path, which the test plays
+                s.close()
 
     trio.run(main)
 
