@@ -74,11 +74,12 @@ class Bench:
         self.closed = 0
         self.reactor = Reactor(fast, keepalive_timeout_s=keepalive_s, send_timeout_s=5.0,
                                handoff=lambda s, c, first: self.handed.append((s, first)),
-                               close_after=lambda s: s.close(), closed=self.count_closed)
+                               close_after=lambda s: s.close(), close=self.close)
         self.clients: list[socket.socket] = []
 
-    def count_closed(self) -> None:
+    def close(self, sock: socket.socket) -> None:
         self.closed += 1
+        sock.close()
 
     def connect(self) -> socket.socket:
         ours, theirs = socket.socketpair()

@@ -132,22 +132,24 @@ class _Conn:
 class Reactor:
     """The connections of one ``HttpServer`` while they wait or run a fast request.
 
+    The server owns every connection's end: the reactor never closes a socket itself.
     ``handoff(sock, conn, first)`` gives a connection to the general path (``first``: the
     request whose head was parsed, or the protocol error to answer); ``close_after(sock)``
-    shuts a connection down after an answer that closes it (lingering, as the general path
-    does); ``closed()`` reports a connection closed here.
+    ends a connection after an answer that closes it (lingering, as the general path does);
+    ``close(sock)`` ends one at once (idle, reset, or its client gone).
     """
 
     def __init__(self, fast: FastPath, *, keepalive_timeout_s: float, send_timeout_s: float,
                  handoff: Callable[[Socket, Connection, HttpRequest | ProtocolError | None],
                                    None],
-                 close_after: Callable[[Socket], None], closed: Callable[[], None]) -> None:
+                 close_after: Callable[[Socket], None], close: Callable[[Socket], None]
+                 ) -> None:
         self._fast = fast
         self._keepalive_s = keepalive_timeout_s
         self._send_timeout_s = send_timeout_s
         self._handoff_to = handoff
         self._close_after = close_after
-        self._closed = closed
+        self._close_now = close
         self._ep = select.epoll()
         self._conns: dict[int, _Conn] = {}
         self._deadlines: DeadlineHeap[_Conn] = DeadlineHeap()
@@ -404,5 +406,4 @@ class Reactor:
             pending = c.pending
             self._settle(c)
             pending.cancel()
-        c.sock.close()
-        self._closed()
+        self._close_now(c.sock)

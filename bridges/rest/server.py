@@ -185,7 +185,7 @@ class HttpServer:
                     self._reactor = Reactor(
                         self._fast, keepalive_timeout_s=self._config.keepalive_timeout_s,
                         send_timeout_s=self._config.send_timeout_s, handoff=self._take_over,
-                        close_after=self._close_after, closed=self._one_closed)
+                        close_after=self._close_after, close=self._end)
                     connections.start_soon(self._reactor.run)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
@@ -246,11 +246,12 @@ class HttpServer:
         try:
             await _linger(sock)
         finally:
-            self._one_closed()
-            _close([sock])
+            self._end(sock)
 
-    def _one_closed(self) -> None:
+    def _end(self, sock: Socket) -> None:
+        """Every accepted connection ends here, whichever path held it last."""
         self._open -= 1
+        _close([sock])
 
     # -- the general path: a task per connection -------------------------------------------------
 
@@ -300,8 +301,7 @@ class HttpServer:
         finally:
             self._connections.discard(conn)
             if not kept:
-                self._open -= 1
-                _close([sock])
+                self._end(sock)
 
     async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
         """The next request's head; None when the connection is to close quietly."""
