@@ -21,17 +21,25 @@ from bridges.rest.reactor import Reactor
 FAST = "/fast"
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What ``check`` let through: ``start`` gets it instead of the target."""
+
+    target: Any
+
+
 @dataclass
 class Started:
     body: bytes
     reply: Callable[[HttpResponse], None]
     deadline: float
+    target: Any = None
     cancelled: bool = False
     expired: bool = False
 
-    def expire(self) -> HttpResponse:
+    def expire(self) -> None:
         self.expired = True
-        return HttpResponse(504, body=b"too late")
+        self.reply(HttpResponse(504, body=b"too late"))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -43,16 +51,18 @@ class Recorder:
 
     timeout_s: float = 30.0
     started: list[Started] = field(default_factory=list)
+    checks: int = 0
 
     def target(self, request: HttpRequest) -> Any:
         return request.path if request.path == FAST else None
 
-    def check(self, request: HttpRequest, target: Any) -> HttpResponse | None:
-        return None
+    def check(self, request: HttpRequest, target: Any) -> Any:
+        self.checks += 1
+        return Checked(target)
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Started:
-        s = Started(bytes(body), reply, trio.current_time() + self.timeout_s)
+        s = Started(bytes(body), reply, trio.current_time() + self.timeout_s, target)
         self.started.append(s)
         return s
 
@@ -64,11 +74,12 @@ class Bench:
         self.closed = 0
         self.reactor = Reactor(fast, keepalive_timeout_s=keepalive_s, send_timeout_s=5.0,
                                handoff=lambda s, c, first: self.handed.append((s, first)),
-                               close_after=lambda s: s.close(), closed=self.count_closed)
+                               close_after=lambda s: s.close(), close=self.close)
         self.clients: list[socket.socket] = []
 
-    def count_closed(self) -> None:
+    def close(self, sock: socket.socket) -> None:
         self.closed += 1
+        sock.close()
 
     def connect(self) -> socket.socket:
         ours, theirs = socket.socketpair()
@@ -119,6 +130,8 @@ def run(test: Callable[[Bench], Awaitable[None]], fast: Recorder | None = None,
                 nursery.cancel_scope.cancel()
         finally:
             for s in bench.clients:
+                s.close()
+            for s, _ in bench.handed:  # handed to the general path, which the test plays
                 s.close()
 
     trio.run(main)
@@ -218,6 +231,8 @@ def test_a_body_that_comes_in_pieces_is_gathered_first() -> None:
         client.sendall(whole[-600:])
         await until(lambda: len(b.fast.started) == 1)
         assert b.fast.started[0].body == b"x" * 1000
+        # the head was checked once, before the body came, and start took what check gave
+        assert b.fast.checks == 1 and b.fast.started[0].target == Checked(FAST)
 
     run(test)
 

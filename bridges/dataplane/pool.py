@@ -24,15 +24,12 @@ finish open responses (the copies still run), exit.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -43,6 +40,7 @@ from gateway import bridge_wire as bw
 from gateway import intake
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
+from gateway.inflight import InFlight, InFlightDeadlines
 from gateway.intake import BridgeBook
 from gateway.link import read_forever
 from gateway.model_server import ModelServer
@@ -62,15 +60,20 @@ QUIET_WAIT_S = 30.0  # a dead bridge's segments wait this long at most for worke
 HELLO_TIMEOUT_S = 60.0
 
 
-@dataclass(eq=False, slots=True)
-class _Remote:
-    """A bridge's request in the core, until it is answered."""
+class _Remote(InFlight):
+    """A bridge's request in the core, until it is answered (``gateway.inflight``)."""
 
-    book: BridgeBook
-    msg_id: int
-    server: ModelServer | None
-    request: InferRequest | None
-    answered: bool = False
+    __slots__ = ("book", "msg_id", "pool")
+
+    def __init__(self, pool: DataPlanePool, book: BridgeBook, msg_id: int,
+                 server: ModelServer, request: InferRequest) -> None:
+        super().__init__(server, request)
+        self.pool = pool
+        self.book = book
+        self.msg_id = msg_id
+
+    def deliver(self, result: RequestResult | None, error: InferoxyError | None) -> None:
+        self.pool._answer(self.book, self.msg_id, self.request, result, error)
 
 
 class DataPlanePool:
@@ -98,9 +101,7 @@ class DataPlanePool:
         self._nursery: trio.Nursery
         self._outbox: dict[BridgeBook, tuple[list[dict[str, Any]], bytearray]] = {}
         self._flush_wake = trio.Event()
-        self._deadlines: list[tuple[float, int, _Remote]] = []  # a heap
-        self._deadline_wake = trio.Event()
-        self._live = 0  # requests with a deadline in the heap, not yet answered
+        self._deadlines = InFlightDeadlines()
 
     # -- running --------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class DataPlanePool:
                 nursery.start_soon(self._read_intake, intake_sock)
                 nursery.start_soon(self._push_tables)
                 nursery.start_soon(self._flush_answers)
-                nursery.start_soon(self._expire_due)
+                nursery.start_soon(self._deadlines.run)
                 for index in range(self.count):
                     nursery.start_soon(self._supervise, index)
                 with trio.fail_after(HELLO_TIMEOUT_S):
@@ -361,7 +362,7 @@ class DataPlanePool:
     # -- infer requests: admitted synchronously, answered by callback, batched per bridge ---
 
     def _admit(self, book: BridgeBook, item: dict[str, Any]) -> None:
-        """Submit one request of an INFER message; its answer comes by ``_finished``."""
+        """Submit one request of an INFER message; its answer comes by ``_Remote.deliver``."""
         msg_id = item.get("id")
         entry = book.open(msg_id) if isinstance(msg_id, int) else None
         if entry is None:
@@ -387,56 +388,20 @@ class DataPlanePool:
                 raise InvalidArgument("malformed request in a bridge message") from None
         except InferoxyError as exc:
             book.inputs_freed(msg_id)  # never queued: no worker saw them
-            self._answer(_Remote(book, msg_id, None, None), None, exc)
+            self._answer(book, msg_id, None, None, exc)
             return
-        remote = _Remote(book, msg_id, server, request)
+        remote = _Remote(self, book, msg_id, server, request)
         request.on_inputs_freed = partial(self._inputs_freed, book, msg_id)
-        request.on_done = partial(self._finished, remote)
-        entry.cancel = partial(self._cancel, remote)
-        deadlines = self._deadlines
-        if not deadlines or request.deadline < deadlines[0][0]:
-            self._deadline_wake.set()
-        heapq.heappush(deadlines, (request.deadline, request.serial, remote))
-        if len(deadlines) > 1024 and len(deadlines) > 4 * self._live:
-            self._deadlines = [d for d in deadlines if not d[2].answered]
-            heapq.heapify(self._deadlines)
-        self._live += 1
+        # The client went away (or its bridge died): abandoned; the bridge still gets its
+        # one answer (it only frees slots by it).
+        entry.cancel = remote.cancel
+        self._deadlines.add(remote)
 
-    def _finished(self, remote: _Remote, request: InferRequest) -> None:
-        if not remote.answered:
-            self._answer(remote, request.result, request.error)
-
-    def _cancel(self, remote: _Remote) -> None:
-        """The client went away (or its bridge died): abandon; the bridge still gets its
-        one answer (it only frees slots by it)."""
-        assert remote.server is not None and remote.request is not None
-        if not remote.answered and not remote.request.done.is_set():
-            remote.server.cancel(remote.request)
-            self._answer(remote, None, Unavailable("the request was cancelled"))
-
-    async def _expire_due(self) -> None:
-        """The deadlines of the requests in flight, for all bridges: one task, one heap."""
-        while True:
-            now = trio.current_time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                remote = heapq.heappop(self._deadlines)[2]
-                if not remote.answered and remote.request is not None and remote.server:
-                    if not remote.request.done.is_set():
-                        self._answer(remote, None, remote.server.expire(remote.request))
-            wake_at = self._deadlines[0][0] if self._deadlines else math.inf
-            with trio.move_on_at(wake_at):
-                await self._deadline_wake.wait()
-            self._deadline_wake = trio.Event()
-
-    def _answer(self, remote: _Remote, result: RequestResult | None,
-                error: InferoxyError | None) -> None:
+    def _answer(self, book: BridgeBook, msg_id: int, request: InferRequest | None,
+                result: RequestResult | None, error: InferoxyError | None) -> None:
         """Queue the one answer to a request; ``_flush_answers`` sends them, batched."""
-        remote.answered = True
-        if remote.request is not None:
-            self._live -= 1
-        book, request = remote.book, remote.request
         freed = request is None or request.on_inputs_freed is None
-        body: dict[str, Any] = {"id": remote.msg_id, "freed": freed}
+        body: dict[str, Any] = {"id": msg_id, "freed": freed}
         outbox = self._outbox.get(book)
         if outbox is None:
             outbox = self._outbox[book] = ([], bytearray())
@@ -457,7 +422,7 @@ class DataPlanePool:
             assert error is not None
             body["status"] = error.http_status
             body["error"] = intake.error_to_wire(error)
-        book.answered(remote.msg_id, held)
+        book.answered(msg_id, held)
         outbox[0].append(body)
 
     async def _flush_answers(self) -> None:

@@ -10,13 +10,9 @@ answers through a callback (``Portal.call``), so a request costs no Trio task.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
-import trio
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
@@ -28,11 +24,11 @@ from bridges.grpc.codec import OutputRequest, WireRequest
 from bridges.grpc.portal import INTERNAL, InternalError, Reply
 from gateway.admission import CUDA_SHM_REFUSED, Admission, output_datatypes, region_error
 from gateway.core import Gateway
-from gateway.deadlines import DeadlineHeap, Entry
-from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable, Unsupported
+from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unsupported
+from gateway.inflight import InFlight, InFlightDeadlines
 from gateway.metadata import model_config, model_metadata
 from gateway.model_server import ModelServer
-from gateway.request import InferRequest
+from gateway.request import InferRequest, RequestResult
 from shm.regions import Region, RegionError
 
 M = TypeVar("M", bound=Message)
@@ -60,7 +56,7 @@ def unimplemented(what: str) -> Status:
 class Service:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._deadlines = _Deadlines()
+        self._deadlines = InFlightDeadlines()
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -223,7 +219,7 @@ class Service:
         except BaseException:
             self.gateway.bridge_answers.answered("grpc", 500)
             raise
-        return partial(self._cancel, call)
+        return call.cancel  # the client went away: abandon; no answer reaches anyone
 
     def _submit(self, reply: Reply, wire: WireRequest, stream: bool) -> _InferCall:
         gateway = self.gateway
@@ -263,69 +259,19 @@ class Service:
             )
         finally:
             admission.release()  # no-op once submitted
-        call = _InferCall(server, request, reply, parsed.outputs, stream,
+        call = _InferCall(self.gateway, server, request, reply, parsed.outputs, stream,
                           parsed.parameters.get(codec.EMPTY_FINAL) is True)
-        request.on_done = partial(self._done, call)  # nothing is answered during submit
-        self._deadlines.add(call)
+        self._deadlines.add(call)  # nothing is answered during submit
         return call
-
-    def _done(self, call: _InferCall, request: InferRequest) -> None:
-        """The model server answered (Trio thread, from its result or error path)."""
-        if call.answered:
-            return
-        if request.error is not None:
-            self._answer(call, request.error, None)
-            return
-        result = request.result
-        assert result is not None
-        try:
-            config = call.server.config
-            if config.decoupled:
-                self._answer(call, None, codec.encode_decoupled(
-                    config.name, config.version, request.request_id, call.outputs,
-                    result.outputs, output_datatypes(config), empty_final=call.empty_final,
-                    batched=config.batched))
-                return
-            response = codec.encode_response(
-                config.name, config.version, request.request_id, call.outputs,
-                result.outputs, output_datatypes(config), result.in_regions,
-                stream=call.stream, batched=config.batched,
-            )
-        except Exception:
-            log.exception("encoding a gRPC infer response failed")
-            self._answer(call, InternalError(INTERNAL), None)
-            return
-        finally:
-            result.release()
-        self._answer(call, None, response)
-
-    def _answer(self, call: _InferCall, error: InferoxyError | None,
-                response: bytes | list[bytes] | None) -> None:
-        call.answered = True
-        call.request.on_done = None  # the request and its call refer to each other: let go
-        self._deadlines.answered(call)
-        self.gateway.bridge_answers.answered(
-            "grpc", error.http_status if error is not None else 200)
-        call.reply(error, response)
-
-    def _cancel(self, call: _InferCall) -> None:
-        """The client went away (or the bridge stops): abandon; no answer reaches anyone."""
-        if not call.answered and not call.request.done.is_set():
-            call.server.cancel(call.request)
-            self._answer(call, Unavailable("the request was cancelled"), None)
-
-    def _expire(self, call: _InferCall) -> None:
-        if not call.answered and not call.request.done.is_set():
-            self._answer(call, call.server.expire(call.request), None)
 
     async def run_deadlines(self) -> None:
         """The deadlines of every infer request in flight: one task, one heap."""
-        await self._deadlines.run(self._expire)
+        await self._deadlines.run()
 
     def cancel_all(self) -> None:
         """The bridge stops: abandon every request still waiting (Trio thread)."""
         for call in self._deadlines.pending():
-            self._cancel(call)
+            call.cancel()
 
 
 def _check_decoupled(parsed: codec.ParsedRequest, stream: bool) -> None:
@@ -337,48 +283,49 @@ def _check_decoupled(parsed: codec.ParsedRequest, stream: bool) -> None:
                               "response carries its own")
 
 
-@dataclass(eq=False, slots=True)
-class _InferCall:
-    """One infer request in the core, until answered."""
+class _InferCall(InFlight):
+    """One infer request in the core, until answered (``gateway.inflight``): its answer is
+    encoded here and goes to ``reply``, counted once by the HTTP status its code stands for."""
 
-    server: ModelServer
-    request: InferRequest
-    reply: Reply
-    outputs: tuple[OutputRequest, ...]
-    stream: bool
-    empty_final: bool = False  # decoupled: an empty last response flags the end
-    answered: bool = False
-    entry: Entry | None = None  # its entry in the deadline heap
+    __slots__ = ("empty_final", "gateway", "model", "outputs", "reply", "stream")
 
+    def __init__(self, gateway: Gateway, server: ModelServer, request: InferRequest,
+                 reply: Reply, outputs: tuple[OutputRequest, ...], stream: bool,
+                 empty_final: bool = False) -> None:
+        super().__init__(server, request)
+        self.gateway = gateway
+        self.model = server
+        self.reply = reply
+        self.outputs = outputs
+        self.stream = stream
+        self.empty_final = empty_final  # decoupled: an empty last response flags the end
 
-class _Deadlines:
-    """The infer calls in flight by deadline (``gateway.deadlines``), and the task that
-    expires them."""
+    def deliver(self, result: RequestResult | None, error: InferoxyError | None) -> None:
+        response: bytes | list[bytes] | None = None
+        if result is not None:
+            try:
+                response = self._encode(result)
+            except Exception:
+                log.exception("encoding a gRPC infer response failed")
+                error = InternalError(INTERNAL)
+            finally:
+                result.release()
+        else:
+            assert error is not None
+        self.gateway.bridge_answers.answered(
+            "grpc", error.http_status if error is not None else 200)
+        self.reply(error, response)
 
-    def __init__(self) -> None:
-        self._heap: DeadlineHeap[_InferCall] = DeadlineHeap()
-        self._wake = trio.Event()
-
-    def add(self, call: _InferCall) -> None:
-        deadline = call.request.deadline
-        first = self._heap.next_deadline()
-        if first is None or deadline < first:
-            self._wake.set()
-        call.entry = self._heap.push(deadline, call)
-
-    def answered(self, call: _InferCall) -> None:
-        if call.entry is not None:
-            self._heap.discard(call.entry)
-            call.entry = None
-
-    def pending(self) -> list[_InferCall]:
-        return self._heap.items()
-
-    async def run(self, expire: Callable[[_InferCall], None]) -> None:
-        while True:
-            for call in self._heap.due(trio.current_time()):
-                expire(call)
-            first = self._heap.next_deadline()
-            with trio.move_on_at(first if first is not None else math.inf):
-                await self._wake.wait()
-            self._wake = trio.Event()
+    def _encode(self, result: RequestResult) -> bytes | list[bytes]:
+        config = self.model.config
+        request = self.request
+        if config.decoupled:
+            return codec.encode_decoupled(
+                config.name, config.version, request.request_id, self.outputs,
+                result.outputs, output_datatypes(config), empty_final=self.empty_final,
+                batched=config.batched)
+        return codec.encode_response(
+            config.name, config.version, request.request_id, self.outputs,
+            result.outputs, output_datatypes(config), result.in_regions,
+            stream=self.stream, batched=config.batched,
+        )

@@ -32,6 +32,7 @@ from bridges.rest.server import RequestBody
 from gateway.admission import Admission, output_datatypes
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, PayloadTooLarge
+from gateway.inflight import InFlight
 from gateway.model_server import ModelServer
 from gateway.request import InferRequest, RequestResult
 
@@ -128,8 +129,22 @@ def _int_header(request: HttpRequest, name: bytes) -> int | None:
     return int(raw)
 
 
-def _check_head(gateway: Gateway, request: HttpRequest) -> int | None:
-    """What the head alone can refuse; the JSON header's length (None: the body is JSON)."""
+class Head:
+    """What the head alone let through: the model, and the JSON header's length (None: the
+    body is JSON). Checked once per request, before any body byte is waited for."""
+
+    __slots__ = ("header_len", "server")
+
+    def __init__(self, server: ModelServer, header_len: int | None) -> None:
+        self.server = server
+        self.header_len = header_len
+
+
+def check_head(gateway: Gateway, request: HttpRequest, model: str, version: str | None
+               ) -> Head:
+    """The model (it exists and accepts requests) and what the head alone can refuse."""
+    server = gateway.model(model, version)
+    gateway.ensure_accepting(server)
     limit = gateway.settings.max_body_bytes
     if request.header(b"content-encoding") not in (None, b"identity"):
         raise InvalidArgument("compressed request bodies are not supported")
@@ -147,7 +162,7 @@ def _check_head(gateway: Gateway, request: HttpRequest) -> int | None:
                 f"Inference-Header-Content-Length {header_len} is larger than the body "
                 f"({length} bytes)"
             )
-    return header_len
+    return Head(server, header_len)
 
 
 def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
@@ -181,6 +196,20 @@ def _parse_header(gateway: Gateway, server: ModelServer, request: HttpRequest,
             f"({parsed.binary_bytes}) need {header_len + parsed.binary_bytes}"
         )
     return parsed
+
+
+def _admit(gateway: Gateway, request: HttpRequest, head: Head, raw_header: bytes | memoryview
+           ) -> tuple[codec.ParsedRequest, Admission, list[tuple[memoryview, codec.InputTensor]]]:
+    """The JSON header parsed and checked, and a home for every tensor (``_place_inputs``):
+    what follows the head on both paths. The admission is the caller's once returned."""
+    server = head.server
+    parsed = _parse_header(gateway, server, request, raw_header, head.header_len)
+    admission = gateway.admission(server)
+    try:
+        return parsed, admission, _place_inputs(server, parsed, admission)
+    except BaseException:
+        admission.release()
+        raise
 
 
 def _place_inputs(server: ModelServer, parsed: codec.ParsedRequest, admission: Admission
@@ -246,9 +275,8 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
                        model: str, version: str | None) -> HttpResponse:
     admission: Admission | None = None
     try:
-        server = gateway.model(model, version)
-        gateway.ensure_accepting(server)
-        header_len = _check_head(gateway, request)
+        head = check_head(gateway, request, model, version)
+        server, header_len = head.server, head.header_len
         body = BodyReader(request_body, gateway.settings.max_body_bytes,
                           gateway.settings.request_timeout_s)
         if header_len is None:
@@ -257,10 +285,8 @@ async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: Req
             raw_header = await body.read_exactly(
                 header_len, "the JSON header (Inference-Header-Content-Length)"
             )
-        parsed = _parse_header(gateway, server, request, raw_header, header_len)
-
-        admission = gateway.admission(server)
-        for memory, tensor in _place_inputs(server, parsed, admission):
+        parsed, admission, binary = _admit(gateway, request, head, raw_header)
+        for memory, tensor in binary:
             await body.read_into(memory, f"input {tensor.name!r}")
         if header_len is not None and not await body.at_end():
             raise InvalidArgument(
@@ -302,29 +328,28 @@ class FastInfer:
     def target(self, request: HttpRequest) -> tuple[str, str | None] | None:
         return infer_target(request)
 
-    def check(self, request: HttpRequest, target: tuple[str, str | None]) -> HttpResponse | None:
-        gateway = self._gateway
+    def check(self, request: HttpRequest, target: tuple[str, str | None]
+              ) -> HttpResponse | Head:
+        """Before a body is gathered: the refusal, or the checked head ``start`` then takes
+        (so the checks run once)."""
         try:
-            gateway.ensure_accepting(gateway.model(*target))
-            _check_head(gateway, request)
+            return check_head(self._gateway, request, *target)
         except InferoxyError as exc:
-            return _refused(gateway, exc)
-        return None
+            return _refused(self._gateway, exc)
 
-    def start(self, request: HttpRequest, target: tuple[str, str | None], body: memoryview,
-              reply: Callable[[HttpResponse], None]) -> HttpResponse | PendingInfer:
+    def start(self, request: HttpRequest, target: tuple[str, str | None] | Head,
+              body: memoryview, reply: Callable[[HttpResponse], None]
+              ) -> HttpResponse | PendingInfer:
         gateway = self._gateway
         admission: Admission | None = None
         try:
-            server = gateway.model(*target)
-            gateway.ensure_accepting(server)
-            header_len = _check_head(gateway, request)
+            head = target if isinstance(target, Head) else check_head(gateway, request, *target)
+            header_len = head.header_len
             raw_header = body if header_len is None else body[:header_len]
-            parsed = _parse_header(gateway, server, request, raw_header, header_len)
+            parsed, admission, binary = _admit(gateway, request, head, raw_header)
             # The lengths add up (``_parse_header``): binary inputs follow the header in order.
-            admission = gateway.admission(server)
             at = len(body) if header_len is None else header_len
-            for memory, tensor in _place_inputs(server, parsed, admission):
+            for memory, tensor in binary:
                 memory[:] = body[at:at + tensor.nbytes]
                 at += tensor.nbytes
             submitted = admission.submit(
@@ -338,50 +363,38 @@ class FastInfer:
             if admission is not None:
                 admission.release()
             raise
-        pending = PendingInfer(gateway, server, parsed, submitted, reply)
-        submitted.on_done = pending.done
-        return pending
+        return PendingInfer(gateway, head.server, parsed, submitted, reply)
 
 
-class PendingInfer:
-    """A submitted request whose answer goes to ``reply`` once (result, error or timeout)."""
+class PendingInfer(InFlight):
+    """A submitted request whose answer goes to ``reply`` once (result, error or timeout);
+    the bookkeeping is ``gateway.inflight.InFlight``'s. A cancelled one is not answered:
+    its connection is gone."""
 
-    __slots__ = ("_gateway", "_parsed", "_reply", "_request", "_server", "deadline")
+    __slots__ = ("_gateway", "_model", "_parsed", "_reply", "deadline")
+
+    ANSWERS_CANCEL = False
 
     def __init__(self, gateway: Gateway, server: ModelServer, parsed: codec.ParsedRequest,
                  request: InferRequest, reply: Callable[[HttpResponse], None]) -> None:
+        super().__init__(server, request)
         self._gateway = gateway
-        self._server = server
+        self._model = server  # (``server``, typed as the model server the answer needs)
         self._parsed = parsed
-        self._request = request
         self._reply = reply
         self.deadline = request.deadline
 
-    def done(self, req: InferRequest) -> None:
-        """``on_done``: runs inside the model server's answer handling, so it never raises."""
-        # Break the cycle request -> on_done -> self -> request: freed by reference counts,
-        # not left to the cyclic collector (whose passes showed in profiles).
-        req.on_done = None
-        result, req.result = req.result, None
+    def deliver(self, result: RequestResult | None, error: InferoxyError | None) -> None:
+        gateway = self._gateway
         try:
-            if req.error is not None:
-                response = _refused(self._gateway, req.error)
+            if error is not None:
+                response = _refused(gateway, error)
             else:
                 assert result is not None
-                response = _answer(self._gateway, self._server, self._parsed, result)
+                response = _answer(gateway, self._model, self._parsed, result)
         except InferoxyError as exc:
-            response = _refused(self._gateway, exc)
+            response = _refused(gateway, exc)
         except Exception:
-            log.exception("cannot encode the answer to request %r", req.request_id)
+            log.exception("cannot encode the answer to request %r", self.request.request_id)
             response = error_response(500, "internal error")
         self._reply(response)
-
-    def expire(self) -> HttpResponse:
-        """The deadline passed first: the request is abandoned; the 504 to send."""
-        self._request.on_done = None
-        return _refused(self._gateway, self._server.expire(self._request))
-
-    def cancel(self) -> None:
-        """The client went away: abandon the request; nothing is answered."""
-        self._request.on_done = None
-        self._server.cancel(self._request)

@@ -58,6 +58,7 @@ from bridges.rest.http11 import (
     ProtocolError,
     error_response,
 )
+from bridges.rest.send import send_response
 from gateway.deadlines import DeadlineHeap, Entry
 
 log = logging.getLogger("inferoxy.http")
@@ -84,8 +85,9 @@ class Pending(Protocol):
 
     deadline: float  # trio.current_time() by which it must be answered
 
-    def expire(self) -> HttpResponse:
-        """The deadline passed: give the request up; the answer to send instead."""
+    def expire(self) -> None:
+        """The deadline passed: give the request up; ``reply`` is called with the answer
+        (``gateway.inflight.InFlight`` does this bookkeeping for the infer route)."""
 
     def cancel(self) -> None:
         """The client went away: give the request up; nothing is sent."""
@@ -95,8 +97,10 @@ class FastPath(Protocol):
     def target(self, request: HttpRequest) -> Any:
         """Non-None when this path serves ``request`` (what ``start`` is then given)."""
 
-    def check(self, request: HttpRequest, target: Any) -> HttpResponse | None:
-        """What the head alone can refuse (the answer), before a body is waited for."""
+    def check(self, request: HttpRequest, target: Any) -> Any:
+        """Before a body is gathered: the answer that refuses the request (an
+        ``HttpResponse``), or what ``start`` is then given instead of ``target`` -- what
+        was checked here is not checked again."""
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Pending:
@@ -128,22 +132,24 @@ class _Conn:
 class Reactor:
     """The connections of one ``HttpServer`` while they wait or run a fast request.
 
+    The server owns every connection's end: the reactor never closes a socket itself.
     ``handoff(sock, conn, first)`` gives a connection to the general path (``first``: the
     request whose head was parsed, or the protocol error to answer); ``close_after(sock)``
-    shuts a connection down after an answer that closes it (lingering, as the general path
-    does); ``closed()`` reports a connection closed here.
+    ends a connection after an answer that closes it (lingering, as the general path does);
+    ``close(sock)`` ends one at once (idle, reset, or its client gone).
     """
 
     def __init__(self, fast: FastPath, *, keepalive_timeout_s: float, send_timeout_s: float,
                  handoff: Callable[[Socket, Connection, HttpRequest | ProtocolError | None],
                                    None],
-                 close_after: Callable[[Socket], None], closed: Callable[[], None]) -> None:
+                 close_after: Callable[[Socket], None], close: Callable[[Socket], None]
+                 ) -> None:
         self._fast = fast
         self._keepalive_s = keepalive_timeout_s
         self._send_timeout_s = send_timeout_s
         self._handoff_to = handoff
         self._close_after = close_after
-        self._closed = closed
+        self._close_now = close
         self._ep = select.epoll()
         self._conns: dict[int, _Conn] = {}
         self._deadlines: DeadlineHeap[_Conn] = DeadlineHeap()
@@ -256,11 +262,11 @@ class Reactor:
                     if (target is not None and request.content_length is not None
                             and request.content_length <= GATHER_BYTES
                             and request.header(b"expect") is None):
-                        refused = self._fast.check(request, target)
-                        if refused is None:
-                            c.gathering = (request, target, trio.current_time())
+                        checked = self._fast.check(request, target)
+                        if not isinstance(checked, HttpResponse):
+                            c.gathering = (request, checked, trio.current_time())
                             return
-                        if not self._send(c, refused):  # (closes: the body was not read)
+                        if not self._send(c, checked):  # (closes: the body was not read)
                             return
                         continue
                     self._handoff(c, request)
@@ -290,7 +296,7 @@ class Reactor:
         """``c``'s request reached its deadline unanswered."""
         if c.pending is not None and self._conns.get(c.fd) is c:
             c.entry = None  # (popped)
-            self._answer(c, c.pending.expire())
+            c.pending.expire()  # its answer comes through ``_reply``
 
     def _answer(self, c: _Conn, response: HttpResponse) -> None:
         self._settle(c)
@@ -329,17 +335,10 @@ class Reactor:
         """Send ``response``; True when it went out whole and the next request may be read."""
         c.last = trio.current_time()
         try:
-            head, keep = c.conn.response(response)
-            parts: list[bytes | memoryview] = [head]
-            if c.conn.sends_body():
-                parts += (response.body, *response.tail)
-            rest = send_now(c.sock, parts)
+            rest, keep = send_response(c.sock, c.conn, response)
         except OSError:
             self._close(c)
             return False
-        finally:
-            if response.release is not None:
-                response.release()
         if rest:
             c.out, c.out_keep = rest, keep
             c.send_deadline = c.last + self._send_timeout_s
@@ -407,20 +406,4 @@ class Reactor:
             pending = c.pending
             self._settle(c)
             pending.cancel()
-        c.sock.close()
-        self._closed()
-
-
-def send_now(sock: Socket, parts: list[bytes | memoryview]) -> bytes:
-    """Send as much of ``parts`` as the socket takes without waiting; the rest, copied."""
-    parts = [p for p in parts if p]
-    while parts:
-        try:
-            sent = sock.sendmsg(parts)
-        except BlockingIOError:
-            break
-        while parts and sent >= len(parts[0]):
-            sent -= len(parts.pop(0))
-        if parts and sent:
-            parts[0] = memoryview(parts[0])[sent:]
-    return b"".join(parts)
+        self._close_now(c.sock)

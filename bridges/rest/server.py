@@ -46,7 +46,8 @@ from bridges.rest.http11 import (
     State,
     error_response,
 )
-from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor, send_now
+from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor
+from bridges.rest.send import send_all, send_response
 
 log = logging.getLogger("inferoxy.http")
 
@@ -87,17 +88,6 @@ async def _recv_into(sock: Socket, dest: memoryview) -> int:
             return sock.recv_into(dest)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(sock)
-
-
-async def _send_all(sock: Socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        view = view[sent:]
 
 
 class RequestBody:
@@ -154,7 +144,7 @@ class RequestBody:
 
     async def _continue(self) -> None:
         if self._conn.continue_needed():
-            await _send_all(self._sock, CONTINUE)
+            await send_all(self._sock, CONTINUE)
 
     async def _fill(self) -> None:
         await self._continue()
@@ -195,7 +185,7 @@ class HttpServer:
                     self._reactor = Reactor(
                         self._fast, keepalive_timeout_s=self._config.keepalive_timeout_s,
                         send_timeout_s=self._config.send_timeout_s, handoff=self._take_over,
-                        close_after=self._close_after, closed=self._one_closed)
+                        close_after=self._close_after, close=self._end)
                     connections.start_soon(self._reactor.run)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
@@ -256,11 +246,12 @@ class HttpServer:
         try:
             await _linger(sock)
         finally:
-            self._one_closed()
-            _close([sock])
+            self._end(sock)
 
-    def _one_closed(self) -> None:
+    def _end(self, sock: Socket) -> None:
+        """Every accepted connection ends here, whichever path held it last."""
         self._open -= 1
+        _close([sock])
 
     # -- the general path: a task per connection -------------------------------------------------
 
@@ -310,8 +301,7 @@ class HttpServer:
         finally:
             self._connections.discard(conn)
             if not kept:
-                self._open -= 1
-                _close([sock])
+                self._end(sock)
 
     async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
         """The next request's head; None when the connection is to close quietly."""
@@ -364,18 +354,10 @@ class HttpServer:
         given back, and the copy is sent within ``send_timeout_s``. Small answers to a
         reading client never wait, so they need no timer.
         """
-        try:
-            head, keep = conn.response(response)
-            if conn.sends_body():
-                rest = send_now(sock, [head, response.body, *response.tail])
-            else:
-                rest = send_now(sock, [head])
-        finally:
-            if response.release is not None:
-                response.release()
+        rest, keep = send_response(sock, conn, response)
         if rest:
             with trio.move_on_after(self._config.send_timeout_s) as scope:
-                await _send_all(sock, rest)
+                await send_all(sock, rest)
             if scope.cancelled_caught:
                 return False
         return keep
