@@ -114,13 +114,13 @@ def test_a_cancelled_request_is_answered_unavailable_or_not_at_all() -> None:
         await settle()
         answered = Recorded(b, b.request(1.0))
         quiet = Quiet(b, b.request(2.0))
-        assert len(b.server.queue) == 2
+        assert b.server.scheduling.queued == 2
         answered.cancel()
         quiet.cancel()
         assert len(answered.answers) == 1 and answered.answers[0][0] is None
         assert isinstance(answered.answers[0][1], Unavailable)
         assert quiet.answers == []
-        assert len(b.server.queue) == 0  # never dispatched: taken out, slots freed
+        assert b.server.scheduling.queued == 0  # never dispatched: taken out, slots freed
         assert b.inputs.slots_in_use == 1  # the first request's only
         answered.cancel()
         answered.expire()
