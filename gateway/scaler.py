@@ -1,10 +1,10 @@
 """The Trio adapter of autoscaling: one task per scaling model, in that model's nursery.
 
 Every ``TICK_S`` it measures the model's load, asks ``supervisor.autoscale.Autoscaler`` what to
-do, and does it through the gateway: a new copy starts the way the model's first copies did
-(``Gateway.add_copy``); a copy that goes is taken out of dispatch first, finishes what it
-runs, then stops for good (``Gateway.retire_copy``). Decisions are logged with their reason;
-"scale limit reached" is also an alert.
+do, and does it through the fleet (``gateway.fleet``): a new copy starts the way the model's
+first copies did (``Fleet.add_copy``); a copy that goes is taken out of dispatch first,
+finishes what it runs, then stops for good (``Fleet.retire_copy``). Decisions are logged
+with their reason; "scale limit reached" is also an alert.
 
 What it measures:
 
@@ -37,10 +37,12 @@ TICK_S = 0.2
 
 
 class Fleet(Protocol):
-    """What the scaler needs of the gateway."""
+    """What the scaler needs of the copies it scales (``gateway.fleet.Fleet``)."""
 
-    draining: bool
     alerts: Alerts
+
+    @property
+    def draining(self) -> bool: ...
 
     def add_copy(self, server: ModelServer) -> Copy | None: ...
 

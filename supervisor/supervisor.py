@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -40,7 +40,12 @@ class CopyChannel(Protocol):
     def close_copy(self, copy_id: int) -> None: ...
 
 
-class Supervisor:
+ObserverT = TypeVar("ObserverT", bound=CopyObserver)
+
+
+class Supervisor(Generic[ObserverT]):
+    """Generic over the observer type: ``observer`` gives each copy's back as it was given."""
+
     def __init__(
         self,
         runtime: Runtime,
@@ -65,7 +70,7 @@ class Supervisor:
         self.on_crash_loop = on_crash_loop or (lambda copy, entered: None)
         self.copies: dict[int, Copy] = {}
         self._crash_loops: dict[int, CrashLoop] = {}
-        self._observers: dict[int, CopyObserver] = {}
+        self._observers: dict[int, ObserverT] = {}  # the one map of copies to their servers
         self._processes: dict[int, RunningCopy] = {}
         self._stopping = False
         self._stopping_ids: set[int] = set()
@@ -112,6 +117,10 @@ class Supervisor:
             copy.last_seen = trio.current_time()
         return copy
 
+    def observer(self, copy_id: int) -> ObserverT | None:
+        """The observer (the gateway's server) of a copy whose task runs; None otherwise."""
+        return self._observers.get(copy_id)
+
     def on_fatal(self, copy_id: int, message: str) -> None:
         copy = self.copies.get(copy_id)
         if copy is not None:
@@ -120,7 +129,7 @@ class Supervisor:
 
     # -- copy tasks ----------------------------------------------------------------------------
 
-    async def run_copy(self, copy: Copy, spec: CopySpec, observer: CopyObserver) -> None:
+    async def run_copy(self, copy: Copy, spec: CopySpec, observer: ObserverT) -> None:
         self.copies[copy.id] = copy
         self._observers[copy.id] = observer
         backoff = Backoff()
