@@ -50,8 +50,7 @@ class WorkerInbox:
         elif kind == wire.UNHEALTHY:
             supervisor.on_unhealthy(copy_id, _message(body))
         elif kind == wire.FATAL:
-            if supervisor.observer(copy_id) is not None:
-                supervisor.on_fatal(copy_id, _message(body))
+            supervisor.on_fatal(copy_id, _message(body))
         elif kind in (wire.RESULT, wire.ERROR):
             server = supervisor.observer(copy_id)
             if server is None:
