@@ -7,9 +7,10 @@ health/metadata/statistics readers. The bridge -> core boundary is a message of 
 
 Models and versions: the gateway serves ``declarations`` (``gateway.declaration``), one
 ``ModelServer`` per (model, version). ``apply`` reconciles them with a new registry snapshot
-while requests flow, and the repository API (``load_model``, ``unload_model``,
-``repository_index``) loads and unloads them here. The parts:
+while requests flow. The gateway runs the parts below in one Trio nursery and passes each
+what it needs; each holds its own maps:
 
+* ``gateway.repository``: the declarations, and the repository API (load, unload, index);
 * ``gateway.routing``: which server each (model, version) goes to; default versions;
 * ``gateway.rollover``: starting, replacing and dropping versions as declarations change;
 * ``gateway.fleet``: each server's copies: placement, autoscaling, retiring, stopping;
@@ -35,26 +36,20 @@ from gateway.admission import Admission, Limits
 from gateway.attach import AttachDesk
 from gateway.config import ModelConfig
 from gateway.declaration import ModelDeclaration, as_declarations
-from gateway.errors import (
-    NotFound,
-    Unavailable,
-    load_failed,
-    model_not_loaded,
-    unknown_model,
-)
+from gateway.errors import Unavailable, model_not_loaded, unknown_model
 from gateway.fleet import Fleet
 from gateway.inbox import WorkerInbox
 from gateway.intake import BridgeReports
 from gateway.link import WorkerLink
 from gateway.loadboard import LoadBoard, board_name
 from gateway.model_server import ModelServer
+from gateway.repository import Repository
 from gateway.rollover import Rollover
 from gateway.routing import RoutingTable
 from gateway.runtimes import runtime_for
 from gateway.scheduling import SequenceQueues
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters
-from gateway.triton_config import load_override
 from shm.regions import RegionRegistry
 from shm.segment import SegmentCache, pid_alive, sweep_stale, unlink_matching
 from shm.slab import SlabAllocator
@@ -79,13 +74,15 @@ class Gateway:
                  models: Mapping[str, ModelConfig | ModelDeclaration],
                  runtime: Runtime | None = None) -> None:
         self.settings = settings
-        self.declarations = as_declarations(models)  # the registry as last applied
         self.runtime = runtime or runtime_for(settings)
         self.pid = os.getpid()
         self.shm_prefix = f"{settings.shm_prefix}-{self.pid}"
         self.routing: RoutingTable[ModelServer] = RoutingTable(on_change=self.changed)
         self.rollover = Rollover(self.routing, self._start_server, self._stop_soon,
                                  self.runtime.progress)
+        self.repository = Repository(
+            as_declarations(models), self.rollover, stop=self._stop, stop_soon=self._stop_soon,
+            draining=lambda: self.draining, startup_timeout_s=settings.startup_timeout_s)
         self.change_listeners: list[Callable[[], None]] = []  # see changed()
         self.region_publishers: list[Callable[[], Awaitable[None]]] = []
         self.stats_fresheners: list[Callable[[], Awaitable[None]]] = []
@@ -94,9 +91,6 @@ class Gateway:
         self.unready = False  # SIGTERM's grace (--drain-grace-s): not ready, still serving
         self._was_ready = False  # see ready
         self.gpus: list[int] = []
-        self._unloaded: dict[str, str] = {}  # name -> why it is not loaded
-        # name -> its declaration with a repository load's config override (this gateway only)
-        self._overrides: dict[str, ModelDeclaration] = {}
         self.limits = Limits.of(settings)  # what one request may ask for (every bridge)
         self.bridge_answers = BridgeCounters()  # infer answers per bridge and status class
         self.bridge_reports = BridgeReports()  # what data-plane processes (--workers) report
@@ -284,6 +278,9 @@ class Gateway:
     def _stop_soon(self, server: ModelServer, why: str, quiet_s: float = 0.0) -> None:
         self.fleet.stop_soon(server, why, quiet_s)
 
+    async def _stop(self, server: ModelServer, why: str) -> None:
+        await self.fleet.stop_server(server, why)
+
     def _running_servers(self) -> set[ModelServer]:
         """Every server with copies: routed, replacements starting, and draining ones."""
         return self.fleet.running()
@@ -301,137 +298,28 @@ class Gateway:
             return  # a new declaration that fails to load: the old one serves (gateway.rollover)
         availability.alert_crash_loop(self.alerts, server, copy, entered)
 
-    # -- the repository API ----------------------------------------------------------------
+    # -- the repository API (gateway.repository) --------------------------------------------
 
     def repository_index(self) -> list[dict[str, Any]]:
         """Every version of every model the registry knows, with its state (v2 index)."""
-        index = []
-        for name, declaration in self.declarations.items():
-            versions = list(declaration.versions)
-            versions += self.routing.leaving_versions(name)
-            for version in versions:
-                state, reason = self._version_state(name, version)
-                index.append({"name": name, "version": version, "state": state,
-                              "reason": reason})
-        return index
-
-    def _version_state(self, name: str, version: str) -> tuple[str, str]:
-        key = (name, version)
-        server = self.routing.servers.get(key)
-        if server is None:
-            return "UNAVAILABLE", self._unloaded.get(name, "unloaded")
-        replacement = self.routing.replacing.get(key)
-        leaving = key in self.routing.leaving
-        if server.ready:
-            if replacement is not None:
-                return "READY", "serving while its new declaration loads" + (
-                    f" ({self._loading_reason(replacement)})"
-                    if self._loading_reason(replacement) else "")
-            if leaving:
-                return "READY", ("removed from the model's declaration: serving until another "
-                                 "version is ready")
-            return "READY", ""
-        if availability.unavailable_reason(server):
-            return "UNAVAILABLE", availability.unavailable_reason(server)
-        return "LOADING", self._loading_reason(server)
-
-    def _loading_reason(self, server: ModelServer) -> str:
-        return self.rollover.loading_reason(server)
+        return self.repository.index()
 
     async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
-        """Start a model's versions and wait (bounded) until one is ready; no-op if loaded.
-
-        ``parameters.config`` (Triton's model config JSON, ``gateway.triton_config``) overrides
-        the declaration on this gateway until the next load without one or an unload; an
-        invalid override is refused before anything changes, and one that fails to load is
-        taken back (the model serves on as before).
-        """
-        declaration = self.declarations.get(name)
-        if declaration is None:
-            raise NotFound(load_failed(name, "failed to poll from model repository: no such "
-                                             "model is declared"))
-        if self.draining:
-            raise Unavailable("the server is shutting down")
-        override = load_override(declaration, parameters)
-        previous = self._overrides.pop(name, None)
-        if override is not None:
-            self._overrides[name] = override
-        target = override or declaration
-        self._unloaded.pop(name, None)
-        self.rollover.reconcile(target)
-        log.info("loading model %s%s", name, " with a config override" if override else "")
-        reason = await self._wait_loaded(target)
-        if reason is not None:
-            if override is not None:  # take it back: what served before serves on
-                self._overrides.pop(name, None)
-                if previous is not None:
-                    self._overrides[name] = previous
-                self.rollover.reconcile(previous or declaration)
-            raise Unavailable(load_failed(name, reason))
-
-    async def _wait_loaded(self, target: ModelDeclaration) -> str | None:
-        """Wait until requests go to ``target``'s configuration and a version is ready (None),
-        or its copies all failed or the startup timeout passed (why)."""
-        name = target.name
-        keys = [(name, v) for v in target.versions]
-        routed = self.routing.servers
-
-        def switched() -> bool:
-            return all((s := routed.get(k)) is not None and s.config == target.versions[k[1]]
-                       for k in keys) and any(routed[k].ready for k in keys)
-
-        def starting() -> list[ModelServer]:
-            return [s for k in keys
-                    if (s := self.routing.replacing.get(k) or routed.get(k)) is not None
-                    and s.config == target.versions[k[1]]]
-
-        with trio.move_on_after(self.settings.startup_timeout_s):
-            while not switched():
-                servers = starting()
-                if not servers or all(availability.failed(s) for s in servers):
-                    break
-                await trio.sleep(0.02)
-        if switched():
-            return None
-        return next((c.last_error or c.crash_loop for s in starting() for c in s.copies
-                     if c.last_error or c.crash_loop), "timed out")
+        """Start a model's versions and wait (bounded) until one is ready; no-op if loaded."""
+        await self.repository.load(name, parameters)
 
     async def unload_model(self, name: str) -> None:
         """Stop taking requests for a model, let its pending ones finish, stop its copies."""
-        if name not in self.declarations:
-            raise unknown_model(name)
-        self._unloaded[name] = "unloaded"
-        self._overrides.pop(name, None)  # a later load reads the declaration again
-        servers = self.routing.drop_model(name)
-        if servers:
-            log.info("unloading model %s: %d request(s) pending", name,
-                     sum(s.pending for s in servers))
-        async with trio.open_nursery() as nursery:
-            for server in servers:
-                nursery.start_soon(self.fleet.stop_server, server, "was unloaded")
-
-    # -- live changes: reconciling with the registry (gateway.rollover) -------------------
+        await self.repository.unload(name)
 
     def apply(self, models: Mapping[str, ModelDeclaration]) -> None:
-        """Serve ``models`` from now on (a registry snapshot); changes roll without a restart.
+        """Serve ``models`` from now on (a registry snapshot); changes roll without a restart."""
+        self.repository.apply(models, serving=self.live and not self.draining)
 
-        Idempotent: applying the same snapshot twice changes nothing. A model unloaded here
-        through the repository API stays unloaded until it is loaded again.
-        """
-        old, self.declarations = self.declarations, dict(models)
-        if not self.live or self.draining:
-            return
-        for name in old.keys() - self.declarations.keys():
-            self._unloaded.pop(name, None)
-            self._overrides.pop(name, None)
-            servers = self.routing.drop_model(name)
-            if servers:
-                log.info("model %s was removed from the registry: draining and stopping it", name)
-            for server in servers:
-                self._stop_soon(server, "was removed")
-        for declaration in self.declarations.values():
-            if declaration.name not in self._unloaded:
-                self.rollover.reconcile(self._overrides.get(declaration.name, declaration))
+    @property
+    def declarations(self) -> dict[str, ModelDeclaration]:
+        """The registry as last applied (read-only; ``gateway.repository``)."""
+        return self.repository.declarations
 
     # -- drain and close -------------------------------------------------------------------
 
