@@ -385,9 +385,13 @@ def test_a_long_image_pull_does_not_count_against_the_startup_timeout() -> None:
             with trio.fail_after(30):
                 while not observer.lost_at:
                     await trio.sleep(0.05)
+            # The supervisor is the one map of copies to their observers (the gateway's
+            # servers): it answers while the copy's task runs, and forgets it after.
+            assert supervisor.observer(copy.id) is observer
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    assert supervisor.observer(copy.id) is None and copy.id not in supervisor.copies
     lived = observer.lost_at[0] - runtime.started_at[0]
     assert lived >= 1.5, f"killed {lived:.2f}s after its start, before the startup timeout"
     assert copy.last_error.startswith("did not start within")
