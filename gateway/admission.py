@@ -38,11 +38,12 @@ from gateway.errors import (
     Unsupported,
 )
 from gateway.model_server import ModelServer
-from gateway.request import InferRequest, OutputTarget, RequestResult, SequenceRef
+from gateway.request import InferRequest, RequestResult
 from shm import bytes_tensor
 from shm.bytes_tensor import BytesLimits, BytesTensorError
 from shm.datatypes import BYTES, V2_TO_NUMPY, V2_TO_NUMPY_NAME
 from shm.descriptor import BYTES_DTYPE, Descriptor
+from shm.messages import OutputTarget, SequenceRef
 from shm.regions import RegionError, RegionNotFound, RegionRegistry, RegionsDisabled
 from shm.segment import Segment
 from shm.slab import ShmExhausted, SlabAllocator, Slot

@@ -1,25 +1,33 @@
-"""The gateway's inbox: each message a worker sends (``shm.wire``) goes to its one reader.
+"""The gateway's inbox: each message a worker sends (``shm.messages``) goes to its one reader.
 
 ATTACH goes to the attach desk (``gateway.attach``); HELLO, HEARTBEAT, UNHEALTHY and FATAL to
 the supervisor (the copy's lifecycle); RESULT and ERROR to the server the copy serves, which
 the supervisor knows (``Supervisor.observer``). A message from a copy the supervisor does not
-run (stopped, or never started) is dropped.
+run (stopped, or never started) is dropped. Messages arrive decoded and checked
+(``WorkerLink.run_inbox``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from gateway.attach import AttachDesk
 from gateway.link import WorkerLink
 from gateway.model_server import ModelServer
 from shm import wire
+from shm.messages import (
+    Attach,
+    Error,
+    Fatal,
+    FromWorker,
+    Heartbeat,
+    Hello,
+    Result,
+    Unhealthy,
+)
 from supervisor.supervisor import Supervisor
 
 log = logging.getLogger("inferoxy.gateway")
-
-MAX_MESSAGE_CHARS = 2000  # of a worker's error message kept
 
 
 class WorkerInbox:
@@ -30,49 +38,40 @@ class WorkerInbox:
         self.run_dir = run_dir
         self.attach_desk = attach_desk
 
-    def on_message(self, kind: bytes, body: dict[str, Any]) -> None:
-        if kind == wire.ATTACH:
+    def on_message(self, message: FromWorker) -> None:
+        if isinstance(message, Attach):
             if self.attach_desk is not None:
-                self.attach_desk.on_attach(body)
+                self.attach_desk.on_attach(message.body)
             return
-        copy_id = body.get("copy")
-        if not isinstance(copy_id, int):
+        if isinstance(message, Hello):
+            self._on_hello(message)
             return
         supervisor = self.supervisor
-        if kind == wire.HELLO:
-            self._on_hello(copy_id, body)
-            return
-        copy = supervisor.on_message(copy_id)
+        copy = supervisor.on_message(message.copy)
         if copy is None:
             return
-        if kind == wire.HEARTBEAT:
-            supervisor.on_heartbeat(copy_id, body.get("busy_s"))
-        elif kind == wire.UNHEALTHY:
-            supervisor.on_unhealthy(copy_id, _message(body))
-        elif kind == wire.FATAL:
-            supervisor.on_fatal(copy_id, _message(body))
-        elif kind in (wire.RESULT, wire.ERROR):
-            server = supervisor.observer(copy_id)
+        if isinstance(message, Result | Error):
+            server = supervisor.observer(message.copy)
             if server is None:
                 return
-            if kind == wire.RESULT:
-                server.on_result(copy, body)
+            if isinstance(message, Result):
+                server.on_result(copy, message)
             else:
-                server.on_error(copy, body)
+                server.on_error(copy, message)
+        elif isinstance(message, Heartbeat):
+            supervisor.on_heartbeat(message.copy, message.busy_s)
+        elif isinstance(message, Unhealthy):
+            supervisor.on_unhealthy(message.copy, message.message)
+        elif isinstance(message, Fatal):
+            supervisor.on_fatal(message.copy, message.message)
 
-    def _on_hello(self, copy_id: int, body: dict[str, Any]) -> None:
-        inbox = body.get("inbox")
-        copy = self.supervisor.copies.get(copy_id)
-        if copy is None or not wire.in_run_dir(self.run_dir, inbox):
+    def _on_hello(self, hello: Hello) -> None:
+        copy = self.supervisor.copies.get(hello.copy)
+        if copy is None or not wire.in_run_dir(self.run_dir, hello.inbox):
             log.warning("copy %s said HELLO without a batch socket in the run directory",
-                        copy_id)
+                        hello.copy)
             return
-        assert isinstance(inbox, str)
-        if copy.inbox != inbox:
-            self.link.connect_copy(copy_id, inbox)
-            copy.inbox = inbox
-        self.supervisor.on_hello(copy_id, body.get("pid"))
-
-
-def _message(body: dict[str, Any]) -> str:
-    return str(body.get("message", ""))[:MAX_MESSAGE_CHARS]
+        if copy.inbox != hello.inbox:
+            self.link.connect_copy(hello.copy, hello.inbox)
+            copy.inbox = hello.inbox
+        self.supervisor.on_hello(hello.copy, hello.pid)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import trio
 import zmq
 
-from shm import wire
+from shm import messages, wire
+from shm.messages import FromWorker, Reply, ToWorker
 
 log = logging.getLogger("inferoxy.link")
 
-Handler = Callable[[bytes, dict[str, Any]], None]
+Handler = Callable[[FromWorker], None]
 
 
 async def read_forever(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None]) -> None:
@@ -49,17 +49,17 @@ async def read_forever(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], 
 class WorkerLink:
     """A producer's sockets to copies: one PUSH per copy, connected to the batch socket the
     copy's process bound (its address comes with HELLO, or in the copy table), and one PULL
-    for answers — the control process's inbox, or a data-plane process's own (``reply``:
-    ``[address, pid]``, named in every BATCH so the worker answers there)."""
+    for answers — the control process's inbox, or a data-plane process's own (``reply``,
+    which its model servers name in every BATCH so the worker answers there)."""
 
-    def __init__(self, run_dir: str, reply: list[Any] | None = None) -> None:
+    def __init__(self, run_dir: str, reply: Reply | None = None) -> None:
         self.run_dir = run_dir
         self.ctx = zmq.Context()
-        self._reply = reply
+        self.reply = reply
         self._inbox = self.ctx.socket(zmq.PULL)
         self._inbox.setsockopt(zmq.LINGER, 0)
         self._inbox.setsockopt(zmq.RCVHWM, 100_000)
-        self._inbox.bind(reply[0] if reply else wire.inbox_address(run_dir))
+        self._inbox.bind(reply.address if reply else wire.inbox_address(run_dir))
         self._outs: dict[int, zmq.Socket[bytes]] = {}
 
     def open_copy(self, copy_id: int) -> None:
@@ -81,29 +81,28 @@ class WorkerLink:
         if sock is not None:
             sock.close(linger=0)
 
-    def send(self, copy_id: int, kind: bytes, body: dict[str, Any]) -> bool:
+    def send(self, copy_id: int, message: ToWorker) -> bool:
         """Queue a message to a copy; False when it cannot take it now."""
         sock = self._outs.get(copy_id)
         if sock is None:
             return False
-        if self._reply is not None and kind == wire.BATCH:
-            body["reply"] = self._reply
         try:
-            sock.send_multipart(wire.encode(kind, body), zmq.NOBLOCK)
+            sock.send_multipart(messages.encode(message), zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True
 
     async def run_inbox(self, handle: Handler) -> None:
-        """The inbox's one reader. ``handle`` is synchronous: it must not block."""
+        """The inbox's one reader: each message decoded (checked) here, once. ``handle`` is
+        synchronous: it must not block."""
 
         def on_frames(frames: list[bytes]) -> None:
             try:
-                kind, body = wire.decode(frames)
+                message = messages.decode_from_worker(frames)
             except wire.WireError as exc:
                 log.warning("dropped a malformed worker message: %s", exc)
                 return
-            handle(kind, body)
+            handle(message)
 
         await read_forever(self._inbox, on_frames)
 

@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import trio
@@ -36,10 +35,20 @@ from gateway.request import BatchOutputs, InferRequest, RequestResult
 from gateway.scheduling import Scheduling, SequenceQueues, SingleQueue
 from gateway.sequences import Released, Sequence, SequenceState, SequenceTable
 from gateway.stats import ModelStats
-from shm import wire
 from shm.bytes_tensor import BytesLimits, decode
 from shm.datatypes import BYTES, numpy_dtype
 from shm.descriptor import BYTES_DTYPE, Descriptor
+from shm.messages import (
+    NOT_PLACED,
+    Batch,
+    BatchItem,
+    Error,
+    Release,
+    Reply,
+    Result,
+    SequenceEnd,
+    ToWorker,
+)
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
@@ -80,35 +89,28 @@ class InflightBatch:
     sent_ns: int
 
 
-def _item(r: InferRequest) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "rid": r.request_id, "rows": r.rows,
-        "inputs": {n: d.to_wire() for n, d in r.inputs.items()},
-    }
-    if r.region_inputs:
-        item["regions"] = list(r.region_inputs)
-    if r.output_targets:
-        item["outputs"] = {n: t.to_wire() for n, t in r.output_targets.items()}
-    if r.sequence is not None:
-        item["sequence"] = [r.sequence.id, r.sequence.start, r.sequence.end]
-    return item
+def _item(r: InferRequest) -> BatchItem:
+    return BatchItem(r.request_id, r.rows, r.inputs, r.region_inputs, r.output_targets,
+                     r.sequence)
 
 
 class ModelServer:
     def __init__(
         self,
         config: ModelConfig,
-        send: Callable[[int, bytes, dict[str, Any]], bool],
+        send: Callable[[int, ToWorker], bool],
         slab: SlabAllocator,
         cache: SegmentCache,
         max_inflight_per_copy: int = MAX_INFLIGHT_PER_COPY,
         board: LoadBoard | None = None,
+        reply: Reply | None = None,
     ) -> None:
         self.config = config
         self.max_inflight_per_copy = max_inflight_per_copy
         self.board = board  # every producer's outstanding batches per copy (gateway.loadboard)
         self.versions: tuple[str, ...] = (config.version,)  # of its model, set by the gateway
         self._send = send
+        self._reply = reply  # where copies answer this producer (None: the gateway's inbox)
         self._slab = slab
         self._cache = cache
         self.copies: list[Copy] = []
@@ -174,8 +176,7 @@ class ModelServer:
 
     def end_sequences(self, released: list[Released]) -> None:
         for r in released:
-            self._send(r.copy, wire.SEQUENCE_END, {"sequence_id": r.sequence.id,
-                                                   "reason": r.reason})
+            self._send(r.copy, SequenceEnd(r.sequence.id, r.reason))
             log.info("sequence %r of model %s released from copy %d (%s)",
                      r.sequence.id, self.config.name, r.copy, r.reason)
 
@@ -333,17 +334,13 @@ class ModelServer:
     def _dispatch(self, copy: Copy, batch: list[InferRequest]) -> None:
         batch_id = next(_batch_ids)
         now_ns = time.perf_counter_ns()
-        body: dict[str, Any] = {
-            "id": batch_id,
-            "items": [_item(r) for r in batch],
-            "parameters": batch[0].parameters,
-        }
-        if self.config.stateless:  # the copy may run it with other producers' batches
-            body["max_rows"] = self.config.max_rows
         releases, copy.releases = copy.releases, []
-        if releases:
-            body["release"] = releases
-        if not self._send(copy.id, wire.BATCH, body):
+        message = Batch(
+            batch_id, [_item(r) for r in batch], batch[0].parameters,
+            # stateless: the copy may run it with other producers' batches
+            self.config.max_rows if self.config.stateless else None,
+            self._reply, releases)
+        if not self._send(copy.id, message):
             copy.releases[:0] = releases  # still to be said
             # Not connected yet (HELLO can overtake the worker's connect) or not reading:
             # keep the batch at the head and try this copy again shortly. A worker that
@@ -363,53 +360,52 @@ class ModelServer:
 
     # -- answers from workers ----------------------------------------------------------------
 
-    def on_result(self, copy: Copy, body: dict[str, Any]) -> None:
-        flight = self.inflight.pop(body.get("id", -1), None)
-        raw_outputs = body.get("outputs") or {}
+    def on_result(self, copy: Copy, result: Result) -> None:
+        flight = self.inflight.pop(result.id, None)
         if flight is None or flight.copy is not copy:
             # A late answer for a batch already retried elsewhere: let the worker reuse its slots.
-            self._release_outputs(copy, raw_outputs)
+            self._release_outputs(copy, result)
             return
         self._copy_answered(copy)
         requests = flight.requests
         rows = sum(r.rows for r in requests)
         try:
-            arrays, shapes = self._output_views(raw_outputs, rows)
+            arrays, shapes = self._output_views(result.outputs, rows)
         except ModelError as exc:
-            self._release_outputs(copy, raw_outputs)
+            self._release_outputs(copy, result)
             self._fail_batch(requests, exc)
             self._batch_done(requests)
             return
         for r in requests:
             self._free_inputs(r)
-        self.stats.record_batch(len(requests), rows, body.get("timing") or {})
-        item_errors = body.get("item_errors") or {}
-        live = [r for i, r in enumerate(requests) if not r.abandoned and str(i) not in item_errors]
-        outputs = BatchOutputs(arrays, len(live), lambda: self._release_outputs(copy, raw_outputs))
+        self.stats.record_batch(len(requests), rows, result.timing)
+        item_errors = result.item_errors
+        live = [r for i, r in enumerate(requests) if not r.abandoned and i not in item_errors]
+        outputs = BatchOutputs(arrays, len(live), lambda: self._release_outputs(copy, result))
         if not live:
             outputs.arrays = {}
-            self._release_outputs(copy, raw_outputs)
+            self._release_outputs(copy, result)
         row = 0
         for i, r in enumerate(requests):
             rows_of = slice(row, row + r.rows)
             row += r.rows
             if r.abandoned:
                 continue
-            if str(i) in item_errors:
-                self._finish(r, error=InvalidArgument(str(item_errors[str(i)])[:2000]))
+            if i in item_errors:
+                self._finish(r, error=InvalidArgument(item_errors[i]))
                 continue
             mine = {n: a[rows_of] for n, a in arrays.items() if n not in r.output_targets}
             in_regions = {n: (r.rows, *shapes[n][1:]) for n in r.output_targets}
             self._finish(r, result=RequestResult(mine, outputs, in_regions))
         self._batch_done(requests)
 
-    def on_error(self, copy: Copy, body: dict[str, Any]) -> None:
-        flight = self.inflight.pop(body.get("id", -1), None)
+    def on_error(self, copy: Copy, error: Error) -> None:
+        flight = self.inflight.pop(error.id, None)
         if flight is None or flight.copy is not copy:
             return
         self._copy_answered(copy)
-        message = str(body.get("message", "model failed"))[:2000]
-        self._fail_batch(flight.requests, ModelError(f"model {self.config.name!r}: {message}"))
+        self._fail_batch(flight.requests,
+                         ModelError(f"model {self.config.name!r}: {error.message}"))
         self._batch_done(flight.requests)
 
     def _batch_done(self, requests: list[InferRequest]) -> None:
@@ -427,7 +423,7 @@ class ModelServer:
                 self._finish(r, error=error)
 
     def _output_views(
-        self, raw: dict[str, Any], rows: int
+        self, raw: dict[str, Descriptor], rows: int
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
         """Views of the outputs the worker placed in its slab, and every output's shape.
 
@@ -442,9 +438,8 @@ class ModelServer:
             if spec.name not in raw:
                 raise ModelError(f"model {self.config.name!r} did not return output {spec.name!r}")
             try:
-                entry = raw[spec.name]
-                placed = entry[0] is not None
-                desc = Descriptor.from_wire(entry if placed else ["-", 0, *entry[2:]])
+                desc = raw[spec.name]
+                placed = desc.segment != NOT_PLACED
                 dtype = np.dtype(desc.dtype)
                 shape = desc.shape
                 view = self._cache.view(desc) if placed else None
@@ -470,7 +465,7 @@ class ModelServer:
         return arrays, shapes
 
     def _decoupled_views(
-        self, raw: dict[str, Any], rows: int
+        self, raw: dict[str, Descriptor], rows: int
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
         """A decoupled model's outputs: ``[rows, responses, *declared]`` each (the worker
         stacked the responses); none at all when it gave no response."""
@@ -482,9 +477,10 @@ class ModelServer:
                 arrays[spec.name] = np.empty((rows, 0, *dims), self._out_dtypes[spec.name])
             return arrays, {n: a.shape for n, a in arrays.items()}
         for spec in self.config.outputs:
-            entry = raw.get(spec.name)
+            desc = raw.get(spec.name)
             try:
-                desc = Descriptor.from_wire(entry)  # type: ignore[arg-type]
+                if desc is None or desc.segment == NOT_PLACED:
+                    raise ValueError("no slab holds it")
                 view = self._cache.view(desc)
                 if desc.dtype == BYTES_DTYPE:
                     view = decode(view, desc.shape, _ANY_SIZE)
@@ -500,11 +496,10 @@ class ModelServer:
             arrays[spec.name] = view
         return arrays, {n: a.shape for n, a in arrays.items()}
 
-    def _release_outputs(self, copy: Copy, raw: dict[str, Any]) -> None:
-        """The copy may reuse these output slots. Said with the next batch sent to it (one
-        message less per batch), or on its own after ``RELEASE_HOLD_S``."""
-        slots = [[d[0], d[1]] for d in raw.values()
-                 if isinstance(d, list) and len(d) in (4, 5) and d[0] is not None]
+    def _release_outputs(self, copy: Copy, result: Result) -> None:
+        """The copy may reuse the output slots of ``result``. Said with the next batch sent to
+        it (one message less per batch), or on its own after ``RELEASE_HOLD_S``."""
+        slots = result.slots()
         if not slots:
             return
         if not copy.releases:
@@ -518,7 +513,7 @@ class ModelServer:
 
     def _send_releases(self, copy: Copy) -> None:
         slots, copy.releases = copy.releases, []
-        self._send(copy.id, wire.RELEASE, {"slots": slots})
+        self._send(copy.id, Release(slots))
 
     def _flush_releases(self, now: float) -> None:
         for copy in self.copies:

@@ -18,30 +18,10 @@ import trio
 
 from gateway.errors import InferoxyError
 from shm.descriptor import Descriptor
+from shm.messages import OutputTarget, SequenceRef
 from shm.slab import Slot
 
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputTarget:
-    """Where a client wants an output written: a byte range of a registered region."""
-
-    segment: str
-    offset: int
-    byte_size: int
-
-    def to_wire(self) -> list[object]:
-        return [self.segment, self.offset, self.byte_size]
-
-
-@dataclass(frozen=True, slots=True)
-class SequenceRef:
-    """The v2 sequence parameters of a request to a stateful model."""
-
-    id: int | str
-    start: bool = False
-    end: bool = False
 
 
 @dataclass(eq=False, slots=True)

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-SequenceId = Hashable  # int or str, as the client sent it
+SequenceId = int | str  # as the client sent it
 
 
 class SequenceState(enum.Enum):

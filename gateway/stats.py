@@ -10,6 +10,8 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
+from shm.messages import Timing
+
 # Fixed bucket upper bounds (inclusive, Prometheus ``le``); one more bucket catches the rest.
 LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
     int(ms * 1_000_000) for ms in
@@ -98,13 +100,13 @@ class ModelStats:
     queue_delay: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS_NS))
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
 
-    def record_batch(self, requests: int, rows: int, timing: dict[str, int]) -> None:
+    def record_batch(self, requests: int, rows: int, timing: Timing) -> None:
         """A batch ran: per-request compute time is the batch's (as Triton reports it)."""
         self.execution_count += 1
         self.inference_count += rows
         self.batch_size.observe(rows)
         self.last_inference_ms = int(time.time() * 1000)
-        t_in, t_inf, t_out = (int(timing.get(k, 0)) for k in ("input_ns", "infer_ns", "output_ns"))
+        t_in, t_inf, t_out = timing.input_ns, timing.infer_ns, timing.output_ns
         self.compute_input.add(t_in * requests, requests)
         self.compute_infer.add(t_inf * requests, requests)
         self.compute_output.add(t_out * requests, requests)

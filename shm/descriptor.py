@@ -39,12 +39,18 @@ class Descriptor:
 
     @classmethod
     def from_wire(cls, raw: list[object]) -> Descriptor:
-        if len(raw) == 5:
-            segment, offset, dtype, shape, size = raw
-            assert dtype == BYTES_DTYPE and isinstance(size, int) and size >= 0
-        else:
+        """``to_wire``'s list back; ``ValueError`` (or ``TypeError``) if it is not one."""
+        size = 0
+        if len(raw) == 4:
             segment, offset, dtype, shape = raw
-            size = 0
-        assert isinstance(segment, str) and isinstance(offset, int) and isinstance(dtype, str)
-        assert isinstance(shape, list)
-        return cls(segment, offset, dtype, tuple(int(d) for d in shape), size)
+        elif len(raw) == 5:
+            segment, offset, dtype, shape, raw_size = raw
+            if dtype != BYTES_DTYPE or not isinstance(raw_size, int) or raw_size < 0:
+                raise ValueError("only a bytes descriptor has a size")
+            size = raw_size
+        else:
+            raise ValueError(f"a descriptor has 4 or 5 fields, not {len(raw)}")
+        if (type(segment) is not str or type(offset) is not int or type(dtype) is not str
+                or type(shape) is not list):
+            raise ValueError("a descriptor is [segment, offset, dtype, shape(, size)]")
+        return cls(segment, offset, dtype, tuple(map(int, shape)), size)

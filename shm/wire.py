@@ -3,7 +3,8 @@
 Every message is two ZeroMQ frames, ``[kind, JSON body]``; tensors travel as descriptors
 into shared memory, never as bytes, and nothing is ever unpickled. The sockets, the
 message kinds and their bodies are specified in ``docs/protocols/gateway-worker.md``;
-this module holds the kinds, ``encode``/``decode`` and the socket addresses.
+this module holds the kinds, the framing (``encode``/``decode``) and the socket addresses;
+``shm.messages`` holds the bodies as types, which is what the two sides use.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import trio
 import zmq
 
 from shm import wire
+from shm.messages import Kill, Refused, Stop, Welcome, encode
 from supervisor.placement import Placement
 from supervisor.runtime import CopySpec
 
@@ -140,15 +141,15 @@ class AttachedCopy:
             self.runtime._gone(self)
 
     def terminate(self) -> None:
-        self._send(wire.STOP)
+        self._send(Stop())
 
     def kill(self) -> None:
-        self._send(wire.KILL)
+        self._send(Kill())
         self._killed.set()
 
-    def _send(self, kind: bytes) -> None:
+    def _send(self, order: Stop | Kill) -> None:
         try:
-            self.control.send_multipart(wire.encode(kind, {}), zmq.NOBLOCK)
+            self.control.send_multipart(encode(order), zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             pass  # gone or not reading: wait() notices either way
 
@@ -238,7 +239,7 @@ class AttachRuntime:
         sock.setsockopt(zmq.SNDHWM, 4)
         try:
             sock.connect(control)
-            sock.send_multipart(wire.encode(wire.REFUSED, {"reason": reason}), zmq.NOBLOCK)
+            sock.send_multipart(encode(Refused(reason)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         finally:
@@ -280,13 +281,11 @@ class AttachRuntime:
         running = AttachedCopy(self, a, spec.shm_prefix, control, pid=a.pid)
         self.attached[spec.copy_id] = running
         self.admitted(spec.copy_id, a, offer.placement)
-        welcome = {
-            "copy": spec.copy_id, "entrypoint": spec.entrypoint, "parameters": spec.parameters,
-            "device": offer.placement.device, "shm_prefix": spec.shm_prefix,
-            "heartbeat_s": spec.heartbeat_s, "health_interval_s": spec.health_interval_s,
-        }
+        welcome = Welcome(spec.copy_id, spec.entrypoint, spec.parameters,
+                          offer.placement.device, spec.shm_prefix, spec.heartbeat_s,
+                          spec.health_interval_s)
         try:
-            control.send_multipart(wire.encode(wire.WELCOME, welcome), zmq.NOBLOCK)
+            control.send_multipart(encode(welcome), zmq.NOBLOCK)
         except zmq.Again:
             pass  # it cannot have gone away with a queue this short; wait() would notice
         log.info("copy %d of model %s: admitted worker %s (pid %s on %s, %s)", spec.copy_id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from supervisor.lifecycle import CopyEvent, CopyState, next_state
 from supervisor.placement import Placement
@@ -29,7 +28,7 @@ class Copy:
     history: list[CopyState] = field(default_factory=list)
     # Output slots the producer is done with, to tell the copy with its next batch (or after
     # a short hold), and since when the oldest has waited (trio time).
-    releases: list[list[Any]] = field(default_factory=list)
+    releases: list[tuple[str, int]] = field(default_factory=list)  # (segment, offset)
     releases_since: float = 0.0
     # Called after every change of state (the control process republishes its copy table).
     on_change: Callable[[], None] | None = field(default=None, repr=False, compare=False)

@@ -77,7 +77,7 @@ class Supervisor(Generic[ObserverT]):
 
     # -- messages from workers (called by the inbox task) ------------------------------------
 
-    def on_hello(self, copy_id: int, pid: object) -> Copy | None:
+    def on_hello(self, copy_id: int, pid: int) -> Copy | None:
         copy = self.copies.get(copy_id)
         if copy is None:
             return None
@@ -96,10 +96,10 @@ class Supervisor(Generic[ObserverT]):
             self._observers[copy_id].on_copy_ready(copy)
         return copy
 
-    def on_heartbeat(self, copy_id: int, busy_s: object) -> None:
+    def on_heartbeat(self, copy_id: int, busy_s: float) -> None:
         copy = self.copies.get(copy_id)
         if copy is not None:
-            copy.busy_s = float(busy_s) if isinstance(busy_s, int | float) else 0.0
+            copy.busy_s = busy_s
 
     def on_unhealthy(self, copy_id: int, message: str) -> None:
         """The worker's ``model.health()`` failed: replace the copy."""

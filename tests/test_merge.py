@@ -11,42 +11,45 @@ import numpy as np
 import pytest
 
 from gateway.stats import ModelStats, add_stats, stats_delta, stats_to_wire
+from shm.messages import Batch, SequenceEnd, Timing
 from supervisor.cpus import cgroup_cpu_limit, parse_workers, usable_cores
 from worker.batch import BatchError
 from worker.merge import Backlog, rows_of, slice_rows
 
 
 def batch(rows: int, *, params: dict[str, Any] | None = None, width: int = 4,
-          sequence: bool = False, max_rows: int = 8) -> dict[str, Any]:
+          sequence: bool = False, max_rows: int = 8) -> Batch:
     item: dict[str, Any] = {"rid": "r", "rows": rows,
                             "inputs": {"X": ["seg", 0, "float32", [rows, width]]}}
     if sequence:
         item["sequence"] = [7, True, False]
-    return {"id": 1, "items": [item], "parameters": params or {}, "max_rows": max_rows}
+    return Batch.from_wire(
+        {"id": 1, "items": [item], "parameters": params or {}, "max_rows": max_rows})
 
 
 def test_takes_consecutive_compatible_batches_up_to_max_rows() -> None:
     backlog = Backlog()
     for b in (batch(3), batch(2), batch(4), batch(1)):
-        backlog.push(b"BATCH", b)
+        backlog.push(b)
     head = batch(2)
     taken = backlog.take_mergeable(head, 8)
     assert [rows_of(b) for b in taken] == [3, 2]  # 2 + 3 + 2 = 7; 4 more would be 11
     assert len(backlog) == 2  # the rest waits, in order
-    assert rows_of(backlog.pop()[1]) == 4
+    popped = backlog.pop()
+    assert isinstance(popped, Batch) and popped.rows == 4
 
 
 def test_never_merges_across_what_must_keep_its_order_or_shape() -> None:
     for other in (batch(1, params={"k": 1}), batch(1, width=5), batch(1, sequence=True),
                   batch(1, max_rows=16)):
         backlog = Backlog()
-        backlog.push(b"BATCH", other)
-        backlog.push(b"BATCH", batch(1))
+        backlog.push(other)
+        backlog.push(batch(1))
         assert backlog.take_mergeable(batch(1), 8) == []  # the head of the line differs
         assert len(backlog) == 2
     backlog = Backlog()
-    backlog.push(b"SEQUENCE_END", {"sequence_id": 7})
-    backlog.push(b"BATCH", batch(1))
+    backlog.push(SequenceEnd(7, "evicted"))
+    backlog.push(batch(1))
     assert backlog.take_mergeable(batch(1), 8) == []  # nothing overtakes a SEQUENCE_END
     assert Backlog().take_mergeable(batch(1, sequence=True), 8) == []
 
@@ -66,7 +69,7 @@ def test_stats_deltas_add_up_to_what_was_counted() -> None:
     total = ModelStats()
     before = None
     for rows in (1, 3, 8):
-        seen.record_batch(2, rows, {"input_ns": 5, "infer_ns": 100 * rows})
+        seen.record_batch(2, rows, Timing(input_ns=5, infer_ns=100 * rows))
         seen.success.add(1000 * rows)
         seen.latency.observe(1000 * rows)
         seen.record_failure("timeout", 7)

@@ -20,9 +20,16 @@ import trio
 from gateway.config import parse_model
 from gateway.errors import InvalidArgument, ModelError, Unavailable
 from gateway.model_server import ModelServer
-from gateway.request import InferRequest, SequenceRef
-from shm import wire
-from shm.descriptor import Descriptor
+from gateway.request import InferRequest
+from shm.messages import (
+    Batch,
+    Result,
+    SequenceRef,
+    ToWorker,
+    decode_from_worker,
+    decode_to_worker,
+    encode,
+)
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
@@ -46,7 +53,7 @@ class Bench:
         tag = f"ifxu-{os.getpid()}-{id(self) & 0xFFFF:x}"
         self.inputs = SlabAllocator(f"{tag}-in", limit_bytes=1 << 20, segment_bytes=1 << 16)
         self.outputs = SlabAllocator(f"{tag}-out", limit_bytes=1 << 20, segment_bytes=1 << 16)
-        self.sent: list[tuple[int, bytes, dict[str, Any]]] = []
+        self.sent: list[tuple[int, ToWorker]] = []  # as the worker decodes them
         self.refuse_sends = refuse_sends
         self.server = ModelServer(self.config, self.send, self.inputs, SegmentCache())
         self.worker_cache = SegmentCache()
@@ -55,15 +62,15 @@ class Bench:
             self.server.copies.append(copy)
             self.server.on_copy_ready(copy)  # as the supervisor says it
 
-    def send(self, copy_id: int, kind: bytes, body: dict[str, Any]) -> bool:
-        if kind == wire.BATCH and self.refuse_sends > 0:
+    def send(self, copy_id: int, message: ToWorker) -> bool:
+        if isinstance(message, Batch) and self.refuse_sends > 0:
             self.refuse_sends -= 1
             return False
-        self.sent.append((copy_id, kind, body))
+        self.sent.append((copy_id, decode_to_worker(encode(message))))  # through the wire
         return True
 
-    def batches(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(cid, body) for cid, kind, body in self.sent if kind == wire.BATCH]
+    def batches(self) -> list[tuple[int, Batch]]:
+        return [(cid, m) for cid, m in self.sent if isinstance(m, Batch)]
 
     def request(self, value: float, rows: int = 1,
                 sequence: SequenceRef | None = None) -> InferRequest:
@@ -72,26 +79,26 @@ class Bench:
         return InferRequest("m", "1", {"X": slot.descriptor("float32", (rows, ROW))}, [slot],
                             rows, ("k",), {}, trio.current_time() + 30, sequence=sequence)
 
-    def answer(self, batch: dict[str, Any], *, rows: int | None = None,
-               item_errors: dict[str, str] | None = None) -> None:
+    def answer(self, batch: Batch, *, rows: int | None = None,
+               item_errors: dict[int, str] | None = None) -> None:
         """What an identity model's worker sends back for ``batch`` (values + 1)."""
         copy = next(c for c in self.server.copies if c.id == self.copy_of(batch))
-        n = rows if rows is not None else sum(item["rows"] for item in batch["items"])
+        n = rows if rows is not None else batch.rows
         slot = self.outputs.allocate(max(n, 1) * ROW * 4)
         out = slot.view("float32", (n, ROW))
         at = 0
-        for item in batch["items"]:
-            held = self.worker_cache.view(Descriptor.from_wire(item["inputs"]["X"]))
+        for item in batch.items:
+            held = self.worker_cache.view(item.inputs["X"])
             take = min(held.shape[0], n - at)
             out[at:at + take] = held[:take] + 1  # what the worker reads: the request's slot
             at += take
-        body: dict[str, Any] = {"id": batch["id"],
-                                "outputs": {"Y": slot.descriptor("float32", (n, ROW)).to_wire()}}
-        if item_errors:
-            body["item_errors"] = item_errors
-        self.server.on_result(copy, body)
+        result = Result(copy.id, batch.id, {"Y": slot.descriptor("float32", (n, ROW))},
+                        item_errors=item_errors or {})
+        message = decode_from_worker(encode(result))
+        assert isinstance(message, Result)
+        self.server.on_result(copy, message)
 
-    def copy_of(self, batch: dict[str, Any]) -> int:
+    def copy_of(self, batch: Batch) -> int:
         return next(cid for cid, body in self.batches() if body is batch)
 
     def close(self) -> None:
@@ -131,7 +138,7 @@ def test_batches_go_to_free_copies_and_each_request_gets_its_own_rows() -> None:
         # nothing waits (max_queue_delay_us 0): r1 alone to one copy, r2 to the other; r3
         # waits for a copy, since each holds one batch
         assert [cid for cid, _ in batches] == [1, 2]
-        assert [len(body["items"]) for _, body in batches] == [1, 1]
+        assert [len(body.items) for _, body in batches] == [1, 1]
         assert b.server.scheduling.queued == 1
         b.answer(batches[0][1])
         await settle()
@@ -161,7 +168,7 @@ def test_a_busy_model_runs_what_waited_as_one_batch() -> None:
         assert len(b.batches()) == 1  # one copy, busy: the rest queue
         b.answer(b.batches()[0][1])
         await settle()
-        sizes = [len(body["items"]) for _, body in b.batches()]
+        sizes = [len(body.items) for _, body in b.batches()]
         assert sizes == [1, 4]  # the next batch is full (batch_size 4); one still waits
         assert b.server.scheduling.queued == 1
 
@@ -222,8 +229,8 @@ def test_a_sequence_waits_for_a_slot_and_scaling_down_spares_its_copy() -> None:
         await settle()
         b.answer(b.batches()[1][1])  # "a" ends: its slot goes to "b"
         await settle()
-        assert [len(body["items"]) for _, body in b.batches()] == [1, 1, 1]
-        assert b.batches()[2][1]["items"][0]["sequence"][0] == "b"
+        assert [len(body.items) for _, body in b.batches()] == [1, 1, 1]
+        assert (seq := b.batches()[2][1].items[0].sequence) is not None and seq.id == "b"
         b.answer(b.batches()[2][1])
         assert second.result is not None and not b.server.retirable(copy)
 
@@ -282,7 +289,7 @@ def test_a_refused_send_keeps_the_batch_and_tries_again() -> None:
         with trio.fail_after(2):
             while not b.batches():
                 await trio.sleep(0.001)
-        assert b.batches()[0][1]["items"][0]["rows"] == 1
+        assert b.batches()[0][1].items[0].rows == 1
         assert r.attempts == 1
 
     run(test, copies=1, refuse_sends=1)
@@ -309,7 +316,7 @@ def test_an_item_error_fails_only_its_request() -> None:
         await settle()
         b.answer(b.batches()[0][1])
         await settle()
-        b.answer(b.batches()[1][1], item_errors={"1": "bad frame"})
+        b.answer(b.batches()[1][1], item_errors={1: "bad frame"})
         assert r1.result is not None
         assert isinstance(r2.error, InvalidArgument) and "bad frame" in r2.error.message
         r1.result.release()

@@ -36,10 +36,30 @@ from typing import Any
 import zmq
 
 from shm import wire
+from shm.messages import (
+    MAX_MESSAGE_CHARS,
+    Batch,
+    Error,
+    Fatal,
+    FromWorker,
+    Heartbeat,
+    Hello,
+    Release,
+    Reply,
+    Result,
+    SequenceEnd,
+    SlotRef,
+    Stop,
+    Timing,
+    ToWorker,
+    Unhealthy,
+    decode_to_worker,
+    encode,
+)
 from shm.segment import SegmentCache, pid_alive
 from shm.slab import ShmExhausted, SlabAllocator, Slot
 from worker.batch import BatchError, gather, place_outputs
-from worker.merge import Backlog, rows_of, slice_rows
+from worker.merge import Backlog, slice_rows
 
 log = logging.getLogger("inferoxy.worker")
 
@@ -77,10 +97,7 @@ def _heartbeat(ctx: zmq.Context, address: str, copy_id: int, every_s: float,
                 log.warning("gateway process is gone; copy %d exits", copy_id)
                 os._exit(0)
             try:
-                sock.send_multipart(
-                    wire.encode(wire.HEARTBEAT, {"copy": copy_id, "busy_s": busy_s()}),
-                    zmq.NOBLOCK,
-                )
+                sock.send_multipart(encode(Heartbeat(copy_id, busy_s())), zmq.NOBLOCK)
             except zmq.Again:
                 pass
     except zmq.ContextTerminated:
@@ -114,7 +131,7 @@ class Worker:
         self.inp.setsockopt(zmq.LINGER, 0)
         self.inp.setsockopt(zmq.RCVHWM, 100_000)
         self.inp.bind(self.address)
-        self.replies: dict[str, tuple[zmq.Socket[bytes], int]] = {}  # address -> (PUSH, pid)
+        self.replies: dict[Reply, zmq.Socket[bytes]] = {}  # a producer's reply socket
         self.backlog = Backlog()
         self.busy_since: float | None = None  # monotonic start of the batch running now
         health = getattr(model, "health", None)
@@ -127,42 +144,43 @@ class Worker:
         since = self.busy_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def send(self, kind: bytes, body: dict[str, Any]) -> None:
-        body["copy"] = self.copy_id
-        self.out.send_multipart(wire.encode(kind, body))
+    def send(self, message: FromWorker) -> None:
+        self.out.send_multipart(encode(message))
 
-    def answer(self, batch: dict[str, Any], kind: bytes, body: dict[str, Any]) -> None:
+    def answer(self, batch: Batch, message: Result | Error) -> None:
         """RESULT/ERROR to the producer of ``batch``: its ``reply`` socket, else the inbox."""
-        reply = batch.get("reply")
+        reply = batch.reply
         if reply is None:
-            self.send(kind, body)
+            self.send(message)
             return
-        address, pid = reply
-        entry = self.replies.get(address)
-        if entry is None:
-            if not wire.in_run_dir(self.run_dir, address) or not isinstance(pid, int):
+        sock = self.replies.get(reply)
+        if sock is None:
+            if not wire.in_run_dir(self.run_dir, reply.address):
                 log.warning("batch %s names a reply socket outside the run directory; "
-                            "dropped its answer", body.get("id"))
+                            "dropped its answer", batch.id)
                 return
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.connect(address)
-            entry = self.replies[address] = (sock, pid)
-        body["copy"] = self.copy_id
+            sock.connect(reply.address)
+            self.replies[reply] = sock
         try:
-            entry[0].send_multipart(wire.encode(kind, body), zmq.NOBLOCK)
+            sock.send_multipart(encode(message), zmq.NOBLOCK)
         except zmq.Again:  # the producer is not reading (gone): nobody wants this answer
             log.warning("producer pid %s is not reading; dropped the answer to batch %s",
-                        pid, body.get("id"))
+                        reply.pid, batch.id)
+
+    def failed(self, batch: Batch, message: str) -> None:
+        self.answer(batch, Error(self.copy_id, batch.id, message))
 
     def producers_gone(self) -> None:
         """Free the output slots held for data-plane processes that are gone."""
-        for address, (sock, pid) in list(self.replies.items()):
+        for reply, sock in list(self.replies.items()):
+            pid = reply.pid
             if pid_alive(pid):
                 continue
             sock.close(linger=0)
-            del self.replies[address]
+            del self.replies[reply]
             for key in [k for k, owner in self.slot_owner.items() if owner == pid]:
                 del self.slot_owner[key]
                 slot = self.slots.pop(key, None)
@@ -175,10 +193,9 @@ class Worker:
                 continue
             # RELEASE is handled on arrival (``_arrived``): it never waits behind a batch.
             # One message per turn: the health check's timing is ``_message_waiting``'s.
-            kind, body = (self.backlog.pop() if self.backlog
-                          else self._arrived(self.inp.recv_multipart()))
-            if kind == wire.BATCH:
-                group = self._merge(body)
+            message = self.backlog.pop() if self.backlog else self._receive()
+            if isinstance(message, Batch):
+                group = self._merge(message)
                 self.busy_since = time.monotonic()
                 try:
                     self.run_batches(group)
@@ -190,40 +207,46 @@ class Worker:
                     self._next_prune = time.monotonic() + PRUNE_EVERY_S
                     self.cache.prune()
                     self.producers_gone()
-            elif kind == wire.SEQUENCE_END:
-                self.end_sequence(body.get("sequence_id"), str(body.get("reason", "ended")))
-            elif kind == wire.STOP:
+            elif isinstance(message, SequenceEnd):
+                self.end_sequence(message.sequence_id, message.reason)
+            elif isinstance(message, Stop):
                 return
 
-    def _arrived(self, frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
-        """Decode a message; the slots it releases (RELEASE, or a BATCH's ``release``) are
-        free from now on."""
-        kind, body = wire.decode(frames)
-        if kind == wire.RELEASE:
-            self.release(body.get("slots", []))
-        elif kind == wire.BATCH and body.get("release"):
-            self.release(body.pop("release"))
-        return kind, body
+    def _receive(self, flags: int = 0) -> ToWorker | None:
+        """The next message, decoded and checked here, once (a malformed one is logged and
+        dropped: None); the slots it releases (RELEASE, or a BATCH's ``release``) are free
+        from now on."""
+        frames = self.inp.recv_multipart(flags)
+        try:
+            message = decode_to_worker(frames)
+        except wire.WireError as exc:
+            log.warning("dropped a malformed message: %s", exc)
+            return None
+        if isinstance(message, Release):
+            self.release(message.slots)
+        elif isinstance(message, Batch) and message.release:
+            self.release(message.release)
+        return message
 
-    def release(self, slots: list[list[Any]]) -> None:
-        for segment, offset in slots:
-            self.slot_owner.pop((segment, offset), None)
-            slot = self.slots.pop((segment, offset), None)
+    def release(self, slots: list[SlotRef]) -> None:
+        for key in slots:
+            self.slot_owner.pop(key, None)
+            slot = self.slots.pop(key, None)
             if slot is not None:
                 self.slab.free(slot)
 
-    def _merge(self, first: dict[str, Any]) -> list[dict[str, Any]]:
+    def _merge(self, first: Batch) -> list[Batch]:
         """``first`` and the batches waiting behind it that can run with it as one."""
-        max_rows = first.get("max_rows")
-        if not isinstance(max_rows, int) or rows_of(first) >= max_rows:
+        max_rows = first.max_rows
+        if max_rows is None or first.rows >= max_rows:
             return [first]
         while True:  # what is waiting now, without blocking; order is kept in the backlog
             try:
-                kind, body = self._arrived(self.inp.recv_multipart(zmq.NOBLOCK))
+                message = self._receive(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if kind != wire.RELEASE:
-                self.backlog.push(kind, body)
+            if message is not None and not isinstance(message, Release):
+                self.backlog.push(message)
         return [first, *self.backlog.take_mergeable(first, max_rows)]
 
     def _message_waiting(self) -> bool:
@@ -248,7 +271,7 @@ class Worker:
             self.busy_since = None
         if healthy is False:
             log.error("model is unhealthy: %s", reason)
-            self.send(wire.UNHEALTHY, {"message": reason[:2000]})
+            self.send(Unhealthy(self.copy_id, reason[:MAX_MESSAGE_CHARS]))
 
     def end_sequence(self, seq_id: object, reason: str) -> None:
         log.info("sequence %r ended (%s)", seq_id, reason)
@@ -259,110 +282,99 @@ class Worker:
             except Exception:
                 log.warning("on_sequence_end(%r) raised: %s", seq_id, traceback.format_exc())
 
-    def run_batches(self, group: list[dict[str, Any]]) -> None:
+    def run_batches(self, group: list[Batch]) -> None:
         """Run one BATCH, or several merged (no sequences among them), as one ``predict``."""
         if len(group) == 1:
             self.run_batch(group[0])
             return
-        items = [item for body in group for item in body["items"]]
+        items = [item for batch in group for item in batch.items]
         try:
             t0 = time.perf_counter_ns()
             inputs, total = gather(self.cache, items)
             t1 = time.perf_counter_ns()
-            outputs = self.model.predict(inputs, dict(group[0].get("parameters") or {}))
+            outputs = self.model.predict(inputs, dict(group[0].parameters))
             t2 = time.perf_counter_ns()
             del inputs
         except BatchError as exc:
-            for body in group:
-                self.answer(body, wire.ERROR, {"id": body["id"], "message": str(exc)})
+            for batch in group:
+                self.failed(batch, str(exc))
             return
         except Exception as exc:
-            log.warning("model raised on batches %s: %s", [b["id"] for b in group],
+            log.warning("model raised on batches %s: %s", [b.id for b in group],
                         traceback.format_exc().rstrip())
-            for body in group:
-                self.answer(body, wire.ERROR, {"id": body["id"],
-                                               "message": f"{type(exc).__name__}: {exc}"})
+            for batch in group:
+                self.failed(batch, f"{type(exc).__name__}: {exc}")
             return
         start = 0
-        for body in group:
-            rows = rows_of(body)
+        for batch in group:
+            rows = batch.rows
             try:
                 part = slice_rows(outputs, start, rows, total)
             except BatchError as exc:
-                self.answer(body, wire.ERROR, {"id": body["id"], "message": str(exc)})
+                self.failed(batch, str(exc))
                 continue
             finally:
                 start += rows
-            self._place_and_answer(body, part, t0, t1, t2)
+            self._place_and_answer(batch, part, t0, t1, t2)
 
-    def run_batch(self, body: dict[str, Any]) -> None:
-        batch_id = body["id"]
-        items = body["items"]
-        rids = [item.get("rid", "") for item in items]  # request ids, for logs only
+    def run_batch(self, batch: Batch) -> None:
+        items = batch.items
+        rids = [item.rid for item in items]  # request ids, for logs only
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("batch %s: requests %r", batch_id, rids)
-        sequences = [item["sequence"] for item in items if "sequence" in item]
-        parameters = dict(body.get("parameters") or {})
+            log.debug("batch %s: requests %r", batch.id, rids)
+        sequences = [item.sequence for item in items if item.sequence is not None]
+        parameters = dict(batch.parameters)
         if sequences:
             # Per item, in batch order: which sequence, and whether it starts or ends here.
-            parameters["sequence_id"] = [s[0] for s in sequences]
-            parameters["sequence_start"] = [bool(s[1]) for s in sequences]
-            parameters["sequence_end"] = [bool(s[2]) for s in sequences]
+            parameters["sequence_id"] = [s.id for s in sequences]
+            parameters["sequence_start"] = [s.start for s in sequences]
+            parameters["sequence_end"] = [s.end for s in sequences]
         start_hook = getattr(self.model, "on_sequence_start", None)
         try:
-            for seq_id, start, _ in sequences:
-                if start and start_hook is not None:
-                    start_hook(seq_id)
+            for s in sequences:
+                if s.start and start_hook is not None:
+                    start_hook(s.id)
             t0 = time.perf_counter_ns()
             inputs, _rows = gather(self.cache, items)
             t1 = time.perf_counter_ns()
             try:
                 outputs = self.model.predict(inputs, parameters)
             finally:
-                for seq_id, _, end in sequences:  # the model's state for it goes, even on error
-                    if end:
-                        self.end_sequence(seq_id, "ended")
+                for s in sequences:  # the model's state for it goes, even on error
+                    if s.end:
+                        self.end_sequence(s.id, "ended")
             t2 = time.perf_counter_ns()
             del inputs  # views into request slots the gateway reuses after our reply
         except BatchError as exc:
-            self.answer(body, wire.ERROR, {"id": batch_id, "message": str(exc)})
+            self.failed(batch, str(exc))
             return
         except Exception as exc:  # the model's own failure: report it, keep serving
-            log.warning("model raised on batch %s: %s\n(requests %r)", batch_id,
+            log.warning("model raised on batch %s: %s\n(requests %r)", batch.id,
                         traceback.format_exc().rstrip(), rids)
-            self.answer(body, wire.ERROR, {"id": batch_id,
-                                           "message": f"{type(exc).__name__}: {exc}"})
+            self.failed(batch, f"{type(exc).__name__}: {exc}")
             return
-        self._place_and_answer(body, outputs, t0, t1, t2)
+        self._place_and_answer(batch, outputs, t0, t1, t2)
 
-    def _place_and_answer(self, body: dict[str, Any], outputs: object, t0: int, t1: int,
+    def _place_and_answer(self, batch: Batch, outputs: object, t0: int, t1: int,
                           t2: int) -> None:
         """Copy one batch's outputs into the output slab (or client regions) and answer."""
-        batch_id = body["id"]
-        placed: dict[tuple[str, int], Slot] = {}
+        placed: dict[SlotRef, Slot] = {}
         try:
             described, item_errors = place_outputs(
-                self.slab, self.cache, outputs, body["items"], placed)
+                self.slab, self.cache, outputs, batch.items, placed)
         except (BatchError, ShmExhausted) as exc:
-            self.answer(body, wire.ERROR, {"id": batch_id, "message": str(exc)})
+            self.failed(batch, str(exc))
             return
         t3 = time.perf_counter_ns()
         self.slots.update(placed)
-        reply = body.get("reply")
-        if reply is not None:
+        if batch.reply is not None:
             for key in placed:
-                self.slot_owner[key] = int(reply[1])
-        result: dict[str, Any] = {
-            "id": batch_id,
-            "outputs": described,
-            "timing": {"input_ns": t1 - t0, "infer_ns": t2 - t1, "output_ns": t3 - t2},
-        }
-        if item_errors:
-            result["item_errors"] = item_errors
-        self.answer(body, wire.RESULT, result)
+                self.slot_owner[key] = batch.reply.pid
+        self.answer(batch, Result(self.copy_id, batch.id, described,
+                                  Timing(t1 - t0, t2 - t1, t3 - t2), item_errors))
 
     def close(self) -> None:
-        for sock, _ in self.replies.values():
+        for sock in self.replies.values():
             sock.close(linger=0)
         self.slots.clear()
         self.slab.close()
@@ -440,9 +452,7 @@ def run(args: argparse.Namespace, ctx: zmq.Context,
             fatal = ctx.socket(zmq.PUSH)
             fatal.setsockopt(zmq.LINGER, 2000)
             fatal.connect(wire.inbox_address(args.run_dir))
-            fatal.send_multipart(wire.encode(
-                wire.FATAL, {"copy": args.copy_id, "message": f"{type(exc).__name__}: {exc}"}
-            ))
+            fatal.send_multipart(encode(Fatal(args.copy_id, f"{type(exc).__name__}: {exc}")))
             fatal.close()
             return EXIT_MODEL_LOAD_FAILED
         worker = Worker(args, model, ctx)
@@ -456,8 +466,7 @@ def run(args: argparse.Namespace, ctx: zmq.Context,
                     "gateway_gone": gateway_gone},
             daemon=True,
         ).start()
-        worker.send(wire.HELLO, {"pid": os.getpid(), "model": args.model,
-                                 "inbox": worker.address})
+        worker.send(Hello(args.copy_id, os.getpid(), args.model, worker.address))
         worker.serve()
         return 0
     except KeyboardInterrupt:

@@ -25,11 +25,11 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
-from shm import wire
+from shm import messages, wire
+from shm.messages import Attach, Kill, Stop, Welcome, decode_control, encode
 from worker.__main__ import run, setup_logging
 
 log = logging.getLogger("inferoxy.worker")
@@ -68,8 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def attach(args: argparse.Namespace, ctx: zmq.Context, token: str,
-           control: zmq.Socket[bytes]) -> dict[str, Any]:
-    """Announce until the gateway answers: the WELCOME body (``Refused``, ``TimeoutError``)."""
+           control: zmq.Socket[bytes]) -> Welcome:
+    """Announce until the gateway answers: its WELCOME (``Refused``, ``TimeoutError``)."""
     inbox = wire.inbox_address(args.run_dir)
     inbox_path = inbox[len("ipc://"):]
     address, control_address, _ = wire.attach_paths(args.run_dir, token)
@@ -87,18 +87,22 @@ def attach(args: argparse.Namespace, ctx: zmq.Context, token: str,
         while time.monotonic() < deadline:
             if os.path.exists(inbox_path):
                 try:
-                    out.send_multipart(wire.encode(wire.ATTACH, hello), zmq.NOBLOCK)
+                    out.send_multipart(encode(Attach(hello)), zmq.NOBLOCK)
                 except zmq.Again:
                     pass
             elif not said_waiting:
                 said_waiting = True
                 log.info("waiting for a gateway in %s", args.run_dir)
             if control.poll(int(ANNOUNCE_EVERY_S * 1000)):
-                kind, body = wire.decode(control.recv_multipart())
-                if kind == wire.WELCOME:
-                    return body
-                if kind == wire.REFUSED:
-                    raise Refused(str(body.get("reason", "no reason given"))[:2000])
+                try:
+                    answer = decode_control(control.recv_multipart())
+                except wire.WireError as exc:
+                    log.warning("dropped a malformed answer from the gateway: %s", exc)
+                    continue
+                if isinstance(answer, Welcome):
+                    return answer
+                if isinstance(answer, messages.Refused):
+                    raise Refused(answer.reason)
         raise TimeoutError(f"no gateway answered in {args.run_dir} within "
                            f"{args.attach_timeout_s:g}s")
     finally:
@@ -124,13 +128,13 @@ def controller(control: zmq.Socket[bytes]) -> Callable[[float], bool]:
             if not control.poll(max(1, int(left * 1000))):
                 break
             try:
-                kind, _ = wire.decode(control.recv_multipart())
+                order = decode_control(control.recv_multipart())
             except wire.WireError:
                 continue
-            if kind == wire.KILL:
+            if isinstance(order, Kill):
                 log.error("the gateway killed this copy (hung, or missed heartbeats)")
                 os.kill(os.getpid(), signal.SIGKILL)
-            elif kind == wire.STOP:
+            elif isinstance(order, Stop):
                 os.kill(os.getpid(), signal.SIGTERM)  # unwinds like the SIGTERM of a pod stop
         return False
 
@@ -161,17 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         except TimeoutError as exc:
             log.error("%s", exc)
             return EXIT_NO_GATEWAY
-        copy_id = int(welcome["copy"])
+        copy_id = welcome.copy
         setup_logging(args.model, copy_id)
-        log.info("attached as copy %d on %s", copy_id, welcome.get("device", "cpu"))
+        log.info("attached as copy %d on %s", copy_id, welcome.device)
         inode = _inode(inbox_path)
         worker_args = argparse.Namespace(
             run_dir=args.run_dir, copy_id=copy_id, model=args.model,
-            entrypoint=str(welcome["entrypoint"]), device=str(welcome.get("device", "cpu")),
-            parameters=json.dumps(welcome.get("parameters") or {}),
-            shm_prefix=str(welcome["shm_prefix"]), output_limit_bytes=args.output_limit_bytes,
-            heartbeat_s=float(welcome.get("heartbeat_s", 1.0)), gateway_pid=0,
-            health_interval_s=float(welcome.get("health_interval_s", 5.0)), instance=token,
+            entrypoint=welcome.entrypoint, device=welcome.device,
+            parameters=json.dumps(welcome.parameters),
+            shm_prefix=welcome.shm_prefix, output_limit_bytes=args.output_limit_bytes,
+            heartbeat_s=welcome.heartbeat_s, gateway_pid=0,
+            health_interval_s=welcome.health_interval_s, instance=token,
         )
         return run(worker_args, ctx, pause=controller(control),
                    gateway_gone=lambda: _inode(inbox_path) != inode)

@@ -6,13 +6,13 @@ I/O-free apart from memory: no sockets here, so it is tested directly.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import numpy as np
 
 from shm import bytes_tensor
 from shm.bytes_tensor import BytesLimits, BytesTensorError
 from shm.descriptor import BYTES_DTYPE, Descriptor
+from shm.messages import NOT_PLACED, BatchItem, SlotRef
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator, Slot
 
@@ -34,18 +34,21 @@ def _bytes_input(cache: SegmentCache, descs: list[Descriptor], verify: list[bool
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], int]:
+def gather(cache: SegmentCache, items: list[BatchItem]) -> tuple[dict[str, np.ndarray], int]:
     """Build one array per input over all items (batch dimension first) and count the rows.
 
     One item, or items laid out back to back in one segment, give a view (no copy); otherwise
     the rows are concatenated once. Inputs in client regions are re-checked against the
     region's current size before they are touched.
     """
-    names = list(items[0]["inputs"])
+    names = list(items[0].inputs)
     inputs: dict[str, np.ndarray] = {}
     for name in names:
-        descs = [Descriptor.from_wire(item["inputs"][name]) for item in items]
-        verify = [name in item.get("regions", ()) for item in items]
+        try:
+            descs = [item.inputs[name] for item in items]
+        except KeyError:
+            raise BatchError(f"input {name!r} is missing from a request of the batch") from None
+        verify = [name in item.regions for item in items]
         first = descs[0]
         if first.dtype == BYTES_DTYPE:
             try:
@@ -74,7 +77,7 @@ def gather(cache: SegmentCache, items: list[dict[str, Any]]) -> tuple[dict[str, 
                 )
         except (ValueError, OSError) as exc:
             raise BatchError(f"input {name!r}: {exc}") from None
-    rows = sum(int(item["rows"]) for item in items)
+    rows = sum(item.rows for item in items)
     return inputs, rows
 
 
@@ -126,20 +129,21 @@ def place_outputs(
     slab: SlabAllocator,
     cache: SegmentCache,
     outputs: object,
-    items: list[dict[str, Any]],
-    slots: dict[tuple[str, int], Slot],
-) -> tuple[dict[str, list[object]], dict[str, str]]:
+    items: list[BatchItem],
+    slots: dict[SlotRef, Slot],
+) -> tuple[dict[str, Descriptor], dict[int, str]]:
     """Write each output where its requests want it; describe it; report per-item errors.
 
     Rows an item sent to a client region are written there; an output is also copied into
     a slot of the worker's slab (kept, tracked in ``slots``, until the gateway sends
-    RELEASE) unless every item took it to a region — then only its dtype and shape are sent.
+    RELEASE) unless every item took it to a region — then only its dtype and shape are sent
+    (segment ``NOT_PLACED``).
     """
-    rows = sum(int(item["rows"]) for item in items)
+    rows = sum(item.rows for item in items)
     if not isinstance(outputs, dict):
         outputs = stack_responses(outputs, rows)
-    described: dict[str, list[object]] = {}
-    item_errors: dict[str, str] = {}
+    described: dict[str, Descriptor] = {}
+    item_errors: dict[int, str] = {}
     taken: list[Slot] = []
     try:
         for name, value in outputs.items():
@@ -154,15 +158,15 @@ def place_outputs(
             start = 0
             to_slab = False
             for index, item in enumerate(items):
-                part = arr[start : start + int(item["rows"])]
-                start += int(item["rows"])
-                target = item.get("outputs", {}).get(name)
+                part = arr[start : start + item.rows]
+                start += item.rows
+                target = item.outputs.get(name)
                 if target is None:
                     to_slab = True
                     continue
-                segment, offset, byte_size = target
+                segment, offset, byte_size = target.segment, target.offset, target.byte_size
                 if part.nbytes > byte_size:
-                    item_errors[str(index)] = (
+                    item_errors[index] = (
                         f"output {name!r} takes {part.nbytes} bytes; its shared-memory region "
                         f"has {byte_size}"
                     )
@@ -172,14 +176,14 @@ def place_outputs(
                         ...
                     ] = part
                 except (ValueError, OSError) as exc:
-                    item_errors[str(index)] = f"output {name!r}: {exc}"
+                    item_errors[index] = f"output {name!r}: {exc}"
             if to_slab:
                 slot = slab.allocate(arr.nbytes)
                 taken.append(slot)
                 slot.view(dtype, arr.shape)[...] = arr
-                described[name] = slot.descriptor(dtype, arr.shape).to_wire()
+                described[name] = slot.descriptor(dtype, arr.shape)
             else:
-                described[name] = [None, 0, dtype, list(arr.shape)]
+                described[name] = Descriptor(NOT_PLACED, 0, dtype, arr.shape)
     except BaseException:
         for slot in taken:
             slab.free(slot)
@@ -197,37 +201,37 @@ def _encode(name: str, arr: np.ndarray) -> bytes:
 
 
 def _place_bytes(slab: SlabAllocator, cache: SegmentCache, name: str, arr: np.ndarray,
-                 items: list[dict[str, Any]], described: dict[str, list[object]],
-                 item_errors: dict[str, str], taken: list[Slot]) -> None:
+                 items: list[BatchItem], described: dict[str, Descriptor],
+                 item_errors: dict[int, str], taken: list[Slot]) -> None:
     """A BYTES output (object array of bytes/str, or numpy strings), in its wire form:
     into the items' client regions, and once whole into a slot for the rest."""
     start = 0
     to_slab = False
     for index, item in enumerate(items):
-        rows = int(item["rows"])
+        rows = item.rows
         part = arr[start : start + rows]
         start += rows
-        target = item.get("outputs", {}).get(name)
+        target = item.outputs.get(name)
         if target is None:
             to_slab = True
             continue
-        segment, offset, byte_size = target
+        segment, offset, byte_size = target.segment, target.offset, target.byte_size
         wire = _encode(name, part)
         if len(wire) > byte_size:
-            item_errors[str(index)] = (f"output {name!r} takes {len(wire)} bytes; its "
+            item_errors[index] = (f"output {name!r} takes {len(wire)} bytes; its "
                                        f"shared-memory region has {byte_size}")
             continue
         try:
             cache.view(Descriptor(segment, offset, "uint8", (len(wire),)), verify=True)[
                 ...] = np.frombuffer(wire, np.uint8)
         except (ValueError, OSError) as exc:
-            item_errors[str(index)] = f"output {name!r}: {exc}"
+            item_errors[index] = f"output {name!r}: {exc}"
     if not to_slab:
-        described[name] = [None, 0, BYTES_DTYPE, list(arr.shape)]
+        described[name] = Descriptor(NOT_PLACED, 0, BYTES_DTYPE, arr.shape)
         return
     wire = _encode(name, arr)
     slot = slab.allocate(len(wire))
     taken.append(slot)
     slot.memory(len(wire))[:] = wire
     desc = Descriptor(slot.segment.name, slot.offset, BYTES_DTYPE, tuple(arr.shape), len(wire))
-    described[name] = desc.to_wire()
+    described[name] = desc

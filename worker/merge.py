@@ -20,35 +20,31 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from shm.messages import Batch, ToWorker
 from worker.batch import BatchError, output_rows
 
-Message = tuple[bytes, dict[str, Any]]
 
-BATCH = b"BATCH"
-
-
-def rows_of(batch: dict[str, Any]) -> int:
-    return sum(int(item["rows"]) for item in batch["items"])
+def rows_of(batch: Batch) -> int:
+    return batch.rows
 
 
-def _signature(batch: dict[str, Any]) -> tuple[Any, ...] | None:
+def _signature(batch: Batch) -> tuple[Any, ...] | None:
     """What must be equal for two batches to run together; None: runs alone."""
-    items = batch.get("items")
-    if not items or any("sequence" in item for item in items):
+    items = batch.items
+    if not items or any(item.sequence is not None for item in items):
         return None
-    inputs = items[0]["inputs"]
-    shapes = tuple(sorted((name, tuple(desc[3][1:])) for name, desc in inputs.items()))
+    shapes = tuple(sorted((name, d.shape[1:]) for name, d in items[0].inputs.items()))
     for item in items[1:]:
-        if tuple(sorted((n, tuple(d[3][1:])) for n, d in item["inputs"].items())) != shapes:
+        if tuple(sorted((n, d.shape[1:]) for n, d in item.inputs.items())) != shapes:
             return None
-    return (repr(batch.get("parameters") or {}), batch.get("max_rows"), shapes)
+    return (repr(batch.parameters), batch.max_rows, shapes)
 
 
 class Backlog:
     """Messages received while looking for batches to merge, in arrival order."""
 
     def __init__(self) -> None:
-        self._queue: deque[Message] = deque()
+        self._queue: deque[ToWorker] = deque()
 
     def __bool__(self) -> bool:
         return bool(self._queue)
@@ -56,26 +52,27 @@ class Backlog:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def push(self, kind: bytes, body: dict[str, Any]) -> None:
-        self._queue.append((kind, body))
+    def push(self, message: ToWorker) -> None:
+        self._queue.append(message)
 
-    def pop(self) -> Message:
+    def pop(self) -> ToWorker:
         return self._queue.popleft()
 
-    def take_mergeable(self, head: dict[str, Any], max_rows: int) -> list[dict[str, Any]]:
+    def take_mergeable(self, head: Batch, max_rows: int) -> list[Batch]:
         """The batches standing right behind ``head`` that may run with it, removed."""
         want = _signature(head)
         if want is None:
             return []
-        rows = rows_of(head)
-        taken: list[dict[str, Any]] = []
+        rows = head.rows
+        taken: list[Batch] = []
         while self._queue:
-            kind, body = self._queue[0]
-            if kind != BATCH or _signature(body) != want or rows + rows_of(body) > max_rows:
+            message = self._queue[0]
+            if (not isinstance(message, Batch) or _signature(message) != want
+                    or rows + message.rows > max_rows):
                 break
             self._queue.popleft()
-            taken.append(body)
-            rows += rows_of(body)
+            taken.append(message)
+            rows += message.rows
         return taken
 
 

@@ -39,6 +39,7 @@ from gateway.model_server import MAX_INFLIGHT_PER_COPY_SHARED, ModelServer
 from gateway.settings import Settings
 from gateway.stats import BridgeCounters, stats_delta, stats_to_wire
 from shm import wire
+from shm.messages import Error, FromWorker, Result
 from shm.regions import Region, RegionRegistry
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator
@@ -172,7 +173,8 @@ class DataPlane:
             # producer, and never idles through this process's round trip. Alone too (one
             # data-plane process, synthetic model on 4 simulated GPUs): 0.93-0.95 of the
             # ideal with two in flight, 0.86 with one; tiny JSON no worse.
-            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED, board=self.board)
+            max_inflight_per_copy=MAX_INFLIGHT_PER_COPY_SHARED, board=self.board,
+            reply=self.workers.reply)
         if self._nursery is not None:
             self._start(server)
         return server
@@ -262,18 +264,19 @@ class DataPlane:
 
     # -- answers from the copies ------------------------------------------------------------
 
-    def _on_worker_message(self, kind: bytes, body: dict[str, Any]) -> None:
-        copy_id = body.get("copy")
-        if not isinstance(copy_id, int):
+    def _on_worker_message(self, message: FromWorker) -> None:
+        """Answers to this process's batches (decoded by ``WorkerLink.run_inbox``); copies
+        send nothing else here."""
+        if not isinstance(message, Result | Error):
             return
-        copy = self._copies.get(copy_id)
-        server = self._copy_owner.get(copy_id)
+        copy = self._copies.get(message.copy)
+        server = self._copy_owner.get(message.copy)
         if copy is None or server is None:
             return
-        if kind == wire.RESULT:
-            server.on_result(copy, body)
-        elif kind == wire.ERROR:
-            server.on_error(copy, body)
+        if isinstance(message, Result):
+            server.on_result(copy, message)
+        else:
+            server.on_error(copy, message)
 
     # -- what the control process learns ------------------------------------------------------
 

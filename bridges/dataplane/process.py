@@ -40,6 +40,7 @@ from gateway.loadboard import LoadBoard, board_name
 from gateway.logs import setup_logging
 from gateway.settings import Settings
 from shm import wire
+from shm.messages import Reply
 from shm.segment import SegmentCache, segment_name
 from shm.slab import SlabAllocator
 
@@ -66,7 +67,7 @@ async def serve_bridge(index: int, core_pid: int, run_dir: str, settings: Settin
         segment_bytes=SEGMENT_BYTES,
     )
     link = CoreLink(index, run_dir, slab)
-    workers = WorkerLink(run_dir, reply=[wire.producer_address(run_dir, pid), pid])
+    workers = WorkerLink(run_dir, reply=Reply(wire.producer_address(run_dir, pid), pid))
     board = LoadBoard.attach(board_name(f"{settings.shm_prefix}-{core_pid}"), index + 1)
     board.rows = count + 1  # the control process's row and one per data-plane process
     plane = DataPlane(settings, link, workers, slab, SegmentCache(), board)
