@@ -80,13 +80,14 @@ def _message(body: Json) -> str:
     return str(body.get("message", ""))[:MAX_MESSAGE_CHARS]
 
 
-def _descriptor(raw: object, what: str) -> Descriptor:
-    if not isinstance(raw, list):
-        raise WireError(f"{what} is not a descriptor")
-    try:
-        return Descriptor.from_wire(raw)
-    except (AssertionError, ValueError, TypeError) as exc:
-        raise WireError(f"{what} is not a descriptor: {raw!r:.80}") from exc
+def _descriptor(raw: object, what: str, name: object) -> Descriptor:
+    """``raw`` as a descriptor; else a WireError naming ``what`` (input or output) ``name``."""
+    if isinstance(raw, list):
+        try:
+            return Descriptor.from_wire(raw)
+        except (ValueError, TypeError):
+            pass
+    raise WireError(f"{what} {name!r} is not a descriptor: {raw!r:.80}")
 
 
 def _slots(raw: list[Any]) -> list[SlotRef]:
@@ -186,11 +187,14 @@ class BatchItem:
         rows = _int(raw, "rows")
         if rows < 0:
             raise WireError("a batch item has negative rows")
-        inputs = {str(n): _descriptor(d, f"input {n!r}") for n, d in _dict(raw, "inputs").items()}
-        regions = tuple(_list(raw, "regions"))
-        if not all(isinstance(n, str) for n in regions):
-            raise WireError("'regions' is not a list of input names")
-        outputs = {str(n): OutputTarget.from_wire(t) for n, t in _dict(raw, "outputs").items()}
+        inputs = {n: _descriptor(d, "input", n) for n, d in _dict(raw, "inputs").items()}
+        regions: tuple[str, ...] = ()
+        if "regions" in raw:
+            regions = tuple(_list(raw, "regions"))
+            if not all(isinstance(n, str) for n in regions):
+                raise WireError("'regions' is not a list of input names")
+        outputs = ({n: OutputTarget.from_wire(t) for n, t in _dict(raw, "outputs").items()}
+                   if "outputs" in raw else {})
         sequence = raw.get("sequence")
         return cls(_str(raw, "rid", ""), rows, inputs, regions, outputs,
                    None if sequence is None else SequenceRef.from_wire(sequence))
@@ -419,7 +423,7 @@ class Result:
         for name, raw in _dict(body, "outputs").items():
             if isinstance(raw, list) and raw and raw[0] is None:
                 raw = [NOT_PLACED, *raw[1:]]
-            outputs[str(name)] = _descriptor(raw, f"output {name!r}")
+            outputs[name] = _descriptor(raw, "output", name)
         errors: dict[int, str] = {}
         for index, message in _dict(body, "item_errors").items():
             if not isinstance(index, str) or not index.isdecimal():
