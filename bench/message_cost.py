@@ -5,8 +5,9 @@
 Builds and encodes a BATCH of 1 and of 8 requests the way ``gateway.model_server`` does
 (``shm.messages``), and the same body as a plain dict (what the gateway sent before the
 messages had types), then decodes a RESULT and a BATCH both ways (the plain ways include the
-``Descriptor.from_wire`` calls the server and the worker made later anyway). Prints microseconds per message, the
-best of several rounds; the ratio is what to read (shared machines are noisy).
+``Descriptor.from_wire`` calls the server and the worker made later anyway). Prints CPU
+microseconds per message, the best of several rounds; the ratio is what to read (shared
+machines are noisy).
 """
 
 from __future__ import annotations

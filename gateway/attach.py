@@ -168,6 +168,11 @@ class AttachDesk:
                    if c.id not in self.runtime.attached
                    and c.state in (CopyState.STARTING, CopyState.DEAD))
 
+    def host_of(self, copy_id: int) -> str:
+        """The host an attached copy's worker runs on, as it announced itself ("" unknown)."""
+        running = self.runtime.attached.get(copy_id)
+        return running.announcement.host if running is not None else ""
+
     def _admitted(self, copy_id: int, a: Announcement, placement: Placement) -> None:
         copy: Copy | None = self.gateway.supervisor.copies.get(copy_id)
         if copy is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,6 +141,8 @@ def test_no_copy_until_one_attaches(attached: tuple[RunningGateway, Copies]) -> 
              what="every copy attached")
     gpus = next(m for m in status(gw)["models"] if m["name"] == "on_gpu")["copies"]
     assert sorted(c["gpu"] for c in gpus) == [0, 1]
+    # The status page says which process on which host serves each copy.
+    assert all(isinstance(c["pid"], int) and c["host"] == socket.gethostname() for c in gpus)
     response = infer_x(gw, "fragile", [3, 4, 5])
     assert response.status == 200 and response.json()["outputs"][0]["data"] == [3, 4, 5]
 

@@ -144,6 +144,9 @@ def test_status_page_in_a_browser(sgw: RunningGateway, tmp_path: Path) -> None:
     # Copies per GPU: one on each simulated GPU; the restarted one says so.
     rows = [r for r in stub_text.split("copy GPU state")[1:]]
     assert rows and " 0 " in rows[0] and " 1 " in rows[0], stub_text
+    # ... and which process serves each (the restarted one under its new pid).
+    pids = {c["pid"] for c in stub["copies"]}
+    assert victim not in pids and all(f"pid {p}" in stub_text for p in pids), stub_text
     latency = stub_text.split("p99", 1)[1]
     figures = [float(w) for w, unit in zip(latency.split(), latency.split()[1:], strict=False)
                if unit == "ms" and w.replace(".", "", 1).isdigit()]

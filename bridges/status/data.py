@@ -94,6 +94,7 @@ def latency(window: LatencyWindow, key: Key, histogram: Any, now: float) -> dict
 def status(gateway: _Gateway, window: LatencyWindow, now: float) -> dict[str, Any]:
     """The page's data; ``now`` is a monotonic clock in seconds (for the latency window)."""
     states = {(m["name"], m["version"]): m for m in gateway.repository_index()}
+    desk = getattr(gateway, "attach_desk", None)  # attached copies run on hosts of their own
     models = []
     for server in sorted(gateway.all_servers(),
                          key=lambda s: (s.config.name, int(s.config.version))):
@@ -106,6 +107,10 @@ def status(gateway: _Gateway, window: LatencyWindow, now: float) -> dict[str, An
             "gpu": c.placement.gpu,
             "state": "crash loop" if c.crash_loop else c.state.value,
             "restarts": c.restarts,
+            # its process: the pid it said HELLO with (an attached copy's, in its own
+            # container), and the host an attached copy announced
+            "pid": c.pid,
+            "host": desk.host_of(c.id) if desk is not None else "",
             "outstanding": c.outstanding,
             "error": c.crash_loop or c.last_error,
         } for c in server.copies]

@@ -96,10 +96,12 @@ function render(data) {
                         ms(lat.p99_ms)]));
     div.appendChild(lt);
     const ct = el("table", null, "copies");
-    ct.appendChild(row(["copy", "GPU", "state", "restarts", "batches out", "last error"], true));
+    ct.appendChild(row(["copy", "GPU", "state", "process", "restarts", "batches out",
+                        "last error"], true));
     for (const c of m.copies) {
-      const tr = row([c.id, c.gpu === null ? "cpu" : c.gpu, "", c.restarts, c.outstanding,
-                      c.error || ""]);
+      const proc = c.pid === null ? "" : "pid " + c.pid + (c.host ? " on " + c.host : "");
+      const tr = row([c.id, c.gpu === null ? "cpu" : c.gpu, "", proc, c.restarts,
+                      c.outstanding, c.error || ""]);
       tr.children[2].appendChild(el("span", c.state, "badge copy-state " +
                                     c.state.replace(" ", "-")));
       ct.appendChild(tr);
