@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from shm import wire
 from shm.descriptor import Descriptor
@@ -279,17 +279,24 @@ class SequenceEnd:
 
 
 @dataclass(slots=True)
-class Stop:
-    """Stop serving and exit (a copy's batch socket, or an attached worker's control)."""
+class _Order:
+    """A message that is its kind alone (an empty body)."""
 
-    KIND: ClassVar[bytes] = wire.STOP
+    KIND: ClassVar[bytes]
 
     def to_wire(self) -> Json:
         return {}
 
     @classmethod
-    def from_wire(cls, body: Json) -> Stop:
+    def from_wire(cls, body: Json) -> Self:
         return cls()
+
+
+@dataclass(slots=True)
+class Stop(_Order):
+    """Stop serving and exit (a copy's batch socket, or an attached worker's control)."""
+
+    KIND: ClassVar[bytes] = wire.STOP
 
 
 # -- worker -> gateway -----------------------------------------------------------------------
@@ -332,10 +339,10 @@ class Heartbeat:
 
 
 @dataclass(slots=True)
-class Unhealthy:
-    """The model's ``health()`` failed."""
+class _Report:
+    """A copy reporting a failure of its model, in words."""
 
-    KIND: ClassVar[bytes] = wire.UNHEALTHY
+    KIND: ClassVar[bytes]
 
     copy: int
     message: str
@@ -344,25 +351,22 @@ class Unhealthy:
         return {"copy": self.copy, "message": self.message}
 
     @classmethod
-    def from_wire(cls, body: Json) -> Unhealthy:
+    def from_wire(cls, body: Json) -> Self:
         return cls(_int(body, "copy"), _message(body))
 
 
 @dataclass(slots=True)
-class Fatal:
+class Unhealthy(_Report):
+    """The model's ``health()`` failed."""
+
+    KIND: ClassVar[bytes] = wire.UNHEALTHY
+
+
+@dataclass(slots=True)
+class Fatal(_Report):
     """The model failed to load."""
 
     KIND: ClassVar[bytes] = wire.FATAL
-
-    copy: int
-    message: str
-
-    def to_wire(self) -> Json:
-        return {"copy": self.copy, "message": self.message}
-
-    @classmethod
-    def from_wire(cls, body: Json) -> Fatal:
-        return cls(_int(body, "copy"), _message(body))
 
 
 @dataclass(slots=True)
@@ -513,17 +517,10 @@ class Refused:
 
 
 @dataclass(slots=True)
-class Kill:
+class Kill(_Order):
     """Exit now (hung, or heartbeats missed)."""
 
     KIND: ClassVar[bytes] = wire.KILL
-
-    def to_wire(self) -> Json:
-        return {}
-
-    @classmethod
-    def from_wire(cls, body: Json) -> Kill:
-        return cls()
 
 
 ToWorker = Batch | Release | SequenceEnd | Stop
