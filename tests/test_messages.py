@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shm import wire
@@ -143,6 +143,7 @@ fields = st.sampled_from(["id", "items", "copy", "rows", "inputs", "outputs", "r
                           "sequence_id", "pid", "inbox", "max_rows", "parameters"])
 
 
+@settings(max_examples=300, deadline=None, database=None)  # no deadline: shared machines
 @given(kinds, st.dictionaries(fields, json_values, max_size=6))
 def test_any_json_body_decodes_or_is_a_wire_error(kind: bytes, body: dict[str, Any]) -> None:
     """Hostile bodies: never anything but a typed message or a ``WireError``."""
