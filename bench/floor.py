@@ -75,6 +75,10 @@ async def reactor(port: int) -> None:
                   reply: Callable[[HttpResponse], None]) -> HttpResponse:
             return response
 
+        async def finish(self, request: HttpRequest, checked: object, body: RequestBody
+                         ) -> HttpResponse:
+            return await handle(request, body)
+
     async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
         while await body.read():
             pass
