@@ -278,3 +278,57 @@ def test_shutdown_closes_idle_connections_and_answers_running_ones_with_close() 
         assert b"connection: close" in answer.lower() and answer.endswith(b"bye")
 
     run(test)
+
+
+def test_the_table_shows_each_phase_as_the_request_runs() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        assert b.phases() == [Phase.IDLE]
+        whole = post(b"y" * 100)
+        client.sendall(whole[:-50])
+        await until(lambda: b.phases() == [Phase.GATHERING])
+        client.sendall(whole[-50:])
+        await until(lambda: b.phases() == [Phase.RUNNING])
+        b.fast.started[0].reply(HttpResponse(200, body=b"done"))
+        assert (await read_response(client)).endswith(b"done")
+        assert b.phases() == [Phase.IDLE]
+        client.sendall(post(path="/v2/models"))  # another route: lent to the task path
+        await until(lambda: b.phases() == [Phase.TASK])
+        client.close()
+        await trio.sleep(0.02)
+        assert b.closed == 0  # the task path's to end, not the reactor's
+
+    run(test)
+
+
+def test_a_body_too_slow_to_gather_goes_to_the_task_path_with_its_checked_head() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        whole = post(b"z" * 1000)
+        client.sendall(whole[:-600])
+        await until(lambda: b.phases() == [Phase.GATHERING])
+        await until(lambda: len(b.handed) == 1)  # after GATHER_S, at the next sweep
+        c, first = b.handed[0]
+        assert isinstance(first, Gathered) and first.checked == Checked(FAST)
+        assert first.request.path == FAST and c.phase is Phase.TASK
+        assert b.fast.checks == 1 and b.fast.started == []
+        # the body bytes that did come stay buffered for the task path to read
+        assert c.http.read_body(2000) == b"z" * 400
+
+    run(test)
+
+
+def test_an_answer_after_the_expiry_does_not_answer_the_next_request() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        client.sendall(post(b"first"))
+        assert (await read_response(client)).startswith(b"HTTP/1.1 504")  # expired
+        b.fast.timeout_s = 30.0
+        client.sendall(post(b"second"))
+        await until(lambda: len(b.fast.started) == 2)
+        b.fast.started[0].reply(HttpResponse(200, body=b"stale"))  # the first's, too late
+        b.fast.started[1].reply(HttpResponse(200, body=b"fresh"))
+        answer = await read_response(client)
+        assert answer.endswith(b"fresh") and b"stale" not in answer
+
+    run(test, Recorder(timeout_s=0.05))
