@@ -58,6 +58,7 @@ from bridges.rest.connections import (
     Phase,
     Route,
     Sweep,
+    move,
     route,
     sweep,
 )
@@ -80,6 +81,11 @@ CLOSING_SWEEP_S = 0.05  # ... while shutting down
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLERR | select.EPOLLHUP
+
+# The phases and events of the hot path, as globals (a class attribute costs a lookup more).
+_IDLE, _GATHERING, _RUNNING = Phase.IDLE, Phase.GATHERING, Phase.RUNNING
+_START, _GATHER, _BLOCKED, _ANSWERED = Event.START, Event.GATHER, Event.BLOCKED, Event.ANSWERED
+_TO_TASK, _LINGER = Event.TO_TASK, Event.LINGER
 
 # What the task path is handed: the parsed request, the protocol error to answer, a fast
 # request whose body was late (its head checked), or None (a head in pieces).
@@ -206,7 +212,7 @@ class Reactor:
             return
         phase = c.phase
         if not data:
-            if phase is Phase.IDLE or phase is Phase.GATHERING:
+            if phase is _IDLE or phase is _GATHERING:
                 self._close(c)  # a body cut short included: nothing was taken for it yet
             else:  # half-closed: the answer may still be read
                 c.eof = True
@@ -214,7 +220,7 @@ class Reactor:
             return
         c.last = trio.current_time()
         c.http.feed(data)
-        if phase is Phase.IDLE or phase is Phase.GATHERING:
+        if phase is _IDLE or phase is _GATHERING:
             self._advance(c)
         elif c.http.buffered > PIPELINE_BYTES:
             self._pause(c)
@@ -255,13 +261,13 @@ class Reactor:
                     checked = fast.check(request, target)
                     if not isinstance(checked, HttpResponse):
                         c.gathering = Gathered(request, checked, trio.current_time())
-                        Connections.move(c, Event.GATHER)
+                        move(c, _GATHER)
                         return
                     if not self._send(c, checked):  # (closes: the body was not read)
                         return
                     continue
             assert body is not None
-            Connections.move(c, Event.START)
+            move(c, _START)
             c.serial += 1
             try:
                 outcome = fast.start(request, target, body,
@@ -279,7 +285,7 @@ class Reactor:
 
     def _reply(self, c: Conn, serial: int, response: HttpResponse) -> None:
         """The fast path's answer (called from the model server's callback: never raises)."""
-        if c.pending is None or c.serial != serial or c.phase is not Phase.RUNNING:
+        if c.pending is None or c.serial != serial or c.phase is not _RUNNING:
             if response.release is not None:  # closed, or expired, meanwhile
                 response.release()
             return
@@ -287,7 +293,7 @@ class Reactor:
 
     def _expire(self, c: Conn) -> None:
         """``c``'s request reached its deadline unanswered."""
-        if c.pending is not None and c.phase is Phase.RUNNING:
+        if c.pending is not None and c.phase is _RUNNING:
             c.entry = None  # (popped)
             c.pending.expire()  # its answer comes through ``_reply``
 
@@ -335,7 +341,7 @@ class Reactor:
         if rest:
             c.out, c.out_keep = rest, keep
             c.send_deadline = c.last + self._send_timeout_s
-            Connections.move(c, Event.BLOCKED)
+            move(c, _BLOCKED)
             self._watch(c, _OUT)
             return False
         return self._sent(c, keep)
@@ -359,11 +365,11 @@ class Reactor:
     def _sent(self, c: Conn, keep: bool) -> bool:
         if not keep:
             self._release(c)
-            Connections.move(c, Event.LINGER)
+            move(c, _LINGER)
             self._linger(c)
             return False
-        if c.phase is not Phase.IDLE:
-            Connections.move(c, Event.ANSWERED)
+        if c.phase is not _IDLE:
+            move(c, _ANSWERED)
         c.http.next_request()
         if c.eof:
             self._close(c)
@@ -374,7 +380,7 @@ class Reactor:
 
     def _hand_over(self, c: Conn, first: First) -> None:
         self._release(c)
-        Connections.move(c, Event.TO_TASK)
+        move(c, _TO_TASK)
         self._to_task(c, first)
 
     def _pause(self, c: Conn) -> None:

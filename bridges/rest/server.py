@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from bridges.rest.connections import Conn, Connections, Event, Gathered, give_back
+from bridges.rest.connections import Conn, Connections, Event, Gathered, give_back, move
 from bridges.rest.http11 import (
     CONTINUE,
     Connection,
@@ -232,7 +232,7 @@ class HttpServer:
             if self._reactor is not None:
                 self._reactor.watch(c)
             else:
-                self._table.move(c, Event.TO_TASK)
+                move(c, Event.TO_TASK)
                 self._lend(c, None)
 
     # -- where connections end -----------------------------------------------------------------
@@ -275,7 +275,7 @@ class HttpServer:
                     first = None
                 except ProtocolError as exc:
                     await self._answer(sock, conn, error_response(exc.status, exc.message))
-                    self._table.move(c, Event.LINGER)
+                    move(c, Event.LINGER)
                     await _linger(sock)
                     return
                 if request is None:
@@ -297,13 +297,13 @@ class HttpServer:
                     log.exception("error answering %s %s", head.method, head.path)
                     response = error_response(500, "internal error")
                 if not await self._answer(sock, conn, response):
-                    self._table.move(c, Event.LINGER)
+                    move(c, Event.LINGER)
                     await _linger(sock)
                     return
                 conn.next_request()
                 if give_back(self._reactor is not None, self._table.closing, conn.buffered):
                     assert self._reactor is not None
-                    self._table.move(c, Event.GIVE_BACK)
+                    move(c, Event.GIVE_BACK)
                     self._reactor.watch(c)
                     lent = False
                     return
