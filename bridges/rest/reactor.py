@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from bridges.rest.connections import (
+    AFTER,
     REACTOR_PHASES,
     Conn,
     Connections,
@@ -84,8 +85,10 @@ _GONE = select.EPOLLERR | select.EPOLLHUP
 
 # The phases and events of the hot path, as globals (a class attribute costs a lookup more).
 _IDLE, _GATHERING, _RUNNING = Phase.IDLE, Phase.GATHERING, Phase.RUNNING
-_START, _GATHER, _BLOCKED, _ANSWERED = Event.START, Event.GATHER, Event.BLOCKED, Event.ANSWERED
+_GATHER, _BLOCKED = Event.GATHER, Event.BLOCKED
 _TO_TASK, _LINGER = Event.TO_TASK, Event.LINGER
+_ROUTE_TASK = Route.TASK
+_AFTER_START, _AFTER_ANSWERED = AFTER[Event.START], AFTER[Event.ANSWERED]
 
 # What the task path is handed: the parsed request, the protocol error to answer, a fast
 # request whose body was late (its head checked), or None (a head in pieces).
@@ -253,11 +256,10 @@ class Reactor:
                 request = head
                 target = fast.target(request)
                 body = http.take_body() if target is not None else None
-                way = route(target is not None, body is not None, request)
-                if way is Route.TASK:
-                    self._hand_over(c, request)
-                    return
-                if way is Route.GATHER:
+                if body is None:  # (claimed with its body whole, a request starts at once)
+                    if route(target is not None, False, request) is _ROUTE_TASK:
+                        self._hand_over(c, request)
+                        return
                     checked = fast.check(request, target)
                     if not isinstance(checked, HttpResponse):
                         c.gathering = Gathered(request, checked, trio.current_time())
@@ -266,8 +268,7 @@ class Reactor:
                     if not self._send(c, checked):  # (closes: the body was not read)
                         return
                     continue
-            assert body is not None
-            move(c, _START)
+            c.phase = _AFTER_START[c.phase]  # (``move``, inlined)
             c.serial += 1
             try:
                 outcome = fast.start(request, target, body,
@@ -369,7 +370,7 @@ class Reactor:
             self._linger(c)
             return False
         if c.phase is not _IDLE:
-            move(c, _ANSWERED)
+            c.phase = _AFTER_ANSWERED[c.phase]  # (``move``, inlined)
         c.http.next_request()
         if c.eof:
             self._close(c)
