@@ -12,11 +12,11 @@ server calls back when it is answered (``InferRequest.on_done``).
 
 How
 ---
-The server's accept loop hands each new connection to the ``Reactor``. The reactor registers
-the socket once, level-triggered, in an epoll set of its own, and its Trio task waits for that
-one descriptor (``trio.lowlevel.wait_readable``), then handles every ready connection in one
-go: receive, feed ``http11``, and when the head is whole, the ``FastPath`` claims the route
-and the whole body is already buffered (the usual case for small requests), start it. The
+The server's accept loop lends each new connection to the ``Reactor`` (``watch``), which
+registers the socket once, level-triggered, in an epoll set of its own, and its Trio task waits
+for that one descriptor (``trio.lowlevel.wait_readable``), then handles every ready connection
+in one go: receive, feed ``http11``, and when the head is whole, the ``FastPath`` claims the
+route and the whole body is already buffered (the usual case for small requests), start it. The
 answer arrives later through ``reply`` and is sent at once with ``sendmsg``; what the socket
 does not take is copied and sent when epoll says it is writable.
 
