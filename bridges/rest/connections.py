@@ -5,8 +5,9 @@ Two paths serve connections. The reactor (``bridges.rest.reactor``) waits on idl
 serves infer calls whose body is, or soon will be, buffered whole, without a task. The task
 path (``HttpServer._connection`` in ``bridges.rest.server``) serves everything else, with
 streaming bodies and timeouts. Neither keeps a connection: ``Connections`` holds each one, a
-``Conn``, from accept to close; a path borrows it for a phase and every change of phase goes
-through ``step``, so a connection is always in exactly one phase, served by exactly one path.
+``Conn``, from accept to close; a path borrows it for a phase and every change of phase is a
+lookup in ``TRANSITIONS`` (``move``; the reactor's hot path looks up the event's column,
+``AFTER``, itself), so a connection is always in one phase, served by one path.
 
 Phases and transitions (``TRANSITIONS``; ``step`` refuses any other, which is a bug)::
 
@@ -37,7 +38,9 @@ the fast path claims the route and the body is buffered whole (START) or small e
 gather (GATHER, at most ``GATHER_BYTES``, no ``Expect: 100-continue``); else the task path.
 A gathered body still incomplete after ``GATHER_S`` goes to the task path as a ``Gathered``
 record: the request and what the fast path's ``check`` returned (for infer calls the checked
-``Head``: model, availability, head limits), so nothing is looked up or checked twice.
+``Head``: model, availability, head limits), so nothing is looked up or checked twice. A
+model stopped in the meantime is still answered once and clearly: its server refuses the
+submit (503, "not serving"), as it does for a gathered body that came in time.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ class HttpServer:
                 move(c, Event.TO_TASK)
                 self._lend(c, None)
 
-    # -- where connections end -----------------------------------------------------------------
+    # -- lending a connection to the task path, and ending one ---------------------------------
 
     def _lend(self, c: Conn, first: First) -> None:
         """The task path serves ``c`` (TASK) from ``first`` on."""
