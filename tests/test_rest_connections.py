@@ -163,8 +163,10 @@ def _send_slowly(sock: socket.socket, message: bytes, first: int, pause_s: float
         time.sleep(0.05)
 
 
-def _responses(sock: socket.socket, settle_s: float = 0.3) -> list[tuple[int, bytes]]:
-    """Every response on ``sock`` until it is quiet for ``settle_s`` (Content-Length framed)."""
+def _responses(sock: socket.socket, settle_s: float = 0.3
+               ) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Every response on ``sock`` until it is quiet for ``settle_s`` (Content-Length framed):
+    status, headers (lower-case names) and body."""
     sock.settimeout(settle_s)
     data = b""
     deadline = time.monotonic() + 15
@@ -183,9 +185,11 @@ def _responses(sock: socket.socket, settle_s: float = 0.3) -> list[tuple[int, by
         head, sep, data = data.partition(b"\r\n\r\n")
         assert sep, head
         lines = head.split(b"\r\n")
-        length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
-                      if k.strip().lower() == b"content-length")
-        out.append((int(lines[0].split()[1]), data[:length]))
+        fields = {k.strip().lower(): v.strip()
+                  for k, _, v in (line.partition(b":") for line in lines[1:])}
+        length = int(fields[b"content-length"])
+        assert len(data) >= length, (head, len(data))
+        out.append((int(lines[0].split()[1]), fields, data[:length]))
         data = data[length:]
     return out
 
@@ -210,6 +214,22 @@ def _infer(x: np.ndarray) -> bytes:
             + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+def _binary_infer(x: np.ndarray) -> bytes:
+    header = orjson.dumps({
+        "inputs": [{"name": "IMAGE", "datatype": "UINT8", "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "IMAGE", "parameters": {"binary_data": True}}],
+    })
+    return (b"POST /v2/models/stub/infer HTTP/1.1\r\nHost: t\r\nContent-Length: "
+            + str(len(header) + x.nbytes).encode() + b"\r\nInference-Header-Content-Length: "
+            + str(len(header)).encode() + b"\r\n\r\n" + header + x.tobytes())
+
+
+def _binary_output(body: bytes, header_len: int) -> np.ndarray:
+    out = json.loads(body[:header_len])["outputs"][0]
+    return np.frombuffer(body[header_len:], np.uint8).reshape(out["shape"])
+
+
 LATE_S = 2 * GATHER_S + 0.3  # past the gathering limit, whichever sweep notices it
 
 
@@ -219,16 +239,33 @@ def test_a_slow_small_body_gets_the_right_answer_once(gateway: RunningGateway) -
     host, port = gateway.url.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         _send_slowly(sock, _infer(x), first=40, pause_s=LATE_S)
-        (status, body), = _responses(sock)  # one answer, nothing after it
+        (status, _, body), = _responses(sock)  # one answer, nothing after it
         assert status == 200, body[:300]
         out = json.loads(body)["outputs"][0]
         np.testing.assert_array_equal(np.array(out["data"], np.uint8).reshape(out["shape"]), x)
         # the connection went back to the reactor: the next request is served as usual
         sock.sendall(_infer(x[:, :2]))
-        (status, body), = _responses(sock)
+        (status, _, body), = _responses(sock)
         assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 2, 20, 3]
     after = _rest_answers(gateway)
     assert after - before == Counter({"2xx": 2})
+
+
+@pytest.mark.parametrize("first", [30, 300], ids=["in-the-json-header", "in-the-tensor"])
+def test_a_slow_small_binary_body_gets_the_right_answer_once(gateway: RunningGateway,
+                                                             first: int) -> None:
+    # The late body is finished by the task path: its JSON header read from what the reactor
+    # had buffered and what follows, the tensor received into its slot.
+    x = np.random.default_rng(first).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    before = _rest_answers(gateway)
+    host, port = gateway.url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        _send_slowly(sock, _binary_infer(x), first=first, pause_s=LATE_S)
+        (status, fields, body), = _responses(sock)  # one answer, nothing after it
+        assert status == 200, body[:300]
+        out = _binary_output(body, int(fields[b"inference-header-content-length"]))
+        np.testing.assert_array_equal(out, x)
+    assert _rest_answers(gateway) - before == Counter({"2xx": 1})
 
 
 def test_a_model_unloaded_while_its_body_comes_gets_one_clear_refusal(tmp_path: Path) -> None:
@@ -247,12 +284,12 @@ def test_a_model_unloaded_while_its_body_comes_gets_one_clear_refusal(tmp_path: 
                 assert r.status == 200  # returns once the model's server is stopped
             time.sleep(max(0.0, LATE_S - (time.monotonic() - started)))
             sock.sendall(message[head_end + 20:])
-            (status, body), = _responses(sock)  # one answer, nothing after it
+            (status, _, body), = _responses(sock)  # one answer, nothing after it
             assert status == 503, body
             assert "not serving" in json.loads(body)["error"]
             # a new request for it is refused at its head, on the same connection
             sock.sendall(message)
-            (status, body), = _responses(sock)
+            (status, _, body), = _responses(sock)
             assert status in (400, 404) and "stub" in json.loads(body)["error"], body
         assert _rest_answers(gw) == Counter({"5xx": 1, "4xx": 1})
     finally:
