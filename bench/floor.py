@@ -14,6 +14,7 @@ plane keeps.
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -21,6 +22,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from bridges.rest.asgi import lifespan
+from bridges.rest.http11 import HttpRequest, HttpResponse
+from bridges.rest.server import RequestBody
 
 BODY = b'{"model_name":"floor","outputs":[]}'
 
@@ -42,8 +45,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def thin(port: int) -> None:
-    from bridges.rest.http11 import HttpRequest, HttpResponse
-    from bridges.rest.server import HttpServer, RequestBody, open_listeners
+    from bridges.rest.server import HttpServer, open_listeners
 
     response = HttpResponse(200, ((b"content-type", b"application/json"),), BODY)
 
@@ -56,24 +58,35 @@ async def thin(port: int) -> None:
     await HttpServer(handle).serve(listeners, trio.Event())
 
 
-async def reactor(port: int) -> None:
-    from collections.abc import Callable
+class Canned:
+    """A fast path that claims every POST and answers ``response`` at once (``handle``: for
+    a body too slow to gather, on the task path)."""
 
-    from bridges.rest.http11 import HttpRequest, HttpResponse
-    from bridges.rest.server import HttpServer, RequestBody, open_listeners
+    def __init__(self, response: HttpResponse,
+                 handle: Callable[[HttpRequest, RequestBody], Awaitable[HttpResponse]]
+                 ) -> None:
+        self._response = response
+        self._handle = handle
+
+    def target(self, request: HttpRequest) -> object:
+        return True if request.method == "POST" else None
+
+    def check(self, request: HttpRequest, target: object) -> HttpResponse | None:
+        return None
+
+    def start(self, request: HttpRequest, target: object, body: memoryview,
+              reply: Callable[[HttpResponse], None]) -> HttpResponse:
+        return self._response
+
+    async def finish(self, request: HttpRequest, checked: object, body: RequestBody
+                     ) -> HttpResponse:
+        return await self._handle(request, body)
+
+
+async def reactor(port: int) -> None:
+    from bridges.rest.server import HttpServer, open_listeners
 
     response = HttpResponse(200, ((b"content-type", b"application/json"),), BODY)
-
-    class Canned:
-        def target(self, request: HttpRequest) -> object:
-            return True if request.method == "POST" else None
-
-        def check(self, request: HttpRequest, target: object) -> HttpResponse | None:
-            return None
-
-        def start(self, request: HttpRequest, target: object, body: memoryview,
-                  reply: Callable[[HttpResponse], None]) -> HttpResponse:
-            return response
 
     async def handle(request: HttpRequest, body: RequestBody) -> HttpResponse:
         while await body.read():
@@ -81,7 +94,7 @@ async def reactor(port: int) -> None:
         return response
 
     listeners = await open_listeners("127.0.0.1", port)
-    await HttpServer(handle, fast=Canned()).serve(listeners, trio.Event())
+    await HttpServer(handle, fast=Canned(response, handle)).serve(listeners, trio.Event())
 
 
 def main() -> None:

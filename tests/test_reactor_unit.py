@@ -1,9 +1,10 @@
-"""The HTTP reactor's connection states, over socket pairs, without a gateway.
+"""The HTTP reactor's connection phases, over socket pairs, without a gateway.
 
-``Reactor`` holds connections that are idle or whose fast request runs (see the state diagram
-at the top of ``bridges/rest/reactor.py``). Here its fast path is a small recorder of the
-``FastPath`` interface — the seam the infer route plugs into — so each state change is seen
-as the client sees it: what comes back on the socket, when.
+``Reactor`` serves connections of a ``Connections`` table while they are idle or run a fast
+request (the phases are tabled at the top of ``bridges/rest/connections.py``). Here its fast
+path is a small recorder of the ``FastPath`` interface — the seam the infer route plugs into —
+and the task path a list of what was lent to it, so each change of phase is seen as the client
+sees it (what comes back on the socket, when) and in the table.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import trio
 
+from bridges.rest.connections import Conn, Connections, Gathered, Phase
 from bridges.rest.http11 import Connection, HttpRequest, HttpResponse, ProtocolError
-from bridges.rest.reactor import Reactor
+from bridges.rest.reactor import First, Reactor
 
 FAST = "/fast"
 
@@ -66,28 +68,39 @@ class Recorder:
         self.started.append(s)
         return s
 
+    async def finish(self, request: HttpRequest, checked: Any, body: Any) -> HttpResponse:
+        raise AssertionError("the task path is played by the test")
+
 
 class Bench:
     def __init__(self, fast: Recorder, keepalive_s: float = 30.0) -> None:
         self.fast = fast
-        self.handed: list[tuple[socket.socket, HttpRequest | ProtocolError | None]] = []
+        self.table = Connections(max_open=16)
+        self.handed: list[tuple[Conn, First]] = []
         self.closed = 0
-        self.reactor = Reactor(fast, keepalive_timeout_s=keepalive_s, send_timeout_s=5.0,
-                               handoff=lambda s, c, first: self.handed.append((s, first)),
-                               close_after=lambda s: s.close(), close=self.close)
+        self.reactor = Reactor(self.table, fast, keepalive_timeout_s=keepalive_s,
+                               send_timeout_s=5.0,
+                               to_task=lambda c, first: self.handed.append((c, first)),
+                               linger=self.close, end=self.close)
         self.clients: list[socket.socket] = []
 
-    def close(self, sock: socket.socket) -> None:
-        self.closed += 1
-        sock.close()
+    def close(self, c: Conn) -> None:
+        if self.table.end(c):
+            self.closed += 1
+            c.sock.close()
 
     def connect(self) -> socket.socket:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.settimeout(5)
-        self.reactor.adopt(ours, Connection())
+        c = self.table.open(ours, Connection(), trio.current_time())
+        assert c is not None
+        self.reactor.watch(c)
         self.clients.append(theirs)
         return theirs
+
+    def phases(self) -> list[Phase]:
+        return [c.phase for c in self.table]
 
 
 def post(body: bytes = b"{}", path: str = FAST, extra: bytes = b"") -> bytes:
@@ -131,8 +144,8 @@ def run(test: Callable[[Bench], Awaitable[None]], fast: Recorder | None = None,
         finally:
             for s in bench.clients:
                 s.close()
-            for s, _ in bench.handed:  # handed to the general path, which the test plays
-                s.close()
+            for c, _ in bench.handed:  # lent to the task path, which the test plays
+                bench.close(c)
 
     trio.run(main)
 
@@ -255,6 +268,7 @@ def test_shutdown_closes_idle_connections_and_answers_running_ones_with_close() 
         idle, busy = b.connect(), b.connect()
         busy.sendall(post())
         await until(lambda: len(b.fast.started) == 1)
+        b.table.shutdown()  # (the server does both)
         b.reactor.shutdown()
         with trio.fail_after(5):
             await trio.lowlevel.wait_readable(idle)
@@ -264,3 +278,57 @@ def test_shutdown_closes_idle_connections_and_answers_running_ones_with_close() 
         assert b"connection: close" in answer.lower() and answer.endswith(b"bye")
 
     run(test)
+
+
+def test_the_table_shows_each_phase_as_the_request_runs() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        assert b.phases() == [Phase.IDLE]
+        whole = post(b"y" * 100)
+        client.sendall(whole[:-50])
+        await until(lambda: b.phases() == [Phase.GATHERING])
+        client.sendall(whole[-50:])
+        await until(lambda: b.phases() == [Phase.RUNNING])
+        b.fast.started[0].reply(HttpResponse(200, body=b"done"))
+        assert (await read_response(client)).endswith(b"done")
+        assert b.phases() == [Phase.IDLE]
+        client.sendall(post(path="/v2/models"))  # another route: lent to the task path
+        await until(lambda: b.phases() == [Phase.TASK])
+        client.close()
+        await trio.sleep(0.02)
+        assert b.closed == 0  # the task path's to end, not the reactor's
+
+    run(test)
+
+
+def test_a_body_too_slow_to_gather_goes_to_the_task_path_with_its_checked_head() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        whole = post(b"z" * 1000)
+        client.sendall(whole[:-600])
+        await until(lambda: b.phases() == [Phase.GATHERING])
+        await until(lambda: len(b.handed) == 1)  # after GATHER_S, at the next sweep
+        c, first = b.handed[0]
+        assert isinstance(first, Gathered) and first.checked == Checked(FAST)
+        assert first.request.path == FAST and c.phase is Phase.TASK
+        assert b.fast.checks == 1 and b.fast.started == []
+        # the body bytes that did come stay buffered for the task path to read
+        assert c.http.read_body(2000) == b"z" * 400
+
+    run(test)
+
+
+def test_an_answer_after_the_expiry_does_not_answer_the_next_request() -> None:
+    async def test(b: Bench) -> None:
+        client = b.connect()
+        client.sendall(post(b"first"))
+        assert (await read_response(client)).startswith(b"HTTP/1.1 504")  # expired
+        b.fast.timeout_s = 30.0
+        client.sendall(post(b"second"))
+        await until(lambda: len(b.fast.started) == 2)
+        b.fast.started[0].reply(HttpResponse(200, body=b"stale"))  # the first's, too late
+        b.fast.started[1].reply(HttpResponse(200, body=b"fresh"))
+        answer = await read_response(client)
+        assert answer.endswith(b"fresh") and b"stale" not in answer
+
+    run(test, Recorder(timeout_s=0.05))

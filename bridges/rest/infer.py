@@ -273,10 +273,21 @@ def _refused(gateway: Gateway, exc: InferoxyError) -> HttpResponse:
 
 async def handle_infer(gateway: Gateway, request: HttpRequest, request_body: RequestBody,
                        model: str, version: str | None) -> HttpResponse:
-    admission: Admission | None = None
     try:
         head = check_head(gateway, request, model, version)
-        server, header_len = head.server, head.header_len
+    except InferoxyError as exc:
+        return _refused(gateway, exc)
+    return await stream_infer(gateway, request, request_body, head)
+
+
+async def stream_infer(gateway: Gateway, request: HttpRequest, request_body: RequestBody,
+                       head: Head) -> HttpResponse:
+    """The request after its head was checked: the body read into its slots as it comes,
+    then submitted and waited for. A model stopped since ``head`` was checked is refused by
+    its server at submit (503, "not serving"), so the check need not be repeated."""
+    admission: Admission | None = None
+    server, header_len = head.server, head.header_len
+    try:
         body = BodyReader(request_body, gateway.settings.max_body_bytes,
                           gateway.settings.request_timeout_s)
         if header_len is None:
@@ -336,6 +347,13 @@ class FastInfer:
             return check_head(self._gateway, request, *target)
         except InferoxyError as exc:
             return _refused(self._gateway, exc)
+
+    async def finish(self, request: HttpRequest, checked: Head, body: RequestBody
+                     ) -> HttpResponse:
+        """A request whose body was too late to gather, on the task path: ``checked`` is
+        its head as ``check`` passed it, so the model is neither looked up nor checked again
+        (``stream_infer``)."""
+        return await stream_infer(self._gateway, request, body, checked)
 
     def start(self, request: HttpRequest, target: tuple[str, str | None] | Head,
               body: memoryview, reply: Callable[[HttpResponse], None]

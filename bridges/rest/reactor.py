@@ -12,31 +12,29 @@ server calls back when it is answered (``InferRequest.on_done``).
 
 How
 ---
-The server's accept loop hands each new connection to the ``Reactor``. The reactor registers
-the socket once, level-triggered, in an epoll set of its own, and its Trio task waits for that
-one descriptor (``trio.lowlevel.wait_readable``), then handles every ready connection in one
-go: receive, feed ``http11``, and when the head is whole, the ``FastPath`` claims the route
-and the whole body is already buffered (the usual case for small requests), start it. The
+The server's accept loop lends each new connection to the ``Reactor`` (``watch``), which
+registers the socket once, level-triggered, in an epoll set of its own, and its Trio task waits
+for that one descriptor (``trio.lowlevel.wait_readable``), then handles every ready connection
+in one go: receive, feed ``http11``, and when the head is whole, the ``FastPath`` claims the
+route and the whole body is already buffered (the usual case for small requests), start it. The
 answer arrives later through ``reply`` and is sent at once with ``sendmsg``; what the socket
 does not take is copied and sent when epoll says it is writable.
 
-Everything else goes to the general path, a task of the server (``HttpServer._connection``)
-with its timeouts and streaming bodies: a head still incomplete after a read, a body still
-on its way (large binary inputs), chunked bodies, routes other than the fast one, protocol
-errors. That task gives the connection back once it is idle with nothing buffered.
-
-States of a connection held here::
-
-    WAITING --request whole, fast route--> PENDING --answer--> (SENDING) --> WAITING
-       |                                      |
-       +--anything else--> general path       +--deadline--> 504, as an answer
+Everything else goes to the task path (``HttpServer._connection``) with its timeouts and
+streaming bodies: a head still incomplete after a read, a body still on its way past
+``connections.GATHER_BYTES`` or ``GATHER_S``, chunked bodies, routes other than the fast one,
+protocol errors. The reactor keeps no connection of its own: it borrows them from the
+server's ``connections.Connections`` table, whose phases (the table at the top of
+``bridges/rest/connections.py``) say which path holds each; ``route`` decides where each
+request goes. The task path gives a connection back (``watch``) once it is idle with
+nothing buffered.
 
 Rules: one request at a time per connection (pipelined requests wait in the buffer, whose
-growth stops reading at ``PIPELINE_BYTES``); a client that closes while its request runs has
-it abandoned (``FastPath`` ``cancel``); an idle connection is closed after
-``keepalive_timeout_s``, an answer the client does not read after ``send_timeout_s``;
-on shutdown idle connections close at once and pending ones close after their answer
-(``Connection: close``).
+growth stops reading at ``PIPELINE_BYTES``); a request past its deadline is answered with
+its expiry (``Pending.expire``); a client that closes while its request runs has it
+abandoned (``Pending.cancel``); an idle connection is closed after ``keepalive_timeout_s``,
+an answer the client does not read after ``send_timeout_s``; on shutdown idle connections
+close at once and running ones close after their answer (``Connection: close``).
 """
 
 from __future__ import annotations
@@ -47,30 +45,36 @@ import select
 import socket as stdsocket
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from bridges.rest.http11 import (
-    Connection,
-    HttpRequest,
-    HttpResponse,
-    ProtocolError,
-    error_response,
+from bridges.rest.connections import (
+    AFTER,
+    REACTOR_PHASES,
+    Conn,
+    Connections,
+    Event,
+    Gathered,
+    Phase,
+    Route,
+    Sweep,
+    move,
+    route,
+    sweep,
 )
+from bridges.rest.http11 import HttpRequest, HttpResponse, ProtocolError, error_response
 from bridges.rest.send import send_response
-from gateway.deadlines import DeadlineHeap, Entry
+from gateway.deadlines import DeadlineHeap
+
+if TYPE_CHECKING:
+    from bridges.rest.server import RequestBody
 
 log = logging.getLogger("inferoxy.http")
 
 Socket = stdsocket.socket
 
 RECV_BYTES = 64 << 10
-# A fast-path body up to this size that did not come whole with its head (a small request
-# split across segments) is gathered here; a larger one goes to the general path, which
-# receives it straight into shared memory (one copy less). 224x224x3 images (150 KB) at c=16
-# gave the same throughput either way (4.0-4.3 k/s, alternating runs).
-GATHER_BYTES = 64 << 10
 PIPELINE_BYTES = 256 << 10  # buffered while a request runs; reading pauses beyond
 SWEEP_S = 1.0  # how often idle and stuck connections are looked at
 CLOSING_SWEEP_S = 0.05  # ... while shutting down
@@ -78,6 +82,17 @@ CLOSING_SWEEP_S = 0.05  # ... while shutting down
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLERR | select.EPOLLHUP
+
+# The phases and events of the hot path, as globals (a class attribute costs a lookup more).
+_IDLE, _GATHERING, _RUNNING = Phase.IDLE, Phase.GATHERING, Phase.RUNNING
+_GATHER, _BLOCKED = Event.GATHER, Event.BLOCKED
+_TO_TASK, _LINGER = Event.TO_TASK, Event.LINGER
+_ROUTE_TASK = Route.TASK
+_AFTER_START, _AFTER_ANSWERED = AFTER[Event.START], AFTER[Event.ANSWERED]
+
+# What the task path is handed: the parsed request, the protocol error to answer, a fast
+# request whose body was late (its head checked), or None (a head in pieces).
+First = HttpRequest | ProtocolError | Gathered | None
 
 
 class Pending(Protocol):
@@ -99,77 +114,59 @@ class FastPath(Protocol):
 
     def check(self, request: HttpRequest, target: Any) -> Any:
         """Before a body is gathered: the answer that refuses the request (an
-        ``HttpResponse``), or what ``start`` is then given instead of ``target`` -- what
-        was checked here is not checked again."""
+        ``HttpResponse``), or what ``start`` (or ``finish``) is then given instead of
+        ``target`` -- what was checked here is not checked again."""
 
     def start(self, request: HttpRequest, target: Any, body: memoryview,
               reply: Callable[[HttpResponse], None]) -> HttpResponse | Pending:
         """Answer now, or start the request; ``reply`` is then called once with its answer,
         unless it is expired or cancelled first. ``body`` is valid for this call only."""
 
-
-class _Conn:
-    __slots__ = ("conn", "entry", "eof", "fd", "gathering", "last", "out", "out_keep",
-                 "paused", "pending", "send_deadline", "sock", "watching")
-
-    def __init__(self, sock: Socket, conn: Connection, now: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.conn = conn
-        self.last = now  # when it last did something (for the keep-alive timeout)
-        self.pending: Pending | None = None
-        self.entry: Entry | None = None  # the pending request's place among the deadlines
-        # (request, target, since): a fast request whose body is still arriving
-        self.gathering: tuple[HttpRequest, Any, float] | None = None
-        self.out: bytes = b""  # what the socket did not take of the answer
-        self.out_keep = False
-        self.send_deadline = math.inf
-        self.eof = False  # the client shut its side: answer what runs, then close
-        self.paused = False  # input not watched (pipelined bytes over the limit, or EOF)
-        self.watching = _IN
+    async def finish(self, request: HttpRequest, checked: Any, body: RequestBody
+                     ) -> HttpResponse:
+        """On the task path: a request whose body was too late to gather, ``checked`` what
+        ``check`` returned for it; the rest of the body is read from ``body``."""
 
 
 class Reactor:
     """The connections of one ``HttpServer`` while they wait or run a fast request.
 
-    The server owns every connection's end: the reactor never closes a socket itself.
-    ``handoff(sock, conn, first)`` gives a connection to the general path (``first``: the
-    request whose head was parsed, or the protocol error to answer); ``close_after(sock)``
-    ends a connection after an answer that closes it (lingering, as the general path does);
-    ``close(sock)`` ends one at once (idle, reset, or its client gone).
+    It borrows them from ``table`` (``watch`` lends one, idle with nothing buffered) and
+    never closes a socket itself: ``to_task(c, first)`` lends a connection to the task path,
+    ``linger(c)`` ends one after an answer that closes it (lingering, so the answer is not
+    lost to a reset), ``end(c)`` ends one at once (idle, reset, or its client gone).
     """
 
-    def __init__(self, fast: FastPath, *, keepalive_timeout_s: float, send_timeout_s: float,
-                 handoff: Callable[[Socket, Connection, HttpRequest | ProtocolError | None],
-                                   None],
-                 close_after: Callable[[Socket], None], close: Callable[[Socket], None]
-                 ) -> None:
+    def __init__(self, table: Connections, fast: FastPath, *, keepalive_timeout_s: float,
+                 send_timeout_s: float, to_task: Callable[[Conn, First], None],
+                 linger: Callable[[Conn], None], end: Callable[[Conn], None]) -> None:
+        self._table = table
         self._fast = fast
         self._keepalive_s = keepalive_timeout_s
         self._send_timeout_s = send_timeout_s
-        self._handoff_to = handoff
-        self._close_after = close_after
-        self._close_now = close
+        self._to_task = to_task
+        self._linger = linger
+        self._end = end
         self._ep = select.epoll()
-        self._conns: dict[int, _Conn] = {}
-        self._deadlines: DeadlineHeap[_Conn] = DeadlineHeap()
-        self._closing = False
+        self._deadlines: DeadlineHeap[Conn] = DeadlineHeap()
         self._next_sweep = 0.0
 
     # -- the task ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until shutdown has closed every connection held here."""
+        """Until shutdown has closed every connection of the table."""
         ep = self._ep
+        table = self._table
+        by_fd = table.by_fd
         try:
-            while not (self._closing and not self._conns):
+            while not (table.closing and not by_fd):
                 first = self._deadlines.next_deadline()
                 wake = self._next_sweep if first is None else min(first, self._next_sweep)
                 with trio.move_on_at(wake):
                     await trio.lowlevel.wait_readable(ep)
                 for fd, events in ep.poll(0):
-                    c = self._conns.get(fd)
-                    if c is not None:
+                    c = by_fd.get(fd)
+                    if c is not None and c.phase in REACTOR_PHASES:
                         self._event(c, events)
                 now = trio.current_time()
                 for c in self._deadlines.due(now):
@@ -177,29 +174,26 @@ class Reactor:
                 if now >= self._next_sweep:
                     self._sweep(now)
         finally:
-            for c in list(self._conns.values()):
+            for c in table:
                 self._close(c)
             trio.lowlevel.notify_closing(ep)
             ep.close()
 
-    def adopt(self, sock: Socket, conn: Connection) -> None:
-        """Hold ``sock`` (non-blocking, connected), idle with nothing buffered."""
-        c = _Conn(sock, conn, trio.current_time())
-        if self._closing:
-            conn.closing = True
-        self._conns[c.fd] = c
+    def watch(self, c: Conn) -> None:
+        """Serve ``c`` (IDLE, non-blocking, connected, nothing buffered) from now on."""
+        c.last = trio.current_time()
+        c.eof = c.paused = False
+        c.watching = _IN
         self._ep.register(c.fd, _IN)
 
     def shutdown(self) -> None:
-        """Close idle connections now, the others after their answers; ``run`` then ends."""
-        self._closing = True
+        """Close idle connections now, the others after their answers; ``run`` then ends
+        (once the table is empty: the task path's connections close on their own)."""
         self._next_sweep = 0.0  # sweep at the next wake-up
-        for c in self._conns.values():
-            c.conn.closing = True
 
     # -- events ------------------------------------------------------------------------------
 
-    def _event(self, c: _Conn, events: int) -> None:
+    def _event(self, c: Conn, events: int) -> None:
         try:
             if events & _OUT and c.out:
                 self._flush(c)
@@ -211,72 +205,78 @@ class Reactor:
             log.exception("HTTP connection failed")
             self._close(c)
 
-    def _readable(self, c: _Conn) -> None:
+    def _readable(self, c: Conn) -> None:
         try:
-            data = c.sock.recv(max(RECV_BYTES, c.conn.body_missing()))
+            data = c.sock.recv(max(RECV_BYTES, c.http.body_missing()))
         except BlockingIOError:
             return
         except OSError:
             self._close(c)
             return
+        phase = c.phase
         if not data:
-            if c.pending is None and not c.out:
+            if phase is _IDLE or phase is _GATHERING:
                 self._close(c)  # a body cut short included: nothing was taken for it yet
             else:  # half-closed: the answer may still be read
                 c.eof = True
                 self._pause(c)
             return
         c.last = trio.current_time()
-        c.conn.feed(data)
-        if c.pending is None and not c.out:
+        c.http.feed(data)
+        if phase is _IDLE or phase is _GATHERING:
             self._advance(c)
-        elif c.conn.buffered > PIPELINE_BYTES:
+        elif c.http.buffered > PIPELINE_BYTES:
             self._pause(c)
 
-    def _advance(self, c: _Conn) -> None:
-        """Serve the requests buffered on an idle connection until one has to wait."""
-        conn = c.conn
+    def _advance(self, c: Conn) -> None:
+        """Serve the requests buffered on an IDLE (or GATHERING) connection until one has
+        to wait."""
+        http = c.http
+        fast = self._fast
         while True:
             if c.gathering is not None:
-                request, target, _ = c.gathering
-                body = conn.take_body()
+                gathered = c.gathering
+                body = http.take_body()
                 if body is None:
                     return  # more to come
                 c.gathering = None
+                request, target = gathered.request, gathered.checked
             else:
                 try:
-                    head = conn.next_head()
+                    head = http.next_head()
                 except ProtocolError as exc:
-                    self._handoff(c, exc)
+                    self._hand_over(c, exc)
                     return
                 if head is None:
-                    if conn.buffered:  # a head in pieces: the general path times it
-                        self._handoff(c, None)
+                    if http.buffered:  # a head in pieces: the task path times it
+                        self._hand_over(c, None)
                     elif c.paused and not c.eof:
                         self._resume(c)
                     return
                 request = head
-                target = self._fast.target(request)
-                body = conn.take_body() if target is not None else None
-                if body is None:
-                    if (target is not None and request.content_length is not None
-                            and request.content_length <= GATHER_BYTES
-                            and request.header(b"expect") is None):
-                        checked = self._fast.check(request, target)
-                        if not isinstance(checked, HttpResponse):
-                            c.gathering = (request, checked, trio.current_time())
-                            return
-                        if not self._send(c, checked):  # (closes: the body was not read)
-                            return
-                        continue
-                    self._handoff(c, request)
-                    return
+                target = fast.target(request)
+                body = http.take_body() if target is not None else None
+                if body is None:  # (claimed with its body whole, a request starts at once)
+                    if route(target is not None, False, request) is _ROUTE_TASK:
+                        self._hand_over(c, request)
+                        return
+                    checked = fast.check(request, target)
+                    if not isinstance(checked, HttpResponse):
+                        c.gathering = Gathered(request, checked, trio.current_time())
+                        move(c, _GATHER)
+                        return
+                    if not self._send(c, checked):  # (closes: the body was not read)
+                        return
+                    continue
+            c.phase = _AFTER_START[c.phase]  # (``move``, inlined)
+            c.serial += 1
             try:
-                outcome = self._fast.start(request, target, body, partial(self._reply, c))
+                outcome = fast.start(request, target, body,
+                                     partial(self._reply, c, c.serial))
             except Exception:
                 log.exception("error answering %s %s", request.method, request.path)
                 outcome = error_response(500, "internal error")
-            if isinstance(outcome, HttpResponse):
+            if isinstance(outcome, HttpResponse):  # answered at once (a refusal, say)
                 if not self._send(c, outcome):
                     return
                 continue
@@ -284,21 +284,21 @@ class Reactor:
             c.entry = self._deadlines.push(outcome.deadline, c)
             return
 
-    def _reply(self, c: _Conn, response: HttpResponse) -> None:
+    def _reply(self, c: Conn, serial: int, response: HttpResponse) -> None:
         """The fast path's answer (called from the model server's callback: never raises)."""
-        if c.pending is None or self._conns.get(c.fd) is not c:
+        if c.pending is None or c.serial != serial or c.phase is not _RUNNING:
             if response.release is not None:  # closed, or expired, meanwhile
                 response.release()
             return
         self._answer(c, response)
 
-    def _expire(self, c: _Conn) -> None:
+    def _expire(self, c: Conn) -> None:
         """``c``'s request reached its deadline unanswered."""
-        if c.pending is not None and self._conns.get(c.fd) is c:
+        if c.pending is not None and c.phase is _RUNNING:
             c.entry = None  # (popped)
             c.pending.expire()  # its answer comes through ``_reply``
 
-    def _answer(self, c: _Conn, response: HttpResponse) -> None:
+    def _answer(self, c: Conn, response: HttpResponse) -> None:
         self._settle(c)
         try:
             if self._send(c, response):
@@ -307,7 +307,7 @@ class Reactor:
             log.exception("HTTP connection failed")
             self._close(c)
 
-    def _settle(self, c: _Conn) -> None:
+    def _settle(self, c: Conn) -> None:
         """``c`` has no request running any more."""
         c.pending = None
         if c.entry is not None:
@@ -315,38 +315,39 @@ class Reactor:
             c.entry = None
 
     def _sweep(self, now: float) -> None:
-        self._next_sweep = now + (CLOSING_SWEEP_S if self._closing else SWEEP_S)
-        idle_before = now - self._keepalive_s
-        for c in list(self._conns.values()):
-            if c.out:
-                if now > c.send_deadline:
-                    self._close(c)  # the client does not read its answer
-            elif c.gathering is not None:
-                if c.gathering[2] < now - SWEEP_S:  # a slow body: the general path times it
-                    request = c.gathering[0]
-                    c.gathering = None
-                    self._handoff(c, request)
-            elif c.pending is None and (self._closing or c.last < idle_before):
+        table = self._table
+        self._next_sweep = now + (CLOSING_SWEEP_S if table.closing else SWEEP_S)
+        for c in table:
+            if c.phase not in REACTOR_PHASES:
+                continue  # the task path's
+            what = sweep(c, now, self._keepalive_s, table.closing)
+            if what is Sweep.CLOSE:
                 self._close(c)
+            elif what is Sweep.TO_TASK:  # a slow body: the task path reads and times it
+                gathered = c.gathering
+                c.gathering = None
+                self._hand_over(c, gathered)
 
     # -- answers -----------------------------------------------------------------------------
 
-    def _send(self, c: _Conn, response: HttpResponse) -> bool:
-        """Send ``response``; True when it went out whole and the next request may be read."""
+    def _send(self, c: Conn, response: HttpResponse) -> bool:
+        """Send ``response`` (IDLE or RUNNING); True when it went out whole and the next
+        request may be read (``c`` is IDLE again)."""
         c.last = trio.current_time()
         try:
-            rest, keep = send_response(c.sock, c.conn, response)
+            rest, keep = send_response(c.sock, c.http, response)
         except OSError:
             self._close(c)
             return False
         if rest:
             c.out, c.out_keep = rest, keep
             c.send_deadline = c.last + self._send_timeout_s
+            move(c, _BLOCKED)
             self._watch(c, _OUT)
             return False
         return self._sent(c, keep)
 
-    def _flush(self, c: _Conn) -> None:
+    def _flush(self, c: Conn) -> None:
         try:
             sent = c.sock.send(c.out)
         except BlockingIOError:
@@ -362,12 +363,15 @@ class Reactor:
         if self._sent(c, c.out_keep):
             self._advance(c)
 
-    def _sent(self, c: _Conn, keep: bool) -> bool:
+    def _sent(self, c: Conn, keep: bool) -> bool:
         if not keep:
-            self._forget(c)
-            self._close_after(c.sock)  # lingers, so the answer is not lost to a reset
+            self._release(c)
+            move(c, _LINGER)
+            self._linger(c)
             return False
-        c.conn.next_request()
+        if c.phase is not _IDLE:
+            c.phase = _AFTER_ANSWERED[c.phase]  # (``move``, inlined)
+        c.http.next_request()
         if c.eof:
             self._close(c)
             return False
@@ -375,35 +379,36 @@ class Reactor:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _handoff(self, c: _Conn, first: HttpRequest | ProtocolError | None) -> None:
-        self._forget(c)
-        self._handoff_to(c.sock, c.conn, first)
+    def _hand_over(self, c: Conn, first: First) -> None:
+        self._release(c)
+        move(c, _TO_TASK)
+        self._to_task(c, first)
 
-    def _pause(self, c: _Conn) -> None:
+    def _pause(self, c: Conn) -> None:
         c.paused = True
         self._watch(c, c.watching & ~_IN)
 
-    def _resume(self, c: _Conn) -> None:
+    def _resume(self, c: Conn) -> None:
         c.paused = False
         self._watch(c, c.watching | _IN)
 
-    def _watch(self, c: _Conn, events: int) -> None:
+    def _watch(self, c: Conn, events: int) -> None:
         if events != c.watching:
             c.watching = events
             self._ep.modify(c.fd, events)
 
-    def _forget(self, c: _Conn) -> None:
-        """Stop holding ``c`` (its socket stays open)."""
-        if self._conns.get(c.fd) is c:
-            del self._conns[c.fd]
-            self._ep.unregister(c.fd)
+    def _release(self, c: Conn) -> None:
+        """Stop watching ``c`` (its socket stays open)."""
+        c.watching = 0
+        self._ep.unregister(c.fd)
 
-    def _close(self, c: _Conn) -> None:
-        if self._conns.get(c.fd) is not c:
-            return
-        self._forget(c)
+    def _close(self, c: Conn) -> None:
+        if c.phase not in REACTOR_PHASES:
+            return  # the task path's, or closed already
+        self._release(c)
         if c.pending is not None:
             pending = c.pending
             self._settle(c)
             pending.cancel()
-        self._close_now(c.sock)
+        c.gathering = None
+        self._end(c)

@@ -1,14 +1,17 @@
 """A thin HTTP/1.1 server on Trio: the socket I/O around ``bridges.rest.http11``.
 
-One task per connection, owned by the server's nursery; the connection task reads a request
-head, calls the handler, writes its answer, and goes round again (keep-alive), so pipelined
-requests are answered in order. Everything it holds is bounded: the receive buffer (one
-``recv`` plus one head), the time a head may take (``header_timeout_s`` -> 408 and close), the
-time an idle keep-alive connection is kept (``keepalive_timeout_s``), the time an answer may
-take to be sent (``send_timeout_s``). Body bytes are pulled by the handler through
-``RequestBody``: once nothing is buffered they are received straight into the handler's memory
-(a shared-memory slot), the one copy. A client that closes mid-request raises ``ClientGone``
-in the handler, which frees what it took; nothing is answered.
+Every connection is a record of one table (``bridges.rest.connections``: its phases, and which
+path serves its next request) from accept to ``HttpServer._end``. Two paths borrow it: the
+reactor (``bridges.rest.reactor``) while it is idle or runs a small fast request, and the task
+path here, a task of the server's nursery that reads a request head, calls the handler, writes
+its answer, and goes round again (keep-alive), so pipelined requests are answered in order,
+until it gives the idle connection back to the reactor. Everything it holds is bounded: the
+receive buffer (one ``recv`` plus one head), the time a head may take (``header_timeout_s`` ->
+408 and close), the time an idle keep-alive connection is kept (``keepalive_timeout_s``), the
+time an answer may take to be sent (``send_timeout_s``). Body bytes are pulled by the handler
+through ``RequestBody``: once nothing is buffered they are received straight into the handler's
+memory (a shared-memory slot), the one copy. A client that closes mid-request raises
+``ClientGone`` in the handler, which frees what it took; nothing is answered.
 
 Shutdown (``shutdown`` set): the listeners close, idle connections close, and requests in
 flight are answered (with ``Connection: close``) before their connections close; ``serve``
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from bridges.rest.connections import Conn, Connections, Event, Gathered, give_back, move
 from bridges.rest.http11 import (
     CONTINUE,
     Connection,
@@ -46,7 +50,7 @@ from bridges.rest.http11 import (
     State,
     error_response,
 )
-from bridges.rest.reactor import RECV_BYTES, FastPath, Reactor
+from bridges.rest.reactor import RECV_BYTES, FastPath, First, Reactor
 from bridges.rest.send import send_all, send_response
 
 log = logging.getLogger("inferoxy.http")
@@ -158,53 +162,52 @@ Handler = Callable[[HttpRequest, RequestBody], Awaitable[HttpResponse]]
 
 
 class HttpServer:
-    """``handler`` answers every request on the general path (a task per connection while
-    it runs). With ``fast``, connections wait in a ``Reactor`` between requests and the
-    requests ``fast`` claims whose bodies arrived whole are served there, without a task."""
+    """``handler`` answers every request on the task path (a task per connection while it
+    runs). With ``fast``, connections wait in a ``Reactor`` between requests and the requests
+    ``fast`` claims whose bodies arrive whole are served there, without a task. Either way
+    every connection is a record of one table (``connections.Connections``) from accept to
+    close; the paths borrow it."""
 
     def __init__(self, handler: Handler, config: ServerConfig | None = None,
                  fast: FastPath | None = None) -> None:
         self._handler = handler
         self._config = config or ServerConfig()
         self._fast = fast
+        self._table = Connections(self._config.max_connections)
         self._reactor: Reactor | None = None
         self._nursery: trio.Nursery | None = None
-        self._connections: set[Connection] = set()
-        self._open = 0  # connections accepted and not yet closed (tasks may not have started)
-        self._idle: set[trio.CancelScope] = set()
-        self._closing = False
 
     async def serve(self, listeners: list[Socket], shutdown: trio.Event, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Serve until ``shutdown``; reports the listeners' URLs once they accept."""
         try:
-            async with trio.open_nursery() as connections:
-                self._nursery = connections
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if self._fast is not None:
                     self._reactor = Reactor(
-                        self._fast, keepalive_timeout_s=self._config.keepalive_timeout_s,
-                        send_timeout_s=self._config.send_timeout_s, handoff=self._take_over,
-                        close_after=self._close_after, close=self._end)
-                    connections.start_soon(self._reactor.run)
+                        self._table, self._fast,
+                        keepalive_timeout_s=self._config.keepalive_timeout_s,
+                        send_timeout_s=self._config.send_timeout_s, to_task=self._lend,
+                        linger=self._linger_close, end=self._end)
+                    nursery.start_soon(self._reactor.run)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
-                        acceptors.start_soon(self._accept, listener, connections)
+                        acceptors.start_soon(self._accept, listener)
                     task_status.started(bound_urls(listeners))
                     await shutdown.wait()
                     acceptors.cancel_scope.cancel()
                 _close(listeners)
-                self._closing = True
+                self._table.shutdown()
                 if self._reactor is not None:
                     self._reactor.shutdown()
-                for conn in self._connections:
-                    conn.closing = True
-                for scope in self._idle:
-                    scope.cancel()
+                for c in self._table:
+                    if c.idle_scope is not None:
+                        c.idle_scope.cancel()
         finally:
             _close(listeners)
 
-    async def _accept(self, listener: Socket, nursery: trio.Nursery) -> None:
+    async def _accept(self, listener: Socket) -> None:
         while True:
             await trio.lowlevel.checkpoint()
             try:
@@ -220,91 +223,101 @@ class HttpServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            if self._open >= self._config.max_connections:
+            c = self._table.open(sock, Connection(self._config.limits), trio.current_time())
+            if c is None:
                 _refuse(sock)
                 continue
             sock.setblocking(False)
             sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            self._open += 1
             if self._reactor is not None:
-                self._reactor.adopt(sock, Connection(self._config.limits))
+                self._reactor.watch(c)
             else:
-                nursery.start_soon(self._connection, sock)
+                move(c, Event.TO_TASK)
+                self._lend(c, None)
 
-    # -- the reactor's calls -------------------------------------------------------------------
+    # -- lending a connection to the task path, and ending one ---------------------------------
 
-    def _take_over(self, sock: Socket, conn: Connection,
-                   first: HttpRequest | ProtocolError | None) -> None:
+    def _lend(self, c: Conn, first: First) -> None:
+        """The task path serves ``c`` (TASK) from ``first`` on."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._connection, sock, conn, first)
+        self._nursery.start_soon(self._connection, c, first)
 
-    def _close_after(self, sock: Socket) -> None:
+    def _linger_close(self, c: Conn) -> None:
+        """End ``c`` (LINGERING) after an answer that closed it, without losing the answer."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._linger_close, sock)
+        self._nursery.start_soon(self._linger_then_end, c)
 
-    async def _linger_close(self, sock: Socket) -> None:
+    async def _linger_then_end(self, c: Conn) -> None:
         try:
-            await _linger(sock)
+            await _linger(c.sock)
         finally:
-            self._end(sock)
+            self._end(c)
 
-    def _end(self, sock: Socket) -> None:
+    def _end(self, c: Conn) -> None:
         """Every accepted connection ends here, whichever path held it last."""
-        self._open -= 1
-        _close([sock])
+        if self._table.end(c):
+            _close([c.sock])
 
-    # -- the general path: a task per connection -------------------------------------------------
+    # -- the task path: a task per connection while it is lent one -----------------------------
 
-    async def _connection(self, sock: Socket, conn: Connection | None = None,
-                          first: HttpRequest | ProtocolError | None = None) -> None:
-        """Serve ``sock`` (from ``conn``'s state, ``first`` its parsed request or the error
-        to answer) until it closes, or until it is idle and the reactor takes it back."""
-        if conn is None:
-            conn = Connection(self._config.limits)
-        conn.closing = self._closing
-        self._connections.add(conn)
-        kept = False
+    async def _connection(self, c: Conn, first: First) -> None:
+        """Serve ``c`` (from its protocol state, ``first`` its parsed request, a late fast
+        request or the error to answer) until it closes, or until it is idle and the reactor
+        takes it back."""
+        sock, conn = c.sock, c.http
+        lent = True
         try:
             while True:
                 try:
                     if isinstance(first, ProtocolError):
                         raise first
-                    request = first or await self._read_head(sock, conn)
+                    request = first or await self._read_head(c)
                     first = None
                 except ProtocolError as exc:
                     await self._answer(sock, conn, error_response(exc.status, exc.message))
+                    move(c, Event.LINGER)
                     await _linger(sock)
                     return
                 if request is None:
                     return
+                late = request if isinstance(request, Gathered) else None
+                head = request.request if isinstance(request, Gathered) else request
                 try:
-                    response = await self._handler(request, RequestBody(sock, conn))
+                    if late is not None:  # its head checked by the fast path already
+                        assert self._fast is not None
+                        response = await self._fast.finish(head, late.checked,
+                                                           RequestBody(sock, conn))
+                    else:
+                        response = await self._handler(head, RequestBody(sock, conn))
                 except ClientGone:
                     return
                 except ProtocolError as exc:
                     response = error_response(exc.status, exc.message)
                 except Exception:
-                    log.exception("error answering %s %s", request.method, request.path)
+                    log.exception("error answering %s %s", head.method, head.path)
                     response = error_response(500, "internal error")
                 if not await self._answer(sock, conn, response):
+                    move(c, Event.LINGER)
                     await _linger(sock)
                     return
                 conn.next_request()
-                if self._reactor is not None and not self._closing and not conn.buffered:
-                    self._reactor.adopt(sock, conn)
-                    kept = True
+                if give_back(self._reactor is not None, self._table.closing, conn.buffered):
+                    assert self._reactor is not None
+                    move(c, Event.GIVE_BACK)
+                    self._reactor.watch(c)
+                    lent = False
                     return
         except OSError:
             pass  # the client reset or went away mid-answer: nothing left to say
         except Exception:
             log.exception("HTTP connection failed")
         finally:
-            self._connections.discard(conn)
-            if not kept:
-                self._end(sock)
+            if lent:
+                self._end(c)
 
-    async def _read_head(self, sock: Socket, conn: Connection) -> HttpRequest | None:
+    async def _read_head(self, c: Conn) -> HttpRequest | None:
         """The next request's head; None when the connection is to close quietly."""
+        sock, conn = c.sock, c.http
         head_deadline: float | None = None
         waited = False
         while True:
@@ -315,11 +328,11 @@ class HttpServer:
                 return request
             waited = True
             if conn.state is State.IDLE:
-                if self._closing:
+                if self._table.closing:
                     return None
                 scope = trio.CancelScope(
                     deadline=trio.current_time() + self._config.keepalive_timeout_s)
-                self._idle.add(scope)
+                c.idle_scope = scope
                 data = None
                 try:
                     with scope:
@@ -328,7 +341,7 @@ class HttpServer:
                         await trio.lowlevel.wait_readable(sock)
                         data = await _recv(sock, RECV_BYTES)
                 finally:
-                    self._idle.discard(scope)
+                    c.idle_scope = None
                 if data is None:
                     return None
             else:
