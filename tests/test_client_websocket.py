@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+
 import numpy as np
 import pytest
 import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from inferoxy.client import AsyncClient, Client, InferenceError
+from inferoxy.client.websocket import open_stream
 from tests.conftest import RunningGateway
 
 
@@ -41,3 +49,39 @@ def test_trio_client(gateway: RunningGateway) -> None:
             return counts
 
     assert trio.run(main) == [1, 2, 3, 4]
+
+
+def _unclosed_sockets(main: Callable[[], Awaitable[object]]) -> list[str]:
+    """The "unclosed socket" ResourceWarnings left once ``main`` has run and garbage is
+    collected (a leaked socket is only found by the collector)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        trio.run(main)
+        gc.collect()
+    return [str(w.message) for w in caught
+            if issubclass(w.category, ResourceWarning) and "unclosed" in str(w.message)]
+
+
+def test_a_refused_stream_leaves_no_socket_open(gateway: RunningGateway) -> None:
+    url = f"{gateway.ws_url}/v2/models/nope/stream"
+
+    async def refused(opener: Callable[[str], AbstractAsyncContextManager[object]]) -> None:
+        for _ in range(3):
+            with pytest.raises(ConnectionRejected) as exc:
+                async with opener(url):
+                    pass
+            assert exc.value.status_code == 404
+
+    # The library alone leaks one socket per refusal: what open_stream works around (when
+    # this fails, trio-websocket closes it itself and open_stream's workaround can go).
+    assert len(_unclosed_sockets(partial(refused, open_websocket_url))) == 3
+    assert _unclosed_sockets(partial(refused, open_stream)) == []
+
+    async def client() -> None:  # the client's streams go through open_stream
+        async with AsyncClient.websocket(gateway.ws_url) as c:
+            for _ in range(3):
+                with pytest.raises(InferenceError) as exc:
+                    await c.infer("nope", {"INPUT": np.zeros((1, 4), np.float32)})
+                assert exc.value.code == 404
+
+    assert _unclosed_sockets(client) == []
