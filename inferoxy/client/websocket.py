@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
 
+CLOSE_WAIT_S = 2.0  # how long a dropped stream waits for the server's close handshake
+
+
 class TrioWebSocket:
     """One stream per (model, version), opened on first use; frames answered in order.
 
@@ -68,6 +71,10 @@ class TrioWebSocket:
                     reply, outputs = decode_reply(await ws.get_message())
             except (ConnectionClosed, trio.TooSlowError) as exc:
                 self._streams.pop(key, None)
+                # A stream that timed out is still open: close it, or its connection (and a
+                # stateful model's sequence) stays on the gateway until the client closes.
+                with trio.move_on_after(CLOSE_WAIT_S):  # then the socket is closed anyway
+                    await ws.aclose()
                 raise InferenceError(503, f"the stream closed: {exc}") from None
             if end:
                 self._streams.pop(key, None)
@@ -77,9 +84,12 @@ class TrioWebSocket:
         return {n: a.copy() for n, a in outputs.items()}  # the reply's buffer is not ours
 
     async def aclose(self) -> None:
-        for ws in self._streams.values():
-            await ws.aclose()
-        self._streams.clear()
+        """Close every stream while its reader task still runs (it completes the close
+        handshake); a server that does not answer gets its socket closed after a while."""
+        streams, self._streams = list(self._streams.values()), {}
+        for ws in streams:
+            with trio.move_on_after(CLOSE_WAIT_S):
+                await ws.aclose()
 
 
 @asynccontextmanager
@@ -170,6 +180,12 @@ class ThreadedTrio:
         return result
 
     def close(self) -> None:
+        # The streams first, then the nursery: a stream closed once its reader task is
+        # cancelled waits for a close handshake that never comes.
         if self._cancel is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
+            assert self._transport is not None
+            try:
+                trio.from_thread.run(self._transport.aclose, trio_token=self._token)
+            finally:
+                trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
         self._thread.join(timeout=10)
