@@ -152,8 +152,11 @@ def start_gateway(tmp_path: Path, models: Path = TEST_MODELS, *extra: str,
         # One process unless a test asks for data-plane processes (tests/test_dataplanes.py);
         # INFEROXY_TEST_WORKERS=N runs the whole suite against N data-plane processes.
         extra = ("--workers", os.environ.get("INFEROXY_TEST_WORKERS", "0"), *extra)
+    # ResourceWarnings (Python hides them by default) reach the log: a leak shows there.
+    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                      "always::ResourceWarning"]))
     env = dict(os.environ, PYTHONPATH=str(ROOT), SYNTHETIC_A_MS="20",
-               SYNTHETIC_B_MS="0.5") | (env or {})
+               SYNTHETIC_B_MS="0.5", PYTHONWARNINGS=warnings) | (env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "inferoxy", "serve", "--models", str(models),
@@ -187,6 +190,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         assert status == 0, gw.log()
         assert shm_names(gw.shm_prefix) == []
         assert "Traceback" not in gw.log(), gw.log()
+        assert "ResourceWarning" not in gw.log(), gw.log()
     finally:
         gw.cleanup()
 

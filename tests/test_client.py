@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -128,3 +131,35 @@ def test_async_client(gateway: RunningGateway, protocol: str) -> None:
             assert info.value.code == 500
 
     trio.run(main)
+
+
+def _open_fds() -> list[str]:
+    gc.collect()
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(fds)
+
+
+@pytest.mark.parametrize("protocol", [*PROTOCOLS, "websocket"])
+def test_a_closed_client_leaves_nothing_open(gateway: RunningGateway, protocol: str) -> None:
+    """Open, use and close each client a few times: no socket, epoll or pipe stays behind (an
+    AsyncClient.http thread's gevent hub did; so did a blocking WebSocket client's thread)."""
+    url = {"websocket": gateway.ws_url}.get(protocol) or _url(gateway, protocol)
+    x = np.ones((1, 16), np.float32)
+
+    async def trio_round() -> None:
+        async with getattr(AsyncClient, protocol)(url) as client:
+            await client.infer("synthetic", {"INPUT": x})
+
+    def rounds() -> None:
+        with getattr(Client, protocol)(url) as client:
+            client.infer("synthetic", {"INPUT": x})
+        trio.run(trio_round)
+
+    rounds()  # the first makes what a process keeps (e.g. this thread's gevent hub)
+    before = _open_fds()
+    for _ in range(3):
+        rounds()
+    assert _open_fds() == before

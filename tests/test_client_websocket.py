@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+import warnings
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+
 import numpy as np
 import pytest
 import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from inferoxy.client import AsyncClient, Client, InferenceError
+from inferoxy.client.websocket import open_stream
 from tests.conftest import RunningGateway
 
 
@@ -41,3 +50,86 @@ def test_trio_client(gateway: RunningGateway) -> None:
             return counts
 
     assert trio.run(main) == [1, 2, 3, 4]
+
+
+def _unclosed_sockets(main: Callable[[], Awaitable[object]]) -> list[str]:
+    """The "unclosed socket" ResourceWarnings left once ``main`` has run and garbage is
+    collected (a leaked socket is only found by the collector)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        trio.run(main)
+        gc.collect()
+    return [str(w.message) for w in caught
+            if issubclass(w.category, ResourceWarning) and "unclosed" in str(w.message)]
+
+
+def test_a_refused_stream_leaves_no_socket_open(gateway: RunningGateway) -> None:
+    url = f"{gateway.ws_url}/v2/models/nope/stream"
+
+    async def refused(opener: Callable[[str], AbstractAsyncContextManager[object]]) -> None:
+        for _ in range(3):
+            with pytest.raises(ConnectionRejected) as exc:
+                async with opener(url):
+                    pass
+            assert exc.value.status_code == 404
+
+    # The library alone leaks one socket per refusal: what open_stream works around (when
+    # this fails, trio-websocket closes it itself and open_stream's workaround can go).
+    assert len(_unclosed_sockets(partial(refused, open_websocket_url))) == 3
+    assert _unclosed_sockets(partial(refused, open_stream)) == []
+
+    async def client() -> None:  # the client's streams go through open_stream
+        async with AsyncClient.websocket(gateway.ws_url) as c:
+            for _ in range(3):
+                with pytest.raises(InferenceError) as exc:
+                    await c.infer("nope", {"INPUT": np.zeros((1, 4), np.float32)})
+                assert exc.value.code == 404
+
+    assert _unclosed_sockets(client) == []
+
+
+def _open_to(port: int) -> int:
+    """Client sockets on this host still open to ``port`` (established, or half-closed by the
+    server: CLOSE_WAIT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                remote, state = line.split()[2], line.split()[3]
+                count += int(remote.rsplit(":", 1)[1], 16) == port and state in ("01", "08")
+    return count
+
+
+async def _none_open_to(port: int) -> int:
+    with trio.move_on_after(10):
+        while _open_to(port):
+            await trio.sleep(0.05)
+    return _open_to(port)
+
+
+def test_a_timed_out_stream_is_closed(gateway: RunningGateway) -> None:
+    """A request the client stops waiting for drops its stream, and its connection."""
+    port = int(gateway.ws_url.rsplit(":", 1)[1])
+    x = np.zeros((1, 16), np.float32)
+
+    async def main() -> None:
+        async with AsyncClient.websocket(gateway.ws_url, wait_s=0.05) as client:
+            with pytest.raises(InferenceError) as exc:
+                await client.infer("slow", {"INPUT": x})  # 300 ms a batch
+            assert exc.value.code == 503
+            assert await _none_open_to(port) == 0
+
+    trio.run(main)
+
+
+def test_closing_the_blocking_client_ends_its_thread_and_streams(
+        gateway: RunningGateway) -> None:
+    port = int(gateway.ws_url.rsplit(":", 1)[1])
+    threads = threading.active_count()
+    for _ in range(5):  # closing raced the stream's own close: it hung now and then
+        client = Client.websocket(gateway.ws_url)
+        client.infer("running_sum", {"INPUT": np.ones((1, 4), np.float32)})
+        client.infer("synthetic", {"INPUT": np.ones((1, 16), np.float32)})
+        client.close()
+        assert threading.active_count() <= threads
+        assert trio.run(_none_open_to, port) == 0

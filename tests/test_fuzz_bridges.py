@@ -21,9 +21,9 @@ import urllib3
 import zmq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from trio_websocket import open_websocket_url
 from tritonclient.grpc import service_pb2 as pb
 
+from inferoxy.client.websocket import open_stream
 from inferoxy.protocol import zmq_message as message_wire
 from tests import fuzz_strategies as fs
 from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
@@ -142,8 +142,8 @@ def test_zmq_frames(dealer: zmq.Socket[bytes], message: list[bytes]) -> None:
        model=st.sampled_from(["stub", "echo"]))
 def test_websocket_frames(gw: RunningGateway, frames: list[bytes | str], model: str) -> None:
     async def main() -> list[dict[str, Any]]:
-        async with open_websocket_url(f"{gw.ws_url}/v2/models/{model}/stream",
-                                      message_queue_size=16) as ws:
+        async with open_stream(f"{gw.ws_url}/v2/models/{model}/stream",
+                               message_queue_size=16) as ws:
             for frame in frames:
                 await ws.send_message(frame)
             replies = []

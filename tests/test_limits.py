@@ -22,9 +22,9 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 import urllib3
 import zmq
-from trio_websocket import open_websocket_url
 from tritonclient.utils import InferenceServerException
 
+from inferoxy.client.websocket import open_stream
 from inferoxy.protocol import zmq_message
 from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import ROOT, RunningGateway, shm_names, start_gateway
@@ -144,7 +144,7 @@ def test_websocket_frame_header(lgw: RunningGateway) -> None:
     small = {**big, "id": "small", "parameters": {}}
 
     async def main() -> list[dict[str, Any]]:
-        async with open_websocket_url(f"{lgw.ws_url}/v2/models/stub/stream") as ws:
+        async with open_stream(f"{lgw.ws_url}/v2/models/stub/stream") as ws:
             replies = []
             for header in (big, small):  # the stream goes on after the refused frame
                 await ws.send_message(encode_frame(header, [np.ones((1, 1, 1, 3), np.uint8)]))

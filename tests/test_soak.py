@@ -41,9 +41,10 @@ import tritonclient.grpc as grpcclient
 import urllib3
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
 from tritonclient.utils import InferenceServerException
 
+from inferoxy.client.websocket import open_stream
 from inferoxy.protocol import zmq_message
 from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import ROOT, RunningGateway, child_pids, shm_names, start_gateway
@@ -146,7 +147,7 @@ def ws_client(gw: RunningGateway, ledger: Ledger, name: str, stop: threading.Eve
 
     async def stream(n: int) -> None:
         url = f"{gw.ws_url}/v2/models/running_sum/stream?sequence_id={name}-s{n}"
-        async with open_websocket_url(url) as ws:
+        async with open_stream(url) as ws:
             ids = [f"{name}-s{n}-f{k}" for k in range(30)]
             pending: list[str] = []
             sent = 0

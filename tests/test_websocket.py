@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionRejected
 
+from inferoxy.client.websocket import open_stream
 from inferoxy.protocol.websocket import decode_reply, encode_frame
 from tests.conftest import RunningGateway
 
@@ -30,7 +31,7 @@ def test_stream_in_order_pipelined(gateway: RunningGateway) -> None:
     async def main() -> list[tuple[str, float, int]]:
         url = f"{gateway.ws_url}/v2/models/running_sum/stream?sequence_id=ws-order"
         got = []
-        async with open_websocket_url(url) as ws:
+        async with open_stream(url) as ws:
             async with trio.open_nursery() as nursery:
                 async def sender() -> None:
                     for i in range(1, 41):
@@ -48,7 +49,7 @@ def test_stream_in_order_pipelined(gateway: RunningGateway) -> None:
 
 def test_many_streams_at_once(gateway: RunningGateway) -> None:
     async def one(n: int, results: dict[int, list[int]]) -> None:
-        async with open_websocket_url(f"{gateway.ws_url}/v2/models/running_sum/stream") as ws:
+        async with open_stream(f"{gateway.ws_url}/v2/models/running_sum/stream") as ws:
             counts = []
             for i in range(1, 11):
                 await ws.send_message(frame(1.0, i))
@@ -70,7 +71,7 @@ def test_many_streams_at_once(gateway: RunningGateway) -> None:
 def test_bad_frames_get_errors_and_the_stream_goes_on(gateway: RunningGateway) -> None:
     async def main() -> list[dict[str, object]]:
         replies = []
-        async with open_websocket_url(
+        async with open_stream(
                 f"{gateway.ws_url}/v2/models/running_sum/stream?sequence_id=ws-bad") as ws:
             await ws.send_message(frame(1.0, 1))
             await ws.send_message(b"\x01")  # too short
@@ -103,7 +104,7 @@ def test_bad_frames_get_errors_and_the_stream_goes_on(gateway: RunningGateway) -
 def test_closing_the_socket_ends_the_sequence(gateway: RunningGateway) -> None:
     async def main() -> None:
         url = f"{gateway.ws_url}/v2/models/running_sum/stream?sequence_id=ws-close"
-        async with open_websocket_url(url) as ws:
+        async with open_stream(url) as ws:
             await ws.send_message(frame(1.0, 1))
             await ws.get_message()
 
@@ -117,7 +118,7 @@ def test_closing_the_socket_ends_the_sequence(gateway: RunningGateway) -> None:
 def test_unknown_model_is_rejected(gateway: RunningGateway) -> None:
     async def main() -> int:
         try:
-            async with open_websocket_url(f"{gateway.ws_url}/v2/models/nope/stream"):
+            async with open_stream(f"{gateway.ws_url}/v2/models/nope/stream"):
                 return 0
         except ConnectionRejected as exc:
             assert b"unknown model" in (exc.body or b"")
@@ -129,7 +130,7 @@ def test_unknown_model_is_rejected(gateway: RunningGateway) -> None:
 def test_stateless_models_stream_too(gateway: RunningGateway) -> None:
     async def main() -> list[np.ndarray]:
         outs = []
-        async with open_websocket_url(f"{gateway.ws_url}/v2/models/synthetic/stream") as ws:
+        async with open_stream(f"{gateway.ws_url}/v2/models/synthetic/stream") as ws:
             for i in range(3):
                 x = np.full((1, 16), i, np.float32)
                 await ws.send_message(encode_frame({"inputs": [
@@ -144,11 +145,11 @@ def test_stateless_models_stream_too(gateway: RunningGateway) -> None:
 def test_a_stream_cannot_take_over_another_streams_sequence(gateway: RunningGateway) -> None:
     async def main() -> int:
         url = f"{gateway.ws_url}/v2/models/running_sum/stream?sequence_id=ws-mine"
-        async with open_websocket_url(url) as ws:
+        async with open_stream(url) as ws:
             await ws.send_message(frame(1.0, 1))
             await ws.get_message()
             try:
-                async with open_websocket_url(url):
+                async with open_stream(url):
                     return 0
             except ConnectionRejected as exc:
                 assert b"already streaming" in (exc.body or b"")

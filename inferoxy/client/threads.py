@@ -25,7 +25,14 @@ class Homed:
     def close(self) -> None:
         def close_it() -> None:
             if self.transport.done() and self.transport.exception() is None:
-                self.transport.result().close()
+                transport = self.transport.result()
+                transport.close()
+                if transport.protocol == "http":
+                    # geventhttpclient gave this thread a gevent hub, whose epoll and eventfd
+                    # outlive the thread: the thread is this transport's alone, so is the hub.
+                    import gevent
+
+                    gevent.get_hub().destroy(destroy_loop=True)
 
         self.executor.submit(close_it)
         self.executor.shutdown(wait=True)

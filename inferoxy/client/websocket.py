@@ -4,8 +4,9 @@ on a thread of its own."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -13,6 +14,12 @@ import trio
 
 from inferoxy.client._common import Arrays, wait_s_for
 from inferoxy.client.errors import InferenceError
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
+
+
+CLOSE_WAIT_S = 2.0  # how long a dropped stream waits for the server's close handshake
 
 
 class TrioWebSocket:
@@ -32,7 +39,7 @@ class TrioWebSocket:
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None,
                     timeout: float | None, parameters: Mapping[str, Any] | None) -> Arrays:
-        from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+        from trio_websocket import ConnectionClosed, ConnectionRejected
 
         from inferoxy.protocol.websocket import decode_reply, encode_frame
         from shm.datatypes import v2_datatype
@@ -45,7 +52,7 @@ class TrioWebSocket:
             ws = self._streams.get(key)
             if ws is None:
                 try:
-                    ws = await self._nursery.start(open_ws, open_websocket_url, self.url + path)
+                    ws = await self._nursery.start(open_ws, self.url + path)
                 except ConnectionRejected as exc:
                     message = orjson.loads(exc.body or b"{}").get("error", "") if exc.body else ""
                     raise InferenceError(exc.status_code or 500, message) from None
@@ -64,6 +71,10 @@ class TrioWebSocket:
                     reply, outputs = decode_reply(await ws.get_message())
             except (ConnectionClosed, trio.TooSlowError) as exc:
                 self._streams.pop(key, None)
+                # A stream that timed out is still open: close it, or its connection (and a
+                # stateful model's sequence) stays on the gateway until the client closes.
+                with trio.move_on_after(CLOSE_WAIT_S):  # then the socket is closed anyway
+                    await ws.aclose()
                 raise InferenceError(503, f"the stream closed: {exc}") from None
             if end:
                 self._streams.pop(key, None)
@@ -73,15 +84,62 @@ class TrioWebSocket:
         return {n: a.copy() for n, a in outputs.items()}  # the reply's buffer is not ours
 
     async def aclose(self) -> None:
-        for ws in self._streams.values():
-            await ws.aclose()
-        self._streams.clear()
+        """Close every stream while its reader task still runs (it completes the close
+        handshake); a server that does not answer gets its socket closed after a while."""
+        streams, self._streams = list(self._streams.values()), {}
+        for ws in streams:
+            with trio.move_on_after(CLOSE_WAIT_S):
+                await ws.aclose()
 
 
-async def open_ws(open_websocket_url: Any, url: str, *,
-                   task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+@asynccontextmanager
+async def open_stream(url: str, **options: Any) -> AsyncIterator[WebSocketConnection]:
+    """``trio_websocket.open_websocket_url(url, **options)``, less its leak on a refused
+    handshake.
+
+    trio-websocket (0.12) raises ``ConnectionRejected`` out of the connection's reader task and
+    never closes that connection's TCP socket; the garbage collector finds it open later (an
+    unraisable ``ResourceWarning``, in whatever code runs then). Here it is closed before the
+    error goes on, found in any exception group the way ``open_websocket`` unwraps them.
+    """
+    from trio_websocket import open_websocket_url
+
+    try:
+        async with open_websocket_url(url, **options) as ws:
+            yield ws
+    except BaseException as exc:
+        await _close_refused(exc)
+        raise
+
+
+async def _close_refused(exc: BaseException) -> None:
+    """Close the stream of each refused connection that ``exc`` carries."""
+    from trio_websocket import ConnectionRejected, WebSocketConnection
+
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            await _close_refused(inner)
+        return
+    if not isinstance(exc, ConnectionRejected):
+        return
+    # The library gives no handle on a refused connection: it is ``self`` of the reader-task
+    # frames the error was raised in (its traceback keeps them). A library that stops leaking
+    # makes this a no-op (closing twice is harmless); one that changes shape, too.
+    tb = exc.__traceback__
+    while tb is not None:
+        connection = tb.tb_frame.f_locals.get("self")
+        if isinstance(connection, WebSocketConnection):
+            stream = getattr(connection, "_stream", None)
+            if isinstance(stream, trio.abc.AsyncResource):
+                await trio.aclose_forcefully(stream)
+            return
+        tb = tb.tb_next
+
+
+async def open_ws(url: str, *,
+                  task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
     """Hold one connection open inside the client's nursery until it is closed."""
-    async with open_websocket_url(url) as ws:
+    async with open_stream(url) as ws:
         task_status.started(ws)
         while not ws.closed:
             await trio.sleep(0.05)
@@ -122,6 +180,12 @@ class ThreadedTrio:
         return result
 
     def close(self) -> None:
+        # The streams first, then the nursery: a stream closed once its reader task is
+        # cancelled waits for a close handshake that never comes.
         if self._cancel is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
+            assert self._transport is not None
+            try:
+                trio.from_thread.run(self._transport.aclose, trio_token=self._token)
+            finally:
+                trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
         self._thread.join(timeout=10)
