@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionRejected
 
 from inferoxy.client import AsyncClient, Client, InferenceError
 from inferoxy.client.websocket import open_stream
@@ -73,9 +73,9 @@ def test_a_refused_stream_leaves_no_socket_open(gateway: RunningGateway) -> None
                     pass
             assert exc.value.status_code == 404
 
-    # The library alone leaks one socket per refusal: what open_stream works around (when
-    # this fails, trio-websocket closes it itself and open_stream's workaround can go).
-    assert len(_unclosed_sockets(partial(refused, open_websocket_url))) == 3
+    # trio-websocket 0.12 alone leaks one socket per refusal (``open_websocket_url`` here
+    # left 3): what open_stream works around. Not asserted, so that a release that fixes it
+    # does not fail the suite; the workaround then finds nothing to close.
     assert _unclosed_sockets(partial(refused, open_stream)) == []
 
     async def client() -> None:  # the client's streams go through open_stream
