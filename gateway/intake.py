@@ -21,15 +21,15 @@ descriptors. Theory of operation:
   worker's output slot, which the core holds (``held``) until the bridge says ``DONE``.
 - **A bridge that dies** has its requests abandoned and its held outputs released; its
   segments are unlinked once none of its inputs can still be read (``BridgeBook.quiet``).
-- **The routing table** (``routing_table``) is what a bridge needs to resolve and check a
-  request without asking the core: every routed model's versions with their configuration,
-  the default version, and why a model refuses requests now. The core re-resolves and
-  re-checks anyway; the table only spares round trips.
+- **The copy table** (``routing_table``, typed in ``gateway.copy_table``) is what a bridge
+  needs to resolve and check a request without asking the core: every routed model's
+  versions with their configuration, the default version, why a model refuses requests now,
+  stateless models' copies, and the client regions. The core re-resolves and re-checks
+  anyway; the table only spares round trips.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ import numpy as np
 
 from gateway import errors
 from gateway.admission import Admission, InputChecker, Limits
-from gateway.config import ModelConfig, TensorSpec
+from gateway.copy_table import CopyEntry, CopyTable, Missing, ModelEntry, Refusal, VersionEntry
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.request import RequestResult
 from shm import bytes_tensor
@@ -60,10 +60,10 @@ _ERRORS: dict[str, type[InferoxyError]] = {
 
 # -- errors and configurations on the wire --------------------------------------------------
 
-def error_to_wire(exc: InferoxyError) -> list[Any]:
+def error_to_wire(exc: InferoxyError) -> Refusal:
     # A subclass the other side cannot name (BodyTimeout, ...) travels as its nearest base.
     name = next(c.__name__ for c in type(exc).__mro__ if _ERRORS.get(c.__name__) is c)
-    return [name, exc.message, getattr(exc, "retry_after_s", 1)]
+    return name, exc.message, int(getattr(exc, "retry_after_s", 1))
 
 
 def error_from_wire(raw: Any) -> InferoxyError:
@@ -77,75 +77,38 @@ def error_from_wire(raw: Any) -> InferoxyError:
         return InferoxyError("the gateway core sent a malformed answer")
 
 
-def config_to_wire(config: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def config_from_wire(raw: dict[str, Any]) -> ModelConfig:
-    def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items)
-
-    return ModelConfig(**(raw | {"inputs": specs(raw["inputs"]),
-                                 "outputs": specs(raw["outputs"])}))
-
-
 # -- the routing table ------------------------------------------------------------------------
 
-def routing_table(gateway: Any) -> dict[str, Any]:
-    """``{name: {"default": v, "versions": {v: {"config", "refuse", "copies"}}} |
-    {"missing": why}}``.
+def routing_table(gateway: Any) -> CopyTable:
+    """The copy table (``gateway.copy_table``) as the control process sees it now.
 
-    ``refuse`` is the message ``ensure_accepting`` would raise now (or null), so a data-plane
-    process can refuse at once, as the control process does, without asking. ``copies``
-    (stateless models, which data-plane processes serve themselves): ``[[id, ready, batch
-    socket address], ...]`` — where to send batches, straight to the copies.
+    A version's ``refuse`` is the error ``ensure_accepting`` would raise now (or None), so a
+    data-plane process can refuse at once, as the control process does, without asking.
     """
-    table: dict[str, Any] = {}
+    versions: dict[str, dict[str, VersionEntry]] = {}
     for server in gateway.all_servers():
-        name = server.config.name
-        entry = table.setdefault(name, {"versions": {}})
+        config = server.config
         try:
             gateway.ensure_accepting(server)
             refuse = None
         except InferoxyError as exc:
             refuse = error_to_wire(exc)
-        entry["versions"][server.config.version] = {
-            "config": server.config, "refuse": refuse,
-            "copies": [[c.id, c.ready, c.inbox] for c in server.copies]
-            if server.config.stateless else [],
-        }
-    for name, entry in table.items():
-        entry["default"] = gateway.model(name).config.version
+        copies = tuple(CopyEntry(c.id, c.ready, c.inbox) for c in server.copies
+                       ) if config.stateless else ()
+        versions.setdefault(config.name, {})[config.version] = VersionEntry(
+            config, refuse, copies)
+    models: dict[str, ModelEntry | Missing] = {
+        name: ModelEntry(gateway.model(name).config.version, by_version)
+        for name, by_version in versions.items()
+    }
     for name in gateway.declarations:
-        if name not in table:
+        if name not in models:
             try:
                 gateway.model(name)
             except NotFound as exc:
-                table[name] = {"missing": exc.message}
-    return table
-
-
-def table_fingerprint(table: dict[str, Any]) -> tuple[Any, ...]:
-    """Cheap to compare: configuration objects by identity, the rest by value."""
-    return tuple(sorted(
-        (name, entry.get("default"), entry.get("missing"), tuple(sorted(
-            (v, id(e["config"]), repr(e["refuse"]), repr(e["copies"]))
-            for v, e in entry.get("versions", {}).items()
-        )))
-        for name, entry in table.items()
-    ))
-
-
-def table_to_wire(table: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: entry if "missing" in entry else {
-            "default": entry["default"],
-            "versions": {v: {"config": config_to_wire(e["config"]), "refuse": e["refuse"],
-                             "copies": e["copies"]}
-                         for v, e in entry["versions"].items()},
-        }
-        for name, entry in table.items()
-    }
+                models[name] = Missing(exc.message)
+    regions = gateway.regions
+    return CopyTable(models, tuple(regions.status()) if regions.enabled else ())
 
 
 # -- admitting a bridge's request --------------------------------------------------------------

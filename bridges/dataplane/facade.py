@@ -28,6 +28,7 @@ from gateway import bridge_wire as bw
 from gateway import intake
 from gateway.admission import CheckedInput, bytes_descriptor, check_bytes
 from gateway.config import ModelConfig, TensorSpec
+from gateway.copy_table import CopyTable, Refusal
 from gateway.errors import InferoxyError, Unavailable
 from gateway.link import read_forever
 from shm.segment import SegmentCache
@@ -68,7 +69,7 @@ class CoreLink:
         self._calls: dict[int, _Pending] = {}
         self._outbox: list[dict[str, Any]] = []
         self._flush_wake = trio.Event()
-        self.on_table: Callable[[dict[str, Any]], None] = lambda body: None
+        self.on_table: Callable[[CopyTable], None] = lambda table: None
         self.on_flush: Callable[[int], None] = lambda gen: None
         self.table_gen = 0
         self.got_table = trio.Event()
@@ -108,10 +109,21 @@ class CoreLink:
                 call.answer = (body, blobs[0] if blobs else b"")
                 call.done.set()
         elif kind == bw.TABLE:
-            if body["gen"] > self.table_gen:
-                self.on_table(body)
-                self.table_gen = body["gen"]
-                self.got_table.set()
+            gen = body.get("gen")
+            if not isinstance(gen, int) or isinstance(gen, bool):
+                raise bw.WireError("a TABLE without a generation")
+            if gen > self.table_gen:
+                # Decoded here, whole, before any of it is applied: a malformed table is
+                # dropped and the last one stays (the ACK says which); the core sends the next
+                # when its table next changes.
+                try:
+                    table = CopyTable.from_wire(body)
+                except bw.WireError as exc:
+                    log.warning("dropped a malformed copy table (generation %d): %s", gen, exc)
+                else:
+                    self.on_table(table)
+                    self.table_gen = gen
+                    self.got_table.set()
             self.send(bw.ACK, {"gen": self.table_gen})
         elif kind == bw.STOP:
             self.stop_requested.set()
@@ -231,7 +243,7 @@ class RemoteModel:
     refuses requests now (the core's ``ensure_accepting`` message)."""
 
     config: ModelConfig
-    refuse: list[Any] | None
+    refuse: Refusal | None
 
 
 class RemoteResult:

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,7 @@ import zmq
 
 from gateway import bridge_wire as bw
 from gateway import intake
+from gateway.copy_table import CopyTable
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
 from gateway.inflight import InFlight, InFlightDeadlines
@@ -89,8 +91,9 @@ class DataPlanePool:
         self._sizes: dict[int, dict[str, int]] = {}  # per bridge: its segments' sizes
         self._listening: set[int] = set()
         self._all_listening = trio.Event()
-        self._table: dict[str, Any] = {}
-        self._regions: list[list[Any]] = []
+        self._table = CopyTable({})
+        self._table_print: Hashable = None
+        self._table_wire: dict[str, Any] = {}
         self._quick: tuple[Any, ...] = ()
         self._table_gen = 0
         self._acked: dict[int, int] = {}  # per process: the table generation it applied
@@ -233,16 +236,13 @@ class DataPlanePool:
             return
         self._quick = quick
         table = intake.routing_table(self.gateway)
-        regions = self.gateway.regions
-        table_regions = [[r.name, r.key, r.segment, r.offset, r.byte_size]
-                         for r in (regions.status() if regions.enabled else [])]
-        if (intake.table_fingerprint(table) != intake.table_fingerprint(self._table)
-                or table_regions != self._regions or not self._table_gen):
-            self._table = table
-            self._regions = table_regions
+        fingerprint = table.fingerprint()
+        if fingerprint != self._table_print or not self._table_gen:
+            # The old table stays referenced until here: the fingerprint compares
+            # configurations by identity, and an id is not reused while its object lives.
+            self._table, self._table_print = table, fingerprint
             self._table_gen += 1
-            self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table),
-                                "regions": table_regions}
+            self._table_wire = {"gen": self._table_gen, **table.to_wire()}
 
     async def fresh_stats(self) -> None:
         """Ask every live process to report now and wait (bounded) until each has."""
