@@ -49,7 +49,8 @@ Core -> bridge:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 
@@ -95,6 +96,83 @@ def decode(frames: list[Any], kinds: frozenset[bytes]) -> tuple[bytes, dict[str,
     if not isinstance(body, dict):
         raise WireError("body is not a JSON object")
     return kind, body, list(frames[2:])
+
+
+# -- the hot messages' items, typed --------------------------------------------------------
+# TypedDicts cost nothing at run time: a body is the dict orjson made. ``infer_item`` and
+# ``answer_item`` check an item's fields once, where it arrives; past them code reads keys
+# that are known to be there, with the types below.
+
+class InferItem(TypedDict):
+    """One request of an ``INFER`` message (a data-plane process -> the control process)."""
+
+    id: int  # the bridge's; the one answer names it
+    model: str
+    version: str  # "" for the model's default version
+    rows: int
+    # [[name, datatype, shape, desc | None, region | None], ...]: checked by
+    # ``gateway.intake.admit`` against the core's configuration and the bridge's segments
+    inputs: list[list[Any]]
+    outputs: dict[str, list[Any]]  # output name -> client region [name, offset, byte_size]
+    parameters: dict[str, Any]
+    timeout_us: int | None
+    request_id: str
+
+
+class AnswerItem(TypedDict):
+    """The one answer to an ``InferItem`` (in an ``ANSWER`` message)."""
+
+    id: int
+    status: int  # HTTP status
+    freed: bool  # no worker reads the request's input slots any more
+    error: NotRequired[Sequence[Any]]  # [type, message, retry_after_s] (gateway.intake)
+    # name -> [dtype, shape, offset in the blob] | [BYTES, shape, offset, size] |
+    # [dtype, shape, desc] (gateway.intake.answer_outputs)
+    outputs: NotRequired[dict[str, list[Any]]]
+    in_regions: NotRequired[dict[str, list[int]]]  # outputs written to client regions
+    held: NotRequired[bool]  # outputs lie in a worker's slot until the bridge says DONE
+
+
+class ReportBody(TypedDict):
+    """A ``REPORT`` (read field by field, defensively, by ``gateway.intake.BridgeReports``)."""
+
+    answers: list[list[Any]]  # [[bridge, status_class, n], ...]
+    stats: list[list[Any]]  # [[name, version, delta], ...]
+    pending: list[list[Any]]  # [[name, version, n, seconds], ...]
+    slots_in_use: int
+    bytes_in_use: int
+    flush: NotRequired[int]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def infer_item(raw: dict[str, Any]) -> InferItem:
+    """``raw`` as an ``InferItem`` once its fields have their types; ``WireError`` otherwise.
+
+    The inputs' contents are checked by ``gateway.intake.admit``, which knows the model.
+    """
+    if not (_is_int(raw.get("id")) and isinstance(raw.get("model"), str)
+            and isinstance(raw.get("version"), str) and _is_int(raw.get("rows"))
+            and isinstance(raw.get("inputs"), list) and isinstance(raw.get("outputs"), dict)
+            and isinstance(raw.get("parameters"), dict)
+            and "timeout_us" in raw and (raw["timeout_us"] is None or _is_int(raw["timeout_us"]))
+            and isinstance(raw.get("request_id"), str)):
+        raise WireError("an INFER item lacks a field or has one of the wrong type")
+    return cast(InferItem, raw)
+
+
+def answer_item(raw: object) -> AnswerItem:
+    """``raw`` as an ``AnswerItem`` once its fields have their types; ``WireError`` otherwise."""
+    if not (isinstance(raw, dict) and _is_int(raw.get("id")) and _is_int(raw.get("status"))
+            and isinstance(raw.get("freed"), bool)
+            and isinstance(raw.get("error", []), list)
+            and isinstance(raw.get("outputs", {}), dict)
+            and isinstance(raw.get("in_regions", {}), dict)
+            and isinstance(raw.get("held", False), bool)):
+        raise WireError("an ANSWER item lacks a field or has one of the wrong type")
+    return cast(AnswerItem, raw)
 
 
 def intake_address(run_dir: str) -> str:

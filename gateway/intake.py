@@ -39,6 +39,7 @@ import numpy as np
 
 from gateway import errors
 from gateway.admission import Admission, InputChecker, Limits
+from gateway.bridge_wire import InferItem
 from gateway.copy_table import CopyEntry, CopyTable, Missing, ModelEntry, Refusal, VersionEntry
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.request import RequestResult
@@ -119,17 +120,18 @@ def _region(raw: Any) -> tuple[Any, Any, Any]:
     return raw[0], raw[1], raw[2]
 
 
-def admit(admission: Admission, body: dict[str, Any], limits: Limits,
+def admit(admission: Admission, body: InferItem, limits: Limits,
           segment_prefix: str, segment_size: Callable[[str], int]) -> int:
-    """Fill ``admission`` from an INFER body; the request's rows. Raises InvalidArgument.
+    """Fill ``admission`` from an INFER item (``bridge_wire.infer_item`` checked its fields'
+    types); the request's rows. Raises InvalidArgument.
 
     ``segment_size(name)`` maps a bridge segment (raising ``OSError``/``ValueError`` when it
     cannot); only names that start with ``segment_prefix`` are ever asked for.
     """
     config = admission.server.config
     checker = InputChecker(config, limits, bytes_ok=True)
-    raw_inputs = body.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    raw_inputs = body["inputs"]
+    if not raw_inputs:
         raise InvalidArgument("'inputs' must be a non-empty array")
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, list) or len(raw) != 5:
@@ -156,10 +158,7 @@ def admit(admission: Admission, body: dict[str, Any], limits: Limits,
             raise InvalidArgument("a bridge descriptor lies outside its segment")
         admission.inputs[checked.spec.name] = d
     rows = checker.finish()
-    outputs = body.get("outputs") or {}
-    if not isinstance(outputs, dict):
-        raise InvalidArgument("malformed outputs in a bridge message")
-    for name, region in outputs.items():
+    for name, region in body["outputs"].items():
         spec = config.output(name)
         if spec is None:
             raise InvalidArgument(f"{name!r} is not an output of model {config.name!r}")

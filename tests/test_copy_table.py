@@ -202,7 +202,8 @@ def test_any_value_replaced_decodes_or_is_a_wire_error() -> None:
     assert len(paths) > 80
     decoded = 0
     for path in paths:
-        for value in (None, True, -1, 2**70, 1.5, "", "x", [], {}, [None]):
+        values: tuple[Any, ...] = (None, True, -1, 2**70, 1.5, "", "x", [], {}, [None])
+        for value in values:
             body = copy.deepcopy(good)
             parent = body
             for key in path[:-1]:

@@ -102,7 +102,7 @@ class DataPlanePool:
         self._sent_gen: dict[int, int] = {}
         self._stopping = False
         self._nursery: trio.Nursery
-        self._outbox: dict[BridgeBook, tuple[list[dict[str, Any]], bytearray]] = {}
+        self._outbox: dict[BridgeBook, tuple[list[bw.AnswerItem], bytearray]] = {}
         self._flush_wake = trio.Event()
         self._deadlines = InFlightDeadlines()
 
@@ -315,7 +315,7 @@ class DataPlanePool:
         if kind == bw.INFER:
             for item in body["items"]:
                 if isinstance(item, dict):
-                    self._admit(book, item)
+                    self._admit(book, item)  # checked there: a bad one gets its answer
         elif kind == bw.DONE:
             for msg_id in body["ids"]:
                 book.done(msg_id)
@@ -361,9 +361,9 @@ class DataPlanePool:
 
     # -- infer requests: admitted synchronously, answered by callback, batched per bridge ---
 
-    def _admit(self, book: BridgeBook, item: dict[str, Any]) -> None:
+    def _admit(self, book: BridgeBook, raw: dict[str, Any]) -> None:
         """Submit one request of an INFER message; its answer comes by ``_Remote.deliver``."""
-        msg_id = item.get("id")
+        msg_id = raw.get("id")
         entry = book.open(msg_id) if isinstance(msg_id, int) else None
         if entry is None:
             return  # no id we could answer to: a confused bridge
@@ -373,18 +373,19 @@ class DataPlanePool:
             if book.dead:
                 raise Unavailable("the data-plane process is gone")
             try:
-                server = gateway.model(item["model"], item.get("version"))
+                item = bw.infer_item(raw)
+                server = gateway.model(item["model"], item["version"] or None)
                 gateway.ensure_accepting(server)
                 admission = gateway.admission(server)
                 rows = intake.admit(admission, item, gateway.limits, book.prefix,
                                     lambda name: self._segment_size(book.index, name))
-                parameters, timeout_us = item.get("parameters") or {}, item.get("timeout_us")
-                if not isinstance(parameters, dict) or not (
-                        timeout_us is None or isinstance(timeout_us, int)):
-                    raise InvalidArgument("malformed parameters in a bridge message")
-                request = admission.submit(rows, parameters, timeout_us,
-                                           str(item.get("request_id") or ""))
+                request = admission.submit(rows, item["parameters"], item["timeout_us"],
+                                           item["request_id"])
+            except bw.WireError as exc:
+                raise InvalidArgument(f"malformed request in a bridge message: {exc}") from None
             except (KeyError, TypeError, ValueError):
+                # what admit checks deeper (inputs, descriptors) got past its checks: still
+                # one answer, never a dropped message
                 raise InvalidArgument("malformed request in a bridge message") from None
         except InferoxyError as exc:
             book.inputs_freed(msg_id)  # never queued: no worker saw them
@@ -401,7 +402,7 @@ class DataPlanePool:
                 result: RequestResult | None, error: InferoxyError | None) -> None:
         """Queue the one answer to a request; ``_flush_answers`` sends them, batched."""
         freed = request is None or request.on_inputs_freed is None
-        body: dict[str, Any] = {"id": msg_id, "freed": freed}
+        body: bw.AnswerItem = {"id": msg_id, "status": 200, "freed": freed}
         outbox = self._outbox.get(book)
         if outbox is None:
             outbox = self._outbox[book] = ([], bytearray())
@@ -417,7 +418,6 @@ class DataPlanePool:
                 body["held"] = True
             else:
                 result.release()
-            body["status"] = 200
         else:
             assert error is not None
             body["status"] = error.http_status

@@ -1,0 +1,141 @@
+"""The typed items of the control process <-> data-plane process link (``gateway.bridge_wire``):
+INFER and ANSWER items are checked once where they arrive; a bad one still gets its one answer.
+
+Milliseconds: real ZeroMQ sockets and a real ``CoreLink``, no gateway (``tests/test_dataplanes.py``
+runs the whole link).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import zmq
+
+from gateway import bridge_wire as bw
+
+
+def infer() -> dict[str, Any]:
+    return {"id": 7, "model": "sum", "version": "1", "rows": 1,
+            "inputs": [["X", "INT32", [1, 1], ["seg", 0, "int32", [1, 1]], None]],
+            "outputs": {}, "parameters": {"sequence_id": 3}, "timeout_us": None,
+            "request_id": "r-1"}
+
+
+def answer() -> dict[str, Any]:
+    return {"id": 7, "status": 200, "freed": True, "outputs": {"Y": ["int32", [1, 1], 0]}}
+
+
+def test_well_formed_items_pass_as_they_are() -> None:
+    item = infer()
+    assert bw.infer_item(item) is item
+    assert bw.infer_item(infer() | {"timeout_us": 5000})["timeout_us"] == 5000
+    a = answer()
+    assert bw.answer_item(a) is a
+    error = {"id": 1, "status": 503, "freed": False, "error": ["Unavailable", "busy", 1]}
+    assert bw.answer_item(error)["error"] == ["Unavailable", "busy", 1]
+
+
+@pytest.mark.parametrize("change", [
+    {"id": None}, {"id": True}, {"id": "7"}, {"model": 1}, {"version": None}, {"rows": 1.0},
+    {"inputs": {}}, {"outputs": []}, {"parameters": None}, {"timeout_us": "5"},
+    {"timeout_us": False}, {"request_id": None},
+])
+def test_bad_infer_item_is_a_wire_error(change: dict[str, Any]) -> None:
+    with pytest.raises(bw.WireError):
+        bw.infer_item(infer() | change)
+
+
+@pytest.mark.parametrize("key", ["id", "model", "version", "rows", "inputs", "outputs",
+                                 "parameters", "timeout_us", "request_id"])
+def test_infer_item_lacking_a_field_is_a_wire_error(key: str) -> None:
+    item = infer()
+    del item[key]
+    with pytest.raises(bw.WireError):
+        bw.infer_item(item)
+
+
+@pytest.mark.parametrize("raw", [
+    None, [], {"status": 200, "freed": True}, answer() | {"id": 1.0},
+    answer() | {"status": "200"}, answer() | {"freed": 1}, answer() | {"error": "busy"},
+    answer() | {"outputs": []}, answer() | {"in_regions": [1]}, answer() | {"held": "yes"},
+])
+def test_bad_answer_item_is_a_wire_error(raw: Any) -> None:
+    with pytest.raises(bw.WireError):
+        bw.answer_item(raw)
+
+
+async def _recv(sock: zmq.Socket[bytes]) -> tuple[bytes, dict[str, Any], list[Any]]:
+    with trio.fail_after(5):
+        while True:
+            try:
+                return bw.decode(sock.recv_multipart(zmq.NOBLOCK), bw.TO_CORE)
+            except zmq.Again:
+                await trio.sleep(0.002)
+
+
+def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: Path) -> None:
+    """Two requests through a real ``CoreLink``: the core's answer to one is malformed. Its
+    handler gets an error (not a hang), the other its answer; slots are freed only when the
+    core says no worker reads them (``freed``, or a later ``FREE``)."""
+    from bridges.dataplane.facade import CoreLink
+    from shm.slab import SlabAllocator
+
+    run_dir = str(tmp_path)
+    got: dict[int, bw.AnswerItem] = {}
+
+    async def main() -> None:
+        ctx = zmq.Context()
+        intake = ctx.socket(zmq.PULL)
+        push = ctx.socket(zmq.PUSH)
+        slab = SlabAllocator(f"ifx-bw-{os.getpid()}", limit_bytes=1 << 20,
+                              segment_bytes=1 << 16)
+        link = CoreLink(0, run_dir, slab)
+        try:
+            intake.bind(bw.intake_address(run_dir))
+            push.bind(f"ipc://{run_dir}/bridge-0.sock")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run)
+                nursery.start_soon(link.run_flusher)
+                ids = []
+                for _ in range(2):
+                    item = bw.infer_item(infer() | {"id": link.new_id()})
+                    link.submit(item, [slab.allocate(64)])
+                    ids.append(item["id"])
+                kind, body, _ = await _recv(intake)
+                assert kind == bw.INFER and [i["id"] for i in body["items"]] == ids
+                assert all(bw.infer_item(i) for i in body["items"])  # as the core checks them
+                assert slab.slots_in_use == 2
+
+                async def wait(msg_id: int) -> None:
+                    got[msg_id] = (await link.wait(msg_id))[0]
+
+                for msg_id in ids:
+                    nursery.start_soon(wait, msg_id)
+                await trio.sleep(0.01)
+                bad = {"id": ids[0], "status": "200", "freed": True}
+                good = {"id": ids[1], "status": 200, "freed": True, "outputs": {}}
+                push.send_multipart(bw.encode(bw.ANSWER, {"items": [bad, good]}, b""))
+                with trio.fail_after(5):
+                    while len(got) < 2:
+                        await trio.sleep(0.002)
+                assert slab.slots_in_use == 1  # the malformed one's may still be read
+                push.send_multipart(bw.encode(bw.FREE, {"id": ids[0]}))
+                with trio.fail_after(5):
+                    while slab.slots_in_use:
+                        await trio.sleep(0.002)
+                nursery.cancel_scope.cancel()
+        finally:
+            link.close()
+            slab.close()
+            intake.close(linger=0)
+            push.close(linger=0)
+            ctx.term()
+
+    trio.run(main)
+    first, second = sorted(got)
+    assert got[first]["status"] == 500 and "malformed" in got[first]["error"][1]
+    assert got[second]["status"] == 200 and "error" not in got[second]
