@@ -59,7 +59,7 @@ _ERRORS: dict[str, type[InferoxyError]] = {
 }
 
 
-# -- errors and configurations on the wire --------------------------------------------------
+# -- errors on the wire -------------------------------------------------------------------------
 
 def error_to_wire(exc: InferoxyError) -> Refusal:
     # A subclass the other side cannot name (BodyTimeout, ...) travels as its nearest base.
@@ -78,7 +78,7 @@ def error_from_wire(raw: Any) -> InferoxyError:
         return InferoxyError("the gateway core sent a malformed answer")
 
 
-# -- the routing table ------------------------------------------------------------------------
+# -- the copy table -----------------------------------------------------------------------------
 
 def routing_table(gateway: Any) -> CopyTable:
     """The copy table (``gateway.copy_table``) as the control process sees it now.

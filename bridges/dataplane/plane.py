@@ -78,7 +78,8 @@ class DataPlane:
         self.regions = RegionRegistry(enabled=settings.allow_client_shm,
                                       own_prefix=settings.shm_prefix,
                                       max_regions=settings.max_client_regions)
-        self._table: dict[str, _Routed | Missing] = {}
+        self._table: dict[str, _Routed] = {}
+        self._missing: dict[str, str] = {}  # declared models that serve nothing now: why
         self._local: dict[tuple[str, str], ModelServer] = {}
         self._refuse: dict[tuple[str, str], Refusal | None] = {}
         self._copies: dict[int, Copy] = {}
@@ -102,9 +103,8 @@ class DataPlane:
     def model(self, name: str, version: str | None = None) -> ModelServer | RemoteModel:
         entry = self._table.get(name)
         if entry is None:
-            raise unknown_model(name)
-        if isinstance(entry, Missing):
-            raise NotFound(entry.why)
+            why = self._missing.get(name)
+            raise unknown_model(name) if why is None else NotFound(why)
         if version:
             model = entry.versions.get(version)
             if model is None:
@@ -141,11 +141,12 @@ class DataPlane:
 
     def apply_table(self, table: CopyTable) -> None:
         """Serve what the control process published (``gateway.intake.routing_table``)."""
-        routed: dict[str, _Routed | Missing] = {}
+        routed: dict[str, _Routed] = {}
+        missing: dict[str, str] = {}
         seen: set[tuple[str, str]] = set()
         for name, entry in table.models.items():
             if isinstance(entry, Missing):
-                routed[name] = entry
+                missing[name] = entry.why
                 continue
             versions: dict[str, ModelServer | RemoteModel] = {}
             for version, e in entry.versions.items():
@@ -165,7 +166,7 @@ class DataPlane:
                     self._retire(old, server)
                 versions[version] = server
             routed[name] = _Routed(entry.default, versions)
-        self._table = routed
+        self._table, self._missing = routed, missing
         for key in list(self._local.keys() - seen):
             self._stop(self._local.pop(key))
             self._refuse.pop(key, None)
