@@ -291,6 +291,16 @@ class BridgeBook:
         return len(self.entries)
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one REPORT carried, checked: answer counts ``(bridge, status_class, n)``, models'
+    statistics ``(name, version, gateway.stats.stats_delta)``, the FLUSH it answers."""
+
+    answers: list[tuple[str, str, int]]
+    stats: list[tuple[str, str, dict[str, Any]]]
+    flush: int | None
+
+
 @dataclass(slots=True)
 class BridgeReports:
     """What data-plane processes report: answers per process and their slabs' use (metrics)."""
@@ -303,9 +313,11 @@ class BridgeReports:
     slots_in_use: dict[int, int] = field(default_factory=dict)
     bytes_in_use: dict[int, int] = field(default_factory=dict)
 
-    def report(self, index: int, body: dict[str, Any]) -> list[tuple[str, str, int]]:
-        """Record a REPORT; the answer counts it carried, ``(bridge, status_class, n)``."""
+    def report(self, index: int, body: dict[str, Any]) -> Report:
+        """Record a REPORT (``bridge_wire.ReportBody``, read defensively: an entry of
+        another shape is skipped); what it carried for the caller to add up."""
         counts: list[tuple[str, str, int]] = []
+        stats: list[tuple[str, str, dict[str, Any]]] = []
         for item in body.get("answers") or []:
             if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
                     and isinstance(item[1], str) and isinstance(item[2], int)
@@ -325,7 +337,12 @@ class BridgeReports:
             value = body.get(key)
             if isinstance(value, int) and value >= 0:
                 book[index] = value
-        return counts
+        for item in body.get("stats") or []:
+            if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], dict)):
+                stats.append((item[0], item[1], item[2]))
+        flush = body.get("flush")
+        return Report(counts, stats, flush if type(flush) is int else None)
 
     def pending_of(self, name: str, version: str) -> int:
         """Requests of a model queued or running in the data-plane processes."""

@@ -139,3 +139,25 @@ def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: P
     first, second = sorted(got)
     assert got[first]["status"] == 500 and "malformed" in got[first]["error"][1]
     assert got[second]["status"] == 200 and "error" not in got[second]
+
+
+def test_report_keeps_only_entries_of_its_shape() -> None:
+    """A REPORT is read entry by entry: one of another shape is skipped, the rest counts."""
+    from gateway.intake import BridgeReports
+
+    reports = BridgeReports()
+    report = reports.report(1, {
+        "answers": [["rest", "2xx", 5], ["grpc", 3, 1], "junk", ["rest", "5xx", -1]],
+        "stats": [["tiny", "1", {"n": [1, 1]}], ["tiny", 1, {}], ["x", "y"], None],
+        "pending": [["tiny", "1", 2, 0.5], ["tiny", "2", "2", 0], ["sum"]],
+        "slots_in_use": -1, "bytes_in_use": 4096, "flush": 3,
+    })
+    assert report.answers == [("rest", "2xx", 5)] and reports.answers == {1: 5}
+    assert report.stats == [("tiny", "1", {"n": [1, 1]})] and report.flush == 3
+    assert reports.pending_of("tiny", "1") == 2 and reports.head_age("tiny", "1") == 0.5
+    assert reports.pending_of("tiny", "2") == 0
+    assert reports.slots_in_use == {} and reports.bytes_in_use == {1: 4096}
+    empty = reports.report(2, {"flush": "3", "stats": {"tiny": 1}})
+    assert empty.answers == [] and empty.stats == [] and empty.flush is None
+    reports.gone(1)
+    assert reports.pending_of("tiny", "1") == 0 and reports.bytes_in_use == {}

@@ -326,15 +326,16 @@ class DataPlanePool:
                 raise ValueError("malformed CALL")
             self._nursery.start_soon(self._forward_call, index, body, bytes(blobs[0]))
         elif kind == bw.REPORT:
-            for bridge, status_class, n in self.gateway.bridge_reports.report(index, body):
-                counts = self.gateway.bridge_answers.counts
+            report = self.gateway.bridge_reports.report(index, body)
+            counts = self.gateway.bridge_answers.counts
+            for bridge, status_class, n in report.answers:
                 counts[(bridge, status_class)] = counts.get((bridge, status_class), 0) + n
-            for name, version, delta in body.get("stats") or []:
+            for name, version, delta in report.stats:
                 server = self.gateway.servers.get((name, version))
                 if server is not None:
                     add_stats(server.stats, delta)
-            if isinstance(body.get("flush"), int):
-                self._flushed[index] = max(self._flushed.get(index, 0), body["flush"])
+            if report.flush is not None:
+                self._flushed[index] = max(self._flushed.get(index, 0), report.flush)
         elif kind == bw.ACK:
             self._acked[index] = max(self._acked.get(index, 0), int(body["gen"]))
         elif kind == bw.HELLO:
