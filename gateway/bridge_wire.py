@@ -2,8 +2,9 @@
 
 Every message is ``[kind, JSON body, *blobs]`` (at most one blob); the sockets, the kinds and
 their bodies are specified in ``docs/protocols/control-dataplane.md``. This module holds the
-kinds, ``encode``/``decode``, the typed items of the hot messages (``InferItem``,
-``AnswerItem``) with the checks that admit them where they arrive, and the intake's address.
+kinds, ``encode``/``decode`` (which checks the fields each kind needs, once per message), the
+typed items of the hot messages (``InferItem``, ``AnswerItem``) with the checks that admit
+them where they arrive, and the intake's address.
 The copy table a ``TABLE`` carries is ``gateway.copy_table``'s.
 """
 
@@ -33,6 +34,27 @@ TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP, FLUSH})
 
 MAX_BLOBS = 1  # more frames than any message carries: a malformed peer
 
+# What each kind's body must hold, and its JSON type (``type(v) is t``: True is no int), checked
+# by ``decode``, once per message, so handlers read these keys without a guard. Fields left
+# out are optional, or checked where they are read (``infer_item``, ``answer_item``,
+# ``CopyTable.from_wire``, ``BridgeReports.report``). Bodies to the core also name their
+# sender, ``b``.
+_FIELDS: dict[bytes, tuple[tuple[str, type], ...]] = {
+    HELLO: (("pid", int), ("listening", bool)),
+    INFER: (("items", list),),
+    CANCEL: (("id", int),),
+    DONE: (("ids", list),),
+    CALL: (("id", int), ("method", str), ("path", str), ("headers", list)),
+    REPORT: (),
+    ACK: (("gen", int),),
+    TABLE: (("gen", int), ("models", dict)),
+    ANSWER: (("items", list),),
+    FREE: (("id", int),),
+    REPLY: (("id", int), ("status", int), ("headers", list)),
+    STOP: (),
+    FLUSH: (("gen", int),),
+}
+
 
 class WireError(ValueError):
     """A message that is not in this format."""
@@ -55,6 +77,9 @@ def decode(frames: list[Any], kinds: frozenset[bytes]) -> tuple[bytes, dict[str,
         raise WireError(f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise WireError("body is not a JSON object")
+    for key, kind_of in _FIELDS[kind] + ((("b", int),) if kind in TO_CORE else ()):
+        if type(body.get(key)) is not kind_of:
+            raise WireError(f"{kind.decode()} needs {key!r} ({kind_of.__name__})")
     return kind, body, list(frames[2:])
 
 

@@ -17,6 +17,65 @@ import zmq
 
 from gateway import bridge_wire as bw
 
+GOOD_TO_CORE: list[tuple[bytes, dict[str, Any]]] = [
+    (bw.HELLO, {"b": 0, "pid": 1234, "listening": False}),
+    (bw.INFER, {"b": 0, "items": []}),
+    (bw.CANCEL, {"b": 0, "id": 3}),
+    (bw.DONE, {"b": 0, "ids": [3, 4]}),
+    (bw.CALL, {"b": 0, "id": 3, "method": "GET", "path": "/v2", "query": "", "headers": []}),
+    (bw.REPORT, {"b": 1, "answers": [], "stats": [], "pending": []}),
+    (bw.ACK, {"b": 0, "gen": 2}),
+]
+GOOD_TO_BRIDGE: list[tuple[bytes, dict[str, Any]]] = [
+    (bw.TABLE, {"gen": 1, "models": {}, "regions": []}),
+    (bw.ANSWER, {"items": []}),
+    (bw.FREE, {"id": 3}),
+    (bw.REPLY, {"id": 3, "status": 200, "headers": []}),
+    (bw.STOP, {}),
+    (bw.FLUSH, {"gen": 5}),
+]
+
+
+def test_each_kind_decodes_with_what_it_needs() -> None:
+    for kinds, messages in ((bw.TO_CORE, GOOD_TO_CORE), (bw.TO_BRIDGE, GOOD_TO_BRIDGE)):
+        assert {kind for kind, _ in messages} == kinds  # every kind is covered
+        for kind, body in messages:
+            assert bw.decode(bw.encode(kind, body), kinds) == (kind, body, [])
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (bw.HELLO, {"b": 0, "pid": "1234", "listening": True}),
+    (bw.HELLO, {"b": 0, "pid": 1234}),
+    (bw.INFER, {"items": []}),  # no sender
+    (bw.INFER, {"b": True, "items": []}),
+    (bw.INFER, {"b": 0, "items": {}}),
+    (bw.CANCEL, {"b": 0, "id": None}),
+    (bw.DONE, {"b": 0, "ids": 3}),
+    (bw.CALL, {"b": 0, "id": 3, "method": "GET", "path": "/v2", "headers": {}}),
+    (bw.REPORT, {"answers": []}),
+    (bw.ACK, {"b": 0, "gen": 1.0}),
+    (bw.TABLE, {"models": {}}),
+    (bw.TABLE, {"gen": 2, "models": []}),
+    (bw.ANSWER, {"items": None}),
+    (bw.FREE, {"id": "3"}),
+    (bw.REPLY, {"id": 3, "status": "200", "headers": []}),
+    (bw.FLUSH, {"gen": None}),
+])
+def test_body_without_what_its_kind_needs_is_a_wire_error(kind: bytes,
+                                                          body: dict[str, Any]) -> None:
+    kinds = bw.TO_CORE if kind in bw.TO_CORE else bw.TO_BRIDGE
+    with pytest.raises(bw.WireError):
+        bw.decode(bw.encode(kind, body), kinds)
+
+
+@pytest.mark.parametrize("frames", [
+    [bw.ACK], [bw.ACK, b"{}", b"", b""], [b"NOPE", b"{}"], [bw.STOP, b"{}"],  # to the core
+    [bw.ACK, b"{not json"], [bw.ACK, b"[1]"],
+])
+def test_frames_of_another_shape_are_a_wire_error(frames: list[bytes]) -> None:
+    with pytest.raises(bw.WireError):
+        bw.decode(frames, bw.TO_CORE)
+
 
 def infer() -> dict[str, Any]:
     return {"id": 7, "model": "sum", "version": "1", "rows": 1,

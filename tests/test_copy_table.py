@@ -271,4 +271,4 @@ def test_core_link_drops_a_malformed_table(tmp_path: Path,
     assert [t == table() for t in applied] == [True, True]
     messages = [r.getMessage() for r in caplog.records]
     assert any("malformed copy table (generation 2)" in m and "'9'" in m for m in messages)
-    assert any("without a generation" in m for m in messages)
+    assert any("TABLE needs 'gen'" in m for m in messages)

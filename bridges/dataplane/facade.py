@@ -111,9 +111,7 @@ class CoreLink:
                 call.answer = (body, blobs[0] if blobs else b"")
                 call.done.set()
         elif kind == bw.TABLE:
-            gen = body.get("gen")
-            if not isinstance(gen, int) or isinstance(gen, bool):
-                raise bw.WireError("a TABLE without a generation")
+            gen = body["gen"]
             if gen > self.table_gen:
                 # Decoded here, whole, before any of it is applied: a malformed table is
                 # dropped and the last one stays (the ACK says which); the core sends the next
@@ -130,7 +128,7 @@ class CoreLink:
         elif kind == bw.STOP:
             self.stop_requested.set()
         elif kind == bw.FLUSH:
-            self.on_flush(int(body["gen"]))
+            self.on_flush(body["gen"])
 
     def _on_answer(self, raw: Any, blob: Any) -> None:
         try:
