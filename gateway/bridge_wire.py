@@ -1,55 +1,17 @@
 """The control process <-> data-plane process wire format (``--workers N``). I/O-free.
 
-Data-plane processes parse HTTP and write tensor bytes into shared memory themselves; what
-crosses this wire is JSON (never pickle) and, for small outputs and forwarded HTTP bodies,
-one raw byte frame. Every message is ``[kind, body, *blobs]``: ``kind`` one of the byte
-strings below, ``body`` a JSON object that names its sender (``b``: the bridge's index).
-Requests and answers travel in batches: whatever one side queued during one round of its
-event loop goes in one message, so a busy core wakes once per batch, not once per request.
-
-Bridge -> core:
-
-* ``HELLO {pid, listening}`` once connected (the core answers with a ``TABLE``), and again
-  once its HTTP listener is open.
-* ``INFER {items: [{id, model, version, rows, inputs, outputs, parameters, timeout_us,
-  request_id}, ...]}``: in each item ``inputs`` is ``[[name, datatype, shape, desc | null,
-  region | null], ...]`` where ``desc`` is a ``Descriptor.to_wire()`` into one of the
-  bridge's own slab segments and ``region`` a client region reference ``[name, offset,
-  byte_size]`` (resolved by the core, which keeps the registry); ``outputs`` maps output
-  names to client region references. Exactly one answer to each item follows, whatever
-  happens.
-* ``CANCEL {id}``: the client went away; the core abandons the request (an ``ANSWER`` still
-  follows).
-* ``DONE {ids}``: the bridge has copied the outputs of these held answers; the core lets the
-  worker reuse their slots.
-* ``CALL {id, method, path, query, headers}`` + body frame: a non-infer HTTP request,
-  answered by the core's route layer with one ``REPLY``.
-* ``REPORT {answers, stats, pending, slots_in_use, bytes_in_use, flush?}``: the process's
-  answer counts since its last report (``[[bridge, status_class, n], ...]``), its models'
-  statistics since then (``[[name, version, delta], ...]``, ``gateway.stats.stats_delta``),
-  requests queued or running and the oldest one's wait (``[[name, version, n, seconds],
-  ...]``), and its slab's use now.
-
-Core -> bridge:
-
-* ``TABLE {gen, models}``: the routing table (see ``gateway.intake.routing_table``), sent
-  on HELLO and whenever it changes.
-* ``ANSWER {items: [{id, status, error?, outputs?, in_regions?, freed, held?}, ...]}`` + one
-  byte frame: ``error`` is ``[type, message, retry_after_s]``; ``outputs`` maps names to
-  ``[dtype, shape, offset]`` (the bytes at that offset of the frame) or ``[dtype, shape,
-  desc]`` (bytes in a worker's output slot: the bridge reads them and sends ``DONE``, since
-  ``held`` is true). ``freed`` false: a worker may still read the inputs; a ``FREE`` follows.
-* ``FREE {id}``: no worker reads this request's input slots any more: the bridge frees them.
-* ``REPLY {id, status, headers}`` + body frame.
-* ``STOP {}``: drain: stop accepting connections, finish what is open, exit.
-* ``FLUSH {gen}``: report now; the ``REPORT`` carries ``flush: gen`` (statistics read through
-  any process then hold what every process counted until then).
-* ``TABLE`` is acknowledged with ``ACK {gen}`` once applied.
+Every message is ``[kind, JSON body, *blobs]`` (at most one blob); the sockets, the kinds and
+their bodies are specified in ``docs/protocols/control-dataplane.md``. This module holds the
+kinds, ``encode``/``decode`` (which checks the fields each kind needs, once per message), the
+typed items of the hot messages (``InferItem``, ``AnswerItem``) with the checks that admit
+them where they arrive, and the intake's address.
+The copy table a ``TABLE`` carries is ``gateway.copy_table``'s.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 
@@ -71,6 +33,27 @@ TO_CORE = frozenset({HELLO, INFER, CANCEL, DONE, CALL, REPORT, ACK})
 TO_BRIDGE = frozenset({TABLE, ANSWER, FREE, REPLY, STOP, FLUSH})
 
 MAX_BLOBS = 1  # more frames than any message carries: a malformed peer
+
+# What each kind's body must hold, and its JSON type (``type(v) is t``: True is no int), checked
+# by ``decode``, once per message, so handlers read these keys without a guard. Fields left
+# out are optional, or checked where they are read (``infer_item``, ``answer_item``,
+# ``CopyTable.from_wire``, ``BridgeReports.report``). Bodies to the core also name their
+# sender, ``b``.
+_FIELDS: dict[bytes, tuple[tuple[str, type], ...]] = {
+    HELLO: (("pid", int), ("listening", bool)),
+    INFER: (("items", list),),
+    CANCEL: (("id", int),),
+    DONE: (("ids", list),),
+    CALL: (("id", int), ("method", str), ("path", str), ("headers", list)),
+    REPORT: (),
+    ACK: (("gen", int),),
+    TABLE: (("gen", int), ("models", dict)),
+    ANSWER: (("items", list),),
+    FREE: (("id", int),),
+    REPLY: (("id", int), ("status", int), ("headers", list)),
+    STOP: (),
+    FLUSH: (("gen", int),),
+}
 
 
 class WireError(ValueError):
@@ -94,7 +77,89 @@ def decode(frames: list[Any], kinds: frozenset[bytes]) -> tuple[bytes, dict[str,
         raise WireError(f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise WireError("body is not a JSON object")
+    for key, kind_of in _FIELDS[kind] + ((("b", int),) if kind in TO_CORE else ()):
+        if type(body.get(key)) is not kind_of:
+            raise WireError(f"{kind.decode()} needs {key!r} ({kind_of.__name__})")
     return kind, body, list(frames[2:])
+
+
+# -- the hot messages' items, typed --------------------------------------------------------
+# TypedDicts cost nothing at run time: a body is the dict orjson made. ``infer_item`` and
+# ``answer_item`` check an item's fields once, where it arrives; past them code reads keys
+# that are known to be there, with the types below.
+
+class InferItem(TypedDict):
+    """One request of an ``INFER`` message (a data-plane process -> the control process)."""
+
+    id: int  # the bridge's; the one answer names it
+    model: str
+    version: str  # "" for the model's default version
+    rows: int
+    # [[name, datatype, shape, desc | None, region | None], ...]: checked by
+    # ``gateway.intake.admit`` against the core's configuration and the bridge's segments
+    inputs: list[list[Any]]
+    outputs: dict[str, list[Any]]  # output name -> client region [name, offset, byte_size]
+    parameters: dict[str, Any]
+    timeout_us: int | None
+    request_id: str
+
+
+class AnswerItem(TypedDict):
+    """The one answer to an ``InferItem`` (in an ``ANSWER`` message)."""
+
+    id: int
+    status: int  # HTTP status
+    freed: bool  # no worker reads the request's input slots any more
+    error: NotRequired[Sequence[Any]]  # [type, message, retry_after_s] (gateway.intake)
+    # name -> [dtype, shape, offset in the blob] | [BYTES, shape, offset, size] |
+    # [dtype, shape, desc] (gateway.intake.answer_outputs)
+    outputs: NotRequired[dict[str, list[Any]]]
+    in_regions: NotRequired[dict[str, list[int]]]  # outputs written to client regions
+    held: NotRequired[bool]  # outputs lie in a worker's slot until the bridge says DONE
+
+
+class ReportBody(TypedDict):
+    """A ``REPORT`` (read field by field, defensively, by ``gateway.intake.BridgeReports``)."""
+
+    answers: list[list[Any]]  # [[bridge, status_class, n], ...]
+    stats: list[list[Any]]  # [[name, version, delta], ...]
+    pending: list[list[Any]]  # [[name, version, n, seconds], ...]
+    slots_in_use: int
+    bytes_in_use: int
+    flush: NotRequired[int]
+
+
+# ``type(x) is int``: JSON integers are exact ints, and True is not one (it is an int to
+# ``isinstance``); these run once per request, so no helper calls.
+
+def infer_item(raw: dict[str, Any]) -> InferItem:
+    """``raw`` as an ``InferItem`` once its fields have their types; ``WireError`` otherwise.
+
+    The inputs' contents are checked by ``gateway.intake.admit``, which knows the model.
+    """
+    get = raw.get
+    timeout_us = get("timeout_us", False)
+    if not (type(get("id")) is int and type(get("model")) is str
+            and type(get("version")) is str and type(get("rows")) is int
+            and type(get("inputs")) is list and type(get("outputs")) is dict
+            and type(get("parameters")) is dict
+            and (timeout_us is None or type(timeout_us) is int)
+            and type(get("request_id")) is str):
+        raise WireError("an INFER item lacks a field or has one of the wrong type")
+    return cast(InferItem, raw)
+
+
+def answer_item(raw: object) -> AnswerItem:
+    """``raw`` as an ``AnswerItem`` once its fields have their types; ``WireError`` otherwise."""
+    if not (type(raw) is dict and type(raw.get("id")) is int
+            and type(raw.get("status")) is int and type(raw.get("freed")) is bool
+            and (len(raw) == 3 or (
+                ("error" not in raw or type(raw["error"]) is list)
+                and ("outputs" not in raw or type(raw["outputs"]) is dict)
+                and ("in_regions" not in raw or type(raw["in_regions"]) is dict)
+                and type(raw.get("held", False)) is bool))):
+        raise WireError("an ANSWER item lacks a field or has one of the wrong type")
+    return cast(AnswerItem, raw)
 
 
 def intake_address(run_dir: str) -> str:

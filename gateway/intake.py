@@ -21,15 +21,15 @@ descriptors. Theory of operation:
   worker's output slot, which the core holds (``held``) until the bridge says ``DONE``.
 - **A bridge that dies** has its requests abandoned and its held outputs released; its
   segments are unlinked once none of its inputs can still be read (``BridgeBook.quiet``).
-- **The routing table** (``routing_table``) is what a bridge needs to resolve and check a
-  request without asking the core: every routed model's versions with their configuration,
-  the default version, and why a model refuses requests now. The core re-resolves and
-  re-checks anyway; the table only spares round trips.
+- **The copy table** (``routing_table``, typed in ``gateway.copy_table``) is what a bridge
+  needs to resolve and check a request without asking the core: every routed model's
+  versions with their configuration, the default version, why a model refuses requests now,
+  stateless models' copies, and the client regions. The core re-resolves and re-checks
+  anyway; the table only spares round trips.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +39,8 @@ import numpy as np
 
 from gateway import errors
 from gateway.admission import Admission, InputChecker, Limits
-from gateway.config import ModelConfig, TensorSpec
+from gateway.bridge_wire import InferItem
+from gateway.copy_table import CopyEntry, CopyTable, Missing, ModelEntry, Refusal, VersionEntry
 from gateway.errors import InferoxyError, InvalidArgument, NotFound, Unavailable
 from gateway.request import RequestResult
 from shm import bytes_tensor
@@ -58,12 +59,12 @@ _ERRORS: dict[str, type[InferoxyError]] = {
 }
 
 
-# -- errors and configurations on the wire --------------------------------------------------
+# -- errors on the wire -------------------------------------------------------------------------
 
-def error_to_wire(exc: InferoxyError) -> list[Any]:
+def error_to_wire(exc: InferoxyError) -> Refusal:
     # A subclass the other side cannot name (BodyTimeout, ...) travels as its nearest base.
     name = next(c.__name__ for c in type(exc).__mro__ if _ERRORS.get(c.__name__) is c)
-    return [name, exc.message, getattr(exc, "retry_after_s", 1)]
+    return name, exc.message, int(getattr(exc, "retry_after_s", 1))
 
 
 def error_from_wire(raw: Any) -> InferoxyError:
@@ -77,75 +78,38 @@ def error_from_wire(raw: Any) -> InferoxyError:
         return InferoxyError("the gateway core sent a malformed answer")
 
 
-def config_to_wire(config: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+# -- the copy table -----------------------------------------------------------------------------
 
+def routing_table(gateway: Any) -> CopyTable:
+    """The copy table (``gateway.copy_table``) as the control process sees it now.
 
-def config_from_wire(raw: dict[str, Any]) -> ModelConfig:
-    def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items)
-
-    return ModelConfig(**(raw | {"inputs": specs(raw["inputs"]),
-                                 "outputs": specs(raw["outputs"])}))
-
-
-# -- the routing table ------------------------------------------------------------------------
-
-def routing_table(gateway: Any) -> dict[str, Any]:
-    """``{name: {"default": v, "versions": {v: {"config", "refuse", "copies"}}} |
-    {"missing": why}}``.
-
-    ``refuse`` is the message ``ensure_accepting`` would raise now (or null), so a data-plane
-    process can refuse at once, as the control process does, without asking. ``copies``
-    (stateless models, which data-plane processes serve themselves): ``[[id, ready, batch
-    socket address], ...]`` — where to send batches, straight to the copies.
+    A version's ``refuse`` is the error ``ensure_accepting`` would raise now (or None), so a
+    data-plane process can refuse at once, as the control process does, without asking.
     """
-    table: dict[str, Any] = {}
+    versions: dict[str, dict[str, VersionEntry]] = {}
     for server in gateway.all_servers():
-        name = server.config.name
-        entry = table.setdefault(name, {"versions": {}})
+        config = server.config
         try:
             gateway.ensure_accepting(server)
             refuse = None
         except InferoxyError as exc:
             refuse = error_to_wire(exc)
-        entry["versions"][server.config.version] = {
-            "config": server.config, "refuse": refuse,
-            "copies": [[c.id, c.ready, c.inbox] for c in server.copies]
-            if server.config.stateless else [],
-        }
-    for name, entry in table.items():
-        entry["default"] = gateway.model(name).config.version
+        copies = tuple(CopyEntry(c.id, c.ready, c.inbox) for c in server.copies
+                       ) if config.stateless else ()
+        versions.setdefault(config.name, {})[config.version] = VersionEntry(
+            config, refuse, copies)
+    models: dict[str, ModelEntry | Missing] = {
+        name: ModelEntry(gateway.model(name).config.version, by_version)
+        for name, by_version in versions.items()
+    }
     for name in gateway.declarations:
-        if name not in table:
+        if name not in models:
             try:
                 gateway.model(name)
             except NotFound as exc:
-                table[name] = {"missing": exc.message}
-    return table
-
-
-def table_fingerprint(table: dict[str, Any]) -> tuple[Any, ...]:
-    """Cheap to compare: configuration objects by identity, the rest by value."""
-    return tuple(sorted(
-        (name, entry.get("default"), entry.get("missing"), tuple(sorted(
-            (v, id(e["config"]), repr(e["refuse"]), repr(e["copies"]))
-            for v, e in entry.get("versions", {}).items()
-        )))
-        for name, entry in table.items()
-    ))
-
-
-def table_to_wire(table: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: entry if "missing" in entry else {
-            "default": entry["default"],
-            "versions": {v: {"config": config_to_wire(e["config"]), "refuse": e["refuse"],
-                             "copies": e["copies"]}
-                         for v, e in entry["versions"].items()},
-        }
-        for name, entry in table.items()
-    }
+                models[name] = Missing(exc.message)
+    regions = gateway.regions
+    return CopyTable(models, tuple(regions.status()) if regions.enabled else ())
 
 
 # -- admitting a bridge's request --------------------------------------------------------------
@@ -156,17 +120,18 @@ def _region(raw: Any) -> tuple[Any, Any, Any]:
     return raw[0], raw[1], raw[2]
 
 
-def admit(admission: Admission, body: dict[str, Any], limits: Limits,
+def admit(admission: Admission, body: InferItem, limits: Limits,
           segment_prefix: str, segment_size: Callable[[str], int]) -> int:
-    """Fill ``admission`` from an INFER body; the request's rows. Raises InvalidArgument.
+    """Fill ``admission`` from an INFER item (``bridge_wire.infer_item`` checked its fields'
+    types); the request's rows. Raises InvalidArgument.
 
     ``segment_size(name)`` maps a bridge segment (raising ``OSError``/``ValueError`` when it
     cannot); only names that start with ``segment_prefix`` are ever asked for.
     """
     config = admission.server.config
     checker = InputChecker(config, limits, bytes_ok=True)
-    raw_inputs = body.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    raw_inputs = body["inputs"]
+    if not raw_inputs:
         raise InvalidArgument("'inputs' must be a non-empty array")
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, list) or len(raw) != 5:
@@ -193,10 +158,7 @@ def admit(admission: Admission, body: dict[str, Any], limits: Limits,
             raise InvalidArgument("a bridge descriptor lies outside its segment")
         admission.inputs[checked.spec.name] = d
     rows = checker.finish()
-    outputs = body.get("outputs") or {}
-    if not isinstance(outputs, dict):
-        raise InvalidArgument("malformed outputs in a bridge message")
-    for name, region in outputs.items():
+    for name, region in body["outputs"].items():
         spec = config.output(name)
         if spec is None:
             raise InvalidArgument(f"{name!r} is not an output of model {config.name!r}")
@@ -329,6 +291,16 @@ class BridgeBook:
         return len(self.entries)
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one REPORT carried, checked: answer counts ``(bridge, status_class, n)``, models'
+    statistics ``(name, version, gateway.stats.stats_delta)``, the FLUSH it answers."""
+
+    answers: list[tuple[str, str, int]]
+    stats: list[tuple[str, str, dict[str, Any]]]
+    flush: int | None
+
+
 @dataclass(slots=True)
 class BridgeReports:
     """What data-plane processes report: answers per process and their slabs' use (metrics)."""
@@ -341,9 +313,11 @@ class BridgeReports:
     slots_in_use: dict[int, int] = field(default_factory=dict)
     bytes_in_use: dict[int, int] = field(default_factory=dict)
 
-    def report(self, index: int, body: dict[str, Any]) -> list[tuple[str, str, int]]:
-        """Record a REPORT; the answer counts it carried, ``(bridge, status_class, n)``."""
+    def report(self, index: int, body: dict[str, Any]) -> Report:
+        """Record a REPORT (``bridge_wire.ReportBody``, read defensively: an entry of
+        another shape is skipped); what it carried for the caller to add up."""
         counts: list[tuple[str, str, int]] = []
+        stats: list[tuple[str, str, dict[str, Any]]] = []
         for item in body.get("answers") or []:
             if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
                     and isinstance(item[1], str) and isinstance(item[2], int)
@@ -363,7 +337,12 @@ class BridgeReports:
             value = body.get(key)
             if isinstance(value, int) and value >= 0:
                 book[index] = value
-        return counts
+        for item in body.get("stats") or []:
+            if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], dict)):
+                stats.append((item[0], item[1], item[2]))
+        flush = body.get("flush")
+        return Report(counts, stats, flush if type(flush) is int else None)
 
     def pending_of(self, name: str, version: str) -> int:
         """Requests of a model queued or running in the data-plane processes."""

@@ -17,7 +17,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -28,6 +28,7 @@ from gateway import bridge_wire as bw
 from gateway import intake
 from gateway.admission import CheckedInput, bytes_descriptor, check_bytes
 from gateway.config import ModelConfig, TensorSpec
+from gateway.copy_table import CopyTable, Refusal
 from gateway.errors import InferoxyError, Unavailable
 from gateway.link import read_forever
 from shm.segment import SegmentCache
@@ -37,11 +38,13 @@ log = logging.getLogger("inferoxy.bridge")
 
 MAX_IN_FLIGHT = 4096  # requests of this process in the core at once; more get 503
 
+A = TypeVar("A", bw.AnswerItem, dict[str, Any])  # an INFER's answer, or a CALL's REPLY
+
 
 @dataclass(eq=False, slots=True)
-class _Pending:
+class _Pending(Generic[A]):
     slots: list[Slot]
-    answer: tuple[dict[str, Any], Any] | None = None
+    answer: tuple[A, Any] | None = None  # the answer and its byte frame
     done: trio.Event = field(default_factory=trio.Event)
     waiting: bool = True  # a handler still wants the answer
 
@@ -63,12 +66,12 @@ class CoreLink:
         self._in.setsockopt(zmq.RCVHWM, 100_000)
         self._in.connect(f"ipc://{run_dir}/bridge-{index}.sock")
         self._ids = itertools.count(1)
-        self._infers: dict[int, _Pending] = {}
+        self._infers: dict[int, _Pending[bw.AnswerItem]] = {}
         self._unfreed: dict[int, list[Slot]] = {}  # answered, a worker may still read
-        self._calls: dict[int, _Pending] = {}
-        self._outbox: list[dict[str, Any]] = []
+        self._calls: dict[int, _Pending[dict[str, Any]]] = {}
+        self._outbox: list[bw.InferItem] = []
         self._flush_wake = trio.Event()
-        self.on_table: Callable[[dict[str, Any]], None] = lambda body: None
+        self.on_table: Callable[[CopyTable], None] = lambda table: None
         self.on_flush: Callable[[int], None] = lambda gen: None
         self.table_gen = 0
         self.got_table = trio.Event()
@@ -108,22 +111,42 @@ class CoreLink:
                 call.answer = (body, blobs[0] if blobs else b"")
                 call.done.set()
         elif kind == bw.TABLE:
-            if body["gen"] > self.table_gen:
-                self.on_table(body)
-                self.table_gen = body["gen"]
-                self.got_table.set()
+            gen = body["gen"]
+            if gen > self.table_gen:
+                # Decoded here, whole, before any of it is applied: a malformed table is
+                # dropped and the last one stays (the ACK says which); the core sends the next
+                # when its table next changes.
+                try:
+                    table = CopyTable.from_wire(body)
+                except bw.WireError as exc:
+                    log.warning("dropped a malformed copy table (generation %d): %s", gen, exc)
+                else:
+                    self.on_table(table)
+                    self.table_gen = gen
+                    self.got_table.set()
             self.send(bw.ACK, {"gen": self.table_gen})
         elif kind == bw.STOP:
             self.stop_requested.set()
         elif kind == bw.FLUSH:
-            self.on_flush(int(body["gen"]))
+            self.on_flush(body["gen"])
 
-    def _on_answer(self, item: dict[str, Any], blob: Any) -> None:
+    def _on_answer(self, raw: Any, blob: Any) -> None:
+        try:
+            item = bw.answer_item(raw)
+        except bw.WireError as exc:
+            msg_id = raw.get("id") if isinstance(raw, dict) else None
+            log.warning("a malformed answer from the core (%s): %s", msg_id, exc)
+            if not isinstance(msg_id, int) or msg_id not in self._infers:
+                return
+            # Its one answer is an error; its slots wait for a FREE (a worker may read them).
+            error = InferoxyError("the gateway core sent a malformed answer")
+            item = {"id": msg_id, "status": error.http_status, "freed": False,
+                    "error": intake.error_to_wire(error)}
         msg_id = item["id"]
         pending = self._infers.pop(msg_id, None)
         if pending is None:
             return
-        if item.get("freed"):
+        if item["freed"]:
             self._free(pending.slots)
         else:
             self._unfreed[msg_id] = pending.slots
@@ -138,17 +161,18 @@ class CoreLink:
         for slot in slots:
             self.slab.free(slot)
 
-    def submit(self, body: dict[str, Any], slots: list[Slot]) -> int:
-        """Send an INFER; from now on ``slots`` are the link's. Raises before that."""
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, item: bw.InferItem, slots: list[Slot]) -> None:
+        """Send an INFER (``item["id"]`` from ``new_id``); from now on ``slots`` are the
+        link's. Raises before that."""
         if len(self._infers) >= MAX_IN_FLIGHT:
             raise Unavailable("this data-plane process has too many requests in flight")
-        msg_id = next(self._ids)
-        body["id"] = msg_id
         if not self._outbox:
             self._flush_wake.set()
-        self._outbox.append(body)
-        self._infers[msg_id] = _Pending(slots)
-        return msg_id
+        self._outbox.append(item)
+        self._infers[item["id"]] = _Pending(slots)
 
     async def run_flusher(self) -> None:
         """Every INFER of one scheduling round goes to the core in one message."""
@@ -163,11 +187,12 @@ class CoreLink:
                     pending = self._infers.pop(item["id"])
                     self._free(pending.slots)
                     pending.slots = []
-                    pending.answer = ({"status": exc.http_status,
+                    pending.answer = ({"id": item["id"], "status": exc.http_status,
+                                       "freed": True,
                                        "error": intake.error_to_wire(exc)}, b"")
                     pending.done.set()
 
-    async def wait(self, msg_id: int) -> tuple[dict[str, Any], Any]:
+    async def wait(self, msg_id: int) -> tuple[bw.AnswerItem, Any]:
         """The answer (item, byte blob) to an INFER; a cancelled wait tells the core."""
         pending = self._infers[msg_id]
         try:
@@ -189,7 +214,8 @@ class CoreLink:
             raise Unavailable("this data-plane process has too many requests in flight")
         msg_id = next(self._ids)
         body["id"] = msg_id
-        pending = self._calls[msg_id] = _Pending([])
+        pending: _Pending[dict[str, Any]] = _Pending([])
+        self._calls[msg_id] = pending
         try:
             self.send(bw.CALL, body, payload)
             await pending.done.wait()
@@ -201,22 +227,28 @@ class CoreLink:
 
     def fail_all(self, error: InferoxyError) -> None:
         """The core is gone: wake every waiting handler with ``error``."""
-        body = {"status": error.http_status, "error": intake.error_to_wire(error),
-                "headers": [["content-type", "application/json"]]}
+        wire_error = intake.error_to_wire(error)
+        for msg_id, infer in self._infers.items():
+            if infer.answer is None:
+                infer.answer = ({"id": msg_id, "status": error.http_status, "freed": False,
+                                 "error": wire_error}, b"")
+                infer.done.set()
+        reply = {"status": error.http_status, "error": wire_error,
+                 "headers": [["content-type", "application/json"]]}
         payload = orjson.dumps({"error": error.message})
-        for table in (self._infers, self._calls):
-            for pending in table.values():
-                if pending.answer is None:
-                    pending.answer = (body, payload if table is self._calls else b"")
-                    pending.done.set()
+        for call in self._calls.values():
+            if call.answer is None:
+                call.answer = (reply, payload)
+                call.done.set()
 
     def report(self, answers: list[list[Any]], stats: list[list[Any]],
                pending: list[list[Any]], flush: int | None = None) -> None:
-        body = {"answers": answers, "stats": stats, "pending": pending,
-                "slots_in_use": self.slab.slots_in_use, "bytes_in_use": self.slab.bytes_in_use}
+        body: bw.ReportBody = {
+            "answers": answers, "stats": stats, "pending": pending,
+            "slots_in_use": self.slab.slots_in_use, "bytes_in_use": self.slab.bytes_in_use}
         if flush is not None:
             body["flush"] = flush
-        self.send(bw.REPORT, body)
+        self.send(bw.REPORT, dict(body))
 
     def close(self) -> None:
         self.cache.close()
@@ -231,7 +263,7 @@ class RemoteModel:
     refuses requests now (the core's ``ensure_accepting`` message)."""
 
     config: ModelConfig
-    refuse: list[Any] | None
+    refuse: Refusal | None
 
 
 class RemoteResult:
@@ -297,20 +329,21 @@ class RemoteAdmission:
         config = self.server.config
         for tensor, slot in self._bytes:
             check_bytes(tensor, slot.memory(tensor.nbytes))
-        body = {
-            "model": config.name, "version": config.version, "rows": rows,
+        msg_id = self._link.new_id()
+        item: bw.InferItem = {
+            "id": msg_id, "model": config.name, "version": config.version, "rows": rows,
             "inputs": self._inputs, "outputs": self._outputs, "parameters": parameters,
             "timeout_us": timeout_us, "request_id": request_id,
         }
-        msg_id = self._link.submit(body, self.slots)  # raises while the slots are ours
+        self._link.submit(item, self.slots)  # raises while the slots are ours
         self.slots, self._submitted = [], True
         answer, blob = await self._link.wait(msg_id)
         if "error" in answer:
             raise intake.error_from_wire(answer["error"])
         link = self._link
-        outputs = intake.read_outputs(answer.get("outputs") or {}, blob,
+        outputs = intake.read_outputs(answer.get("outputs", {}), blob,
                                       lambda d: link.cache.view(d))
-        in_regions = {n: tuple(s) for n, s in (answer.get("in_regions") or {}).items()}
+        in_regions = {n: tuple(s) for n, s in answer.get("in_regions", {}).items()}
         on_release = (lambda: link.send(bw.DONE, {"ids": [msg_id]})) if answer.get(
             "held") else None
         return RemoteResult(outputs, in_regions, on_release)

@@ -24,6 +24,7 @@ The bridges (HTTP infer, gRPC) use a small surface of the gateway — ``model``,
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -32,6 +33,7 @@ from bridges.dataplane.facade import CoreLink, RemoteAdmission, RemoteModel
 from gateway import intake
 from gateway.admission import Admission, Limits
 from gateway.config import ModelConfig
+from gateway.copy_table import CopyEntry, CopyTable, Missing, Refusal
 from gateway.errors import InferoxyError, NotFound, Unavailable, unknown_model, unknown_version
 from gateway.link import WorkerLink
 from gateway.loadboard import LoadBoard
@@ -40,7 +42,7 @@ from gateway.settings import Settings
 from gateway.stats import BridgeCounters, stats_delta, stats_to_wire
 from shm import wire
 from shm.messages import Error, FromWorker, Result
-from shm.regions import Region, RegionRegistry
+from shm.regions import RegionRegistry
 from shm.segment import SegmentCache
 from shm.slab import SlabAllocator
 from supervisor.copy import Copy
@@ -48,6 +50,14 @@ from supervisor.lifecycle import CopyState
 from supervisor.placement import CPU
 
 log = logging.getLogger("inferoxy.dataplane")
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """A model of the table as this process serves it: its versions' servers."""
+
+    default: str
+    versions: dict[str, ModelServer | RemoteModel]
 
 
 class DataPlane:
@@ -68,9 +78,10 @@ class DataPlane:
         self.regions = RegionRegistry(enabled=settings.allow_client_shm,
                                       own_prefix=settings.shm_prefix,
                                       max_regions=settings.max_client_regions)
-        self._table: dict[str, Any] = {}
+        self._table: dict[str, _Routed] = {}
+        self._missing: dict[str, str] = {}  # declared models that serve nothing now: why
         self._local: dict[tuple[str, str], ModelServer] = {}
-        self._refuse: dict[tuple[str, str], Any] = {}
+        self._refuse: dict[tuple[str, str], Refusal | None] = {}
         self._copies: dict[int, Copy] = {}
         self._copy_owner: dict[int, ModelServer] = {}
         self._scopes: dict[ModelServer, trio.CancelScope] = {}
@@ -92,16 +103,14 @@ class DataPlane:
     def model(self, name: str, version: str | None = None) -> ModelServer | RemoteModel:
         entry = self._table.get(name)
         if entry is None:
-            raise unknown_model(name)
-        if "missing" in entry:
-            raise NotFound(entry["missing"])
-        versions = entry["versions"]
+            why = self._missing.get(name)
+            raise unknown_model(name) if why is None else NotFound(why)
         if version:
-            model = versions.get(version)
+            model = entry.versions.get(version)
             if model is None:
                 raise unknown_version(name, version)
             return model
-        return versions[entry["default"]]
+        return entry.versions[entry.default]
 
     def serves_here(self, name: str, version: str | None) -> bool:
         """Whether this process batches the model's requests itself (stateless models)."""
@@ -130,38 +139,38 @@ class DataPlane:
 
     # -- the table ------------------------------------------------------------------------
 
-    def apply_table(self, body: dict[str, Any]) -> None:
+    def apply_table(self, table: CopyTable) -> None:
         """Serve what the control process published (``gateway.intake.routing_table``)."""
-        table: dict[str, Any] = {}
+        routed: dict[str, _Routed] = {}
+        missing: dict[str, str] = {}
         seen: set[tuple[str, str]] = set()
-        for name, entry in body["models"].items():
-            if "missing" in entry:
-                table[name] = entry
+        for name, entry in table.models.items():
+            if isinstance(entry, Missing):
+                missing[name] = entry.why
                 continue
             versions: dict[str, ModelServer | RemoteModel] = {}
-            for version, e in entry["versions"].items():
+            for version, e in entry.versions.items():
                 key = (name, version)
-                config = intake.config_from_wire(e["config"])
-                if not config.stateless:
-                    versions[version] = RemoteModel(config, e["refuse"])
+                if not e.config.stateless:
+                    versions[version] = RemoteModel(e.config, e.refuse)
                     continue
                 seen.add(key)
                 old = self._local.get(key)
-                server = self._local_server(key, config)
-                self._refuse[key] = e["refuse"]
-                self._sync_copies(server, e["copies"])
+                server = self._local_server(key, e.config)
+                self._refuse[key] = e.refuse
+                self._sync_copies(server, e.copies)
                 if old is not None and old is not server:
                     log.info("model %s version %s changed: batching for the new declaration",
                              *key)
                     self._reported.pop(key, None)
                     self._retire(old, server)
                 versions[version] = server
-            table[name] = {"default": entry["default"], "versions": versions}
-        self._table = table
+            routed[name] = _Routed(entry.default, versions)
+        self._table, self._missing = routed, missing
         for key in list(self._local.keys() - seen):
             self._stop(self._local.pop(key))
             self._refuse.pop(key, None)
-        self.regions.replace_all([Region(*r) for r in body.get("regions") or []])
+        self.regions.replace_all(list(table.regions))
 
     def _local_server(self, key: tuple[str, str], config: ModelConfig) -> ModelServer:
         server = self._local.get(key)
@@ -222,13 +231,13 @@ class DataPlane:
         if scope is not None:
             scope.cancel()
 
-    def _sync_copies(self, server: ModelServer, listed: list[list[Any]]) -> None:
+    def _sync_copies(self, server: ModelServer, listed: tuple[CopyEntry, ...]) -> None:
         now: dict[int, tuple[bool, str]] = {}
-        for copy_id, ready, inbox in listed:
-            if isinstance(copy_id, int) and wire.in_run_dir(self.workers.run_dir, inbox):
-                now[copy_id] = (bool(ready), inbox)
-            elif isinstance(copy_id, int):
-                now[copy_id] = (False, "")
+        for c in listed:
+            if wire.in_run_dir(self.workers.run_dir, c.inbox):
+                now[c.id] = (c.ready, c.inbox)
+            else:  # not bound yet, or an address we would never send to: not ready
+                now[c.id] = (False, "")
         for copy in list(server.copies):
             if copy.id not in now:
                 self._drop_copy(server, copy)

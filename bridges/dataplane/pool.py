@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Hashable
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,7 @@ import zmq
 
 from gateway import bridge_wire as bw
 from gateway import intake
+from gateway.copy_table import CopyTable
 from gateway.core import Gateway
 from gateway.errors import InferoxyError, InvalidArgument, Unavailable
 from gateway.inflight import InFlight, InFlightDeadlines
@@ -89,8 +91,9 @@ class DataPlanePool:
         self._sizes: dict[int, dict[str, int]] = {}  # per bridge: its segments' sizes
         self._listening: set[int] = set()
         self._all_listening = trio.Event()
-        self._table: dict[str, Any] = {}
-        self._regions: list[list[Any]] = []
+        self._table = CopyTable({})
+        self._table_print: Hashable = None
+        self._table_wire: dict[str, Any] = {}
         self._quick: tuple[Any, ...] = ()
         self._table_gen = 0
         self._acked: dict[int, int] = {}  # per process: the table generation it applied
@@ -99,7 +102,7 @@ class DataPlanePool:
         self._sent_gen: dict[int, int] = {}
         self._stopping = False
         self._nursery: trio.Nursery
-        self._outbox: dict[BridgeBook, tuple[list[dict[str, Any]], bytearray]] = {}
+        self._outbox: dict[BridgeBook, tuple[list[bw.AnswerItem], bytearray]] = {}
         self._flush_wake = trio.Event()
         self._deadlines = InFlightDeadlines()
 
@@ -233,16 +236,13 @@ class DataPlanePool:
             return
         self._quick = quick
         table = intake.routing_table(self.gateway)
-        regions = self.gateway.regions
-        table_regions = [[r.name, r.key, r.segment, r.offset, r.byte_size]
-                         for r in (regions.status() if regions.enabled else [])]
-        if (intake.table_fingerprint(table) != intake.table_fingerprint(self._table)
-                or table_regions != self._regions or not self._table_gen):
-            self._table = table
-            self._regions = table_regions
+        fingerprint = table.fingerprint()
+        if fingerprint != self._table_print or not self._table_gen:
+            # The old table stays referenced until here: the fingerprint compares
+            # configurations by identity, and an id is not reused while its object lives.
+            self._table, self._table_print = table, fingerprint
             self._table_gen += 1
-            self._table_wire = {"gen": self._table_gen, "models": intake.table_to_wire(table),
-                                "regions": table_regions}
+            self._table_wire = {"gen": self._table_gen, **table.to_wire()}
 
     async def fresh_stats(self) -> None:
         """Ask every live process to report now and wait (bounded) until each has."""
@@ -308,6 +308,7 @@ class DataPlanePool:
         await read_forever(sock, on_frames)
 
     def _on_message(self, kind: bytes, body: dict[str, Any], blobs: list[Any]) -> None:
+        """One message; ``bw.decode`` checked the fields each kind needs (and ``b``)."""
         index = body["b"]
         book = self._books.get(index)
         if book is None or book.dead:
@@ -315,37 +316,38 @@ class DataPlanePool:
         if kind == bw.INFER:
             for item in body["items"]:
                 if isinstance(item, dict):
-                    self._admit(book, item)
+                    self._admit(book, item)  # checked there: a bad one gets its answer
         elif kind == bw.DONE:
             for msg_id in body["ids"]:
-                book.done(msg_id)
+                if type(msg_id) is int:
+                    book.done(msg_id)
         elif kind == bw.CANCEL:
             book.cancel(body["id"])
         elif kind == bw.CALL:
-            if not isinstance(body["id"], int) or len(blobs) != 1:
-                raise ValueError("malformed CALL")
+            if len(blobs) != 1:
+                raise bw.WireError("a CALL without its body frame")
             self._nursery.start_soon(self._forward_call, index, body, bytes(blobs[0]))
         elif kind == bw.REPORT:
-            for bridge, status_class, n in self.gateway.bridge_reports.report(index, body):
-                counts = self.gateway.bridge_answers.counts
+            report = self.gateway.bridge_reports.report(index, body)
+            counts = self.gateway.bridge_answers.counts
+            for bridge, status_class, n in report.answers:
                 counts[(bridge, status_class)] = counts.get((bridge, status_class), 0) + n
-            for name, version, delta in body.get("stats") or []:
+            for name, version, delta in report.stats:
                 server = self.gateway.servers.get((name, version))
                 if server is not None:
                     add_stats(server.stats, delta)
-            if isinstance(body.get("flush"), int):
-                self._flushed[index] = max(self._flushed.get(index, 0), body["flush"])
+            if report.flush is not None:
+                self._flushed[index] = max(self._flushed.get(index, 0), report.flush)
         elif kind == bw.ACK:
-            self._acked[index] = max(self._acked.get(index, 0), int(body["gen"]))
+            self._acked[index] = max(self._acked.get(index, 0), body["gen"])
         elif kind == bw.HELLO:
-            if body.get("pid") != book.pid:
-                log.warning("bridge %d says it is pid %s, not %d", index, body.get("pid"),
-                            book.pid)
+            if body["pid"] != book.pid:
+                log.warning("bridge %d says it is pid %d, not %d", index, body["pid"], book.pid)
                 return
             self._sent_gen[index] = 0  # send it the table now
             if self._send(index, bw.TABLE, self._table_wire):
                 self._sent_gen[index] = self._table_gen
-            if body.get("listening"):
+            if body["listening"]:
                 self._listening.add(index)
                 if len(self._listening) == self.count:
                     self._all_listening.set()
@@ -361,10 +363,10 @@ class DataPlanePool:
 
     # -- infer requests: admitted synchronously, answered by callback, batched per bridge ---
 
-    def _admit(self, book: BridgeBook, item: dict[str, Any]) -> None:
+    def _admit(self, book: BridgeBook, raw: dict[str, Any]) -> None:
         """Submit one request of an INFER message; its answer comes by ``_Remote.deliver``."""
-        msg_id = item.get("id")
-        entry = book.open(msg_id) if isinstance(msg_id, int) else None
+        msg_id = raw.get("id")
+        entry = book.open(msg_id) if type(msg_id) is int else None  # not True
         if entry is None:
             return  # no id we could answer to: a confused bridge
         assert isinstance(msg_id, int)
@@ -373,18 +375,19 @@ class DataPlanePool:
             if book.dead:
                 raise Unavailable("the data-plane process is gone")
             try:
-                server = gateway.model(item["model"], item.get("version"))
+                item = bw.infer_item(raw)
+                server = gateway.model(item["model"], item["version"] or None)
                 gateway.ensure_accepting(server)
                 admission = gateway.admission(server)
                 rows = intake.admit(admission, item, gateway.limits, book.prefix,
                                     lambda name: self._segment_size(book.index, name))
-                parameters, timeout_us = item.get("parameters") or {}, item.get("timeout_us")
-                if not isinstance(parameters, dict) or not (
-                        timeout_us is None or isinstance(timeout_us, int)):
-                    raise InvalidArgument("malformed parameters in a bridge message")
-                request = admission.submit(rows, parameters, timeout_us,
-                                           str(item.get("request_id") or ""))
+                request = admission.submit(rows, item["parameters"], item["timeout_us"],
+                                           item["request_id"])
+            except bw.WireError as exc:
+                raise InvalidArgument(f"malformed request in a bridge message: {exc}") from None
             except (KeyError, TypeError, ValueError):
+                # what admit checks deeper (inputs, descriptors) got past its checks: still
+                # one answer, never a dropped message
                 raise InvalidArgument("malformed request in a bridge message") from None
         except InferoxyError as exc:
             book.inputs_freed(msg_id)  # never queued: no worker saw them
@@ -401,7 +404,7 @@ class DataPlanePool:
                 result: RequestResult | None, error: InferoxyError | None) -> None:
         """Queue the one answer to a request; ``_flush_answers`` sends them, batched."""
         freed = request is None or request.on_inputs_freed is None
-        body: dict[str, Any] = {"id": msg_id, "freed": freed}
+        body: bw.AnswerItem = {"id": msg_id, "status": 200, "freed": freed}
         outbox = self._outbox.get(book)
         if outbox is None:
             outbox = self._outbox[book] = ([], bytearray())
@@ -417,7 +420,6 @@ class DataPlanePool:
                 body["held"] = True
             else:
                 result.release()
-            body["status"] = 200
         else:
             assert error is not None
             body["status"] = error.http_status
