@@ -16,6 +16,7 @@ import trio
 import zmq
 
 from gateway import bridge_wire as bw
+from tests.core_side import receive_at_core
 
 GOOD_TO_CORE: list[tuple[bytes, dict[str, Any]]] = [
     (bw.HELLO, {"b": 0, "pid": 1234, "listening": False}),
@@ -127,15 +128,6 @@ def test_bad_answer_item_is_a_wire_error(raw: Any) -> None:
         bw.answer_item(raw)
 
 
-async def _recv(sock: zmq.Socket[bytes]) -> tuple[bytes, dict[str, Any], list[Any]]:
-    with trio.fail_after(5):
-        while True:
-            try:
-                return bw.decode(sock.recv_multipart(zmq.NOBLOCK), bw.TO_CORE)
-            except zmq.Again:
-                await trio.sleep(0.002)
-
-
 def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: Path) -> None:
     """Two requests through a real ``CoreLink``: the core's answer to one is malformed. Its
     handler gets an error (not a hang), the other its answer; slots are freed only when the
@@ -164,7 +156,7 @@ def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: P
                     item = bw.infer_item(infer() | {"id": link.new_id()})
                     link.submit(item, [slab.allocate(64)])
                     ids.append(item["id"])
-                kind, body, _ = await _recv(intake)
+                kind, body, _ = await receive_at_core(intake)
                 assert kind == bw.INFER and [i["id"] for i in body["items"]] == ids
                 assert all(bw.infer_item(i) for i in body["items"])  # as the core checks them
                 assert slab.slots_in_use == 2

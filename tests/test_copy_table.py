@@ -32,6 +32,7 @@ from gateway.copy_table import (
 from gateway.errors import Unavailable
 from gateway.intake import error_from_wire, error_to_wire
 from shm.regions import Region
+from tests.core_side import receive_at_core
 
 STATELESS = ModelConfig(
     "tiny", "examples.models.stub:Identity",
@@ -219,15 +220,6 @@ def test_any_value_replaced_decodes_or_is_a_wire_error() -> None:
 
 # -- a data-plane process's link: a malformed table is dropped, the last one stays -----------
 
-async def _recv(sock: zmq.Socket[bytes]) -> tuple[bytes, dict[str, Any], list[Any]]:
-    with trio.fail_after(5):
-        while True:
-            try:
-                return bw.decode(sock.recv_multipart(zmq.NOBLOCK), bw.TO_CORE)
-            except zmq.Again:
-                await trio.sleep(0.002)
-
-
 def test_core_link_drops_a_malformed_table(tmp_path: Path,
                                            caplog: pytest.LogCaptureFixture) -> None:
     from bridges.dataplane.facade import CoreLink
@@ -250,14 +242,15 @@ def test_core_link_drops_a_malformed_table(tmp_path: Path,
                 nursery.start_soon(link.run)
                 good = {"gen": 1, **table().to_wire()}
                 push.send_multipart(bw.encode(bw.TABLE, good))
-                assert await _recv(intake) == (bw.ACK, {"gen": 1, "b": 0}, [])
+                assert await receive_at_core(intake) == (bw.ACK, {"gen": 1, "b": 0}, [])
                 bad = copy.deepcopy(good) | {"gen": 2}
                 bad["models"]["tiny"]["default"] = "9"
                 push.send_multipart(bw.encode(bw.TABLE, bad))
-                assert await _recv(intake) == (bw.ACK, {"gen": 1, "b": 0}, [])  # kept gen 1
+                # the malformed table is dropped: still gen 1
+                assert await receive_at_core(intake) == (bw.ACK, {"gen": 1, "b": 0}, [])
                 push.send_multipart(bw.encode(bw.TABLE, {"models": {}}))  # no generation
                 push.send_multipart(bw.encode(bw.TABLE, good | {"gen": 3}))
-                assert await _recv(intake) == (bw.ACK, {"gen": 3, "b": 0}, [])
+                assert await receive_at_core(intake) == (bw.ACK, {"gen": 3, "b": 0}, [])
                 nursery.cancel_scope.cancel()
         finally:
             link.close()
