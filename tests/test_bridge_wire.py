@@ -7,16 +7,14 @@ runs the whole link).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import zmq
 
 from gateway import bridge_wire as bw
-from tests.core_side import receive_at_core
+from tests.core_side import core_end, receive_at_core
 
 GOOD_TO_CORE: list[tuple[bytes, dict[str, Any]]] = [
     (bw.HELLO, {"b": 0, "pid": 1234, "listening": False}),
@@ -132,22 +130,11 @@ def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: P
     """Two requests through a real ``CoreLink``: the core's answer to one is malformed. Its
     handler gets an error (not a hang), the other its answer; slots are freed only when the
     core says no worker reads them (``freed``, or a later ``FREE``)."""
-    from bridges.dataplane.facade import CoreLink
-    from shm.slab import SlabAllocator
-
-    run_dir = str(tmp_path)
     got: dict[int, bw.AnswerItem] = {}
 
     async def main() -> None:
-        ctx = zmq.Context()
-        intake = ctx.socket(zmq.PULL)
-        push = ctx.socket(zmq.PUSH)
-        slab = SlabAllocator(f"ifx-bw-{os.getpid()}", limit_bytes=1 << 20,
-                              segment_bytes=1 << 16)
-        link = CoreLink(0, run_dir, slab)
-        try:
-            intake.bind(bw.intake_address(run_dir))
-            push.bind(f"ipc://{run_dir}/bridge-0.sock")
+        with core_end(str(tmp_path), "bw") as core:
+            link, slab, intake, push = core.link, core.slab, core.intake, core.push
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
                 nursery.start_soon(link.run_flusher)
@@ -179,12 +166,6 @@ def test_core_link_answers_each_request_once_even_a_malformed_answer(tmp_path: P
                     while slab.slots_in_use:
                         await trio.sleep(0.002)
                 nursery.cancel_scope.cancel()
-        finally:
-            link.close()
-            slab.close()
-            intake.close(linger=0)
-            push.close(linger=0)
-            ctx.term()
 
     trio.run(main)
     first, second = sorted(got)

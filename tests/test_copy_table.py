@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import orjson
 import pytest
 import trio
-import zmq
 
 from gateway import bridge_wire as bw
 from gateway.config import ModelConfig, TensorSpec
@@ -32,7 +30,7 @@ from gateway.copy_table import (
 from gateway.errors import Unavailable
 from gateway.intake import error_from_wire, error_to_wire
 from shm.regions import Region
-from tests.core_side import receive_at_core
+from tests.core_side import core_end, receive_at_core
 
 STATELESS = ModelConfig(
     "tiny", "examples.models.stub:Identity",
@@ -222,21 +220,11 @@ def test_any_value_replaced_decodes_or_is_a_wire_error() -> None:
 
 def test_core_link_drops_a_malformed_table(tmp_path: Path,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    from bridges.dataplane.facade import CoreLink
-    from shm.slab import SlabAllocator
-
-    run_dir = str(tmp_path)
     applied: list[CopyTable] = []
 
     async def main() -> None:
-        ctx = zmq.Context()
-        intake = ctx.socket(zmq.PULL)
-        push = ctx.socket(zmq.PUSH)
-        slab = SlabAllocator(f"ifx-ct-{os.getpid()}", limit_bytes=1 << 20)
-        link = CoreLink(0, run_dir, slab)
-        try:
-            intake.bind(bw.intake_address(run_dir))
-            push.bind(f"ipc://{run_dir}/bridge-0.sock")
+        with core_end(str(tmp_path), "ct") as core:
+            link, intake, push = core.link, core.intake, core.push
             link.on_table = applied.append
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(link.run)
@@ -252,12 +240,6 @@ def test_core_link_drops_a_malformed_table(tmp_path: Path,
                 push.send_multipart(bw.encode(bw.TABLE, good | {"gen": 3}))
                 assert await receive_at_core(intake) == (bw.ACK, {"gen": 3, "b": 0}, [])
                 nursery.cancel_scope.cancel()
-        finally:
-            link.close()
-            slab.close()
-            intake.close(linger=0)
-            push.close(linger=0)
-            ctx.term()
 
     with caplog.at_level(logging.WARNING, logger="inferoxy.bridge"):
         trio.run(main)
